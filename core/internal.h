@@ -1,0 +1,146 @@
+/* Private to the core (libattn): shared between core/*.c and the test suites
+ * that link the core statically. Never installed. */
+#ifndef ATTN_INTERNAL_H
+#define ATTN_INTERNAL_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "attn.h"
+#include "attn_plugin.h"
+
+#define ATTN_INTERNAL __attribute__((visibility("hidden")))
+
+/* ---- status.c: errors ------------------------------------------------------
+ * Every public function starts with ATTN_ENTER("attn_sdpa"), which names the
+ * function for the messages of this call (also those a backend reports with
+ * host->error), and clears the previous message. */
+ATTN_INTERNAL void attn__enter(const char *fn);
+#define ATTN_ENTER(fn) attn__enter(fn)
+/* Format "<current fn>: <message>" into this thread's error and return s. */
+ATTN_INTERNAL attn_status attn__error(attn_status s, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+ATTN_INTERNAL attn_status attn__verror(attn_status s, const char *fmt, va_list ap);
+/* The current function's name ("attn" outside any call). */
+ATTN_INTERNAL const char *attn__current_fn(void);
+/* ATTN_DEBUG=1: log to stderr, "attn: " prefixed. */
+ATTN_INTERNAL int attn__debug_enabled(void);
+ATTN_INTERNAL void attn__debug(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* The host services handed to every module's init slot. */
+ATTN_INTERNAL const attn_host *attn__host(void);
+
+/* ---- selector.c: "backend[:device]" alternatives, comma separated ---------- */
+#define ATTN_SEL_MAX_ALTS 16
+#define ATTN_SEL_NAME_MAX 32
+#define ATTN_SEL_DEV_MAX 128
+typedef enum attn_sel_dev_kind {
+  ATTN_SEL_ANY = 0,   /* "backend": first device of the backend */
+  ATTN_SEL_INDEX,     /* "backend:2" */
+  ATTN_SEL_TYPE,      /* "backend:gpu" (cpu, gpu, accelerator) */
+  ATTN_SEL_NAME       /* "backend:nvidia": case-insensitive substring of the name */
+} attn_sel_dev_kind;
+typedef struct attn_sel_alt {
+  char backend[ATTN_SEL_NAME_MAX];
+  attn_sel_dev_kind kind;
+  int index;                /* ATTN_SEL_INDEX */
+  attn_device_type type;    /* ATTN_SEL_TYPE */
+  char name[ATTN_SEL_DEV_MAX]; /* ATTN_SEL_NAME */
+} attn_sel_alt;
+typedef struct attn_selector {
+  int n;
+  attn_sel_alt alt[ATTN_SEL_MAX_ALTS];
+} attn_selector;
+/* Parse; on failure returns ATTN_ERR_SELECTOR with a message saying what is
+ * wrong and where. Does not consult the registry. */
+ATTN_INTERNAL attn_status attn__selector_parse(const char *text, attn_selector *out);
+/* Does device info (of backend alt->backend) match alt? */
+ATTN_INTERNAL int attn__selector_match(const attn_sel_alt *alt, const attn_device_info *info);
+
+/* ---- loader.c: the backend registry ---------------------------------------
+ * Modules are found in $ATTN_BACKEND_PATH (':'-separated directories or
+ * module files), then in the installed module directory (or, when libattn
+ * itself runs from its build tree, the build tree's .libs); never the current
+ * directory. A directory contributes its files named attn_*.so. Each is
+ * dlopen'ed with RTLD_NOW | RTLD_LOCAL and never closed. */
+typedef struct attn_backend {
+  char name[ATTN_SEL_NAME_MAX];
+  char path[1024];
+  void *handle;
+  const attn_backend_vtable *vt;
+  int ndev;
+  attn_device_info *dev; /* ndev entries, selector filled in */
+} attn_backend;
+
+typedef struct attn_load_failure {
+  char name[ATTN_SEL_NAME_MAX]; /* backend name from the file name (attn_<name>.so) */
+  char path[1024];
+  char reason[512];
+} attn_load_failure;
+
+typedef struct attn_registry {
+  int nbackends;
+  attn_backend *backends;
+  int nfailures;
+  attn_load_failure *failures;
+} attn_registry;
+
+/* The process-wide registry, scanned once (thread-safe) on first use. */
+ATTN_INTERNAL const attn_registry *attn__registry(void);
+/* Scan a search path into a fresh registry (for tests and the global one).
+ * search: ':'-separated entries; NULL means the default search. */
+ATTN_INTERNAL attn_status attn__registry_scan(const char *search, attn_registry *reg);
+ATTN_INTERNAL void attn__registry_free(attn_registry *reg);
+/* Is this slot present in a vtable of this struct_size? */
+#define ATTN_VT_HAS(vt, slot)                                                             \
+  ((vt)->struct_size >= offsetof(attn_backend_vtable, slot) + sizeof((vt)->slot) &&         \
+   (vt)->slot != NULL)
+
+/* ---- context.c ------------------------------------------------------------- */
+typedef struct attn_storage attn_storage;
+struct attn_context {
+  const attn_backend *be;
+  const attn_backend_vtable *vt;
+  attn_backend_ctx *bctx;
+  attn_device_info info;
+  attn_storage *storages; /* live storages, freed with the context */
+  struct attn_mha *graphs; /* live graphs, freed with the context */
+};
+/* Open a context on device index of a registry backend. */
+ATTN_INTERNAL attn_status attn__context_open(const attn_backend *be, int index,
+                                             attn_context **ctx);
+
+/* ---- tensor.c -------------------------------------------------------------- */
+struct attn_storage {
+  attn_context *ctx;
+  attn_buffer *buf;
+  size_t bytes;
+  int refs;
+  attn_storage *prev, *next; /* in ctx->storages */
+};
+struct attn_tensor {
+  attn_storage *st;
+  int ndim;
+  int64_t shape[4];   /* shape[0..ndim-1] */
+  int64_t strides[4]; /* in elements */
+  int64_t offset;     /* in elements from the storage start */
+};
+/* The tensor as a right-aligned 4-D backend view (leading dims 1, stride 0). */
+ATTN_INTERNAL attn_view attn__tensor_view4(const attn_tensor *t);
+/* Allocate a contiguous tensor (used for graph intermediates). */
+ATTN_INTERNAL attn_status attn__tensor_alloc(attn_context *ctx, int ndim, const int64_t *shape,
+                                             attn_tensor **t);
+/* Do the element ranges reachable through a and b share storage bytes? */
+ATTN_INTERNAL int attn__tensors_overlap(const attn_tensor *a, const attn_tensor *b);
+/* Checked arithmetic: return 0 and set *r, or 1 on overflow. */
+ATTN_INTERNAL int attn__mul_overflow(int64_t a, int64_t b, int64_t *r);
+
+/* ---- sdpa.c ---------------------------------------------------------------- */
+/* Validate args against the contract and build the backend descriptor. */
+ATTN_INTERNAL attn_status attn__sdpa_prepare(attn_context *ctx, const attn_sdpa_args *a,
+                                             attn_sdpa_desc *d);
+/* Ask the backend's supports slot, then run. */
+ATTN_INTERNAL attn_status attn__run_sdpa(attn_context *ctx, const attn_sdpa_desc *d);
+ATTN_INTERNAL attn_status attn__run_linear(attn_context *ctx, const attn_linear_desc *d);
+
+#endif /* ATTN_INTERNAL_H */

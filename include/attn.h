@@ -1,0 +1,267 @@
+/* libattn: attention on any device, chosen at run time.
+ *
+ * The only public header. Every symbol starts with attn_ / ATTN_. Handles are
+ * opaque; the backends that do the work are modules loaded with dlopen behind
+ * the plugin ABI in plugins/attn_plugin.h, which callers never need.
+ *
+ * Errors: every function that can fail returns an attn_status (ATTN_OK == 0,
+ * failures < 0). On failure attn_last_error() returns a message for the calling
+ * thread that names the function and the argument at fault, for example
+ *   "attn_sdpa: k: head dim 63 != q head dim 64".
+ * A failed call changes nothing the caller can see (outputs may have been
+ * partly written only where documented) and leaves the context usable.
+ *
+ * Threading: a context and everything created on it (tensors, graphs, caches)
+ * may be used by one thread at a time. Separate contexts may be used from
+ * separate threads at once, including contexts on the same device. Opening and
+ * closing contexts, listing devices and the module loader are thread-safe.
+ */
+#ifndef ATTN_H
+#define ATTN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__)
+#define ATTN_API __attribute__((visibility("default")))
+#else
+#define ATTN_API
+#endif
+
+#define ATTN_VERSION_MAJOR 0
+#define ATTN_VERSION_MINOR 1
+#define ATTN_VERSION_PATCH 0
+
+/* ---- Status ------------------------------------------------------------ */
+
+typedef enum attn_status {
+  ATTN_OK = 0,
+  ATTN_ERR_INVALID_ARG = -1,   /* a NULL, out-of-range or inconsistent argument */
+  ATTN_ERR_SHAPE = -2,         /* tensor shapes or strides do not fit together */
+  ATTN_ERR_OVERFLOW = -3,      /* an element or byte count overflows */
+  ATTN_ERR_NOMEM = -4,         /* host memory exhausted */
+  ATTN_ERR_DEVICE_MEMORY = -5, /* device memory exhausted or allocation too large */
+  ATTN_ERR_NO_DEVICE = -6,     /* the selector matched no usable device */
+  ATTN_ERR_SELECTOR = -7,      /* the selector string is malformed */
+  ATTN_ERR_PLUGIN = -8,        /* a backend module failed to load or has the wrong ABI */
+  ATTN_ERR_UNSUPPORTED = -9,   /* the backend cannot do this (reason in the message) */
+  ATTN_ERR_BACKEND = -10,      /* the device or driver failed (OpenCL error name in the message) */
+  ATTN_ERR_BUILD = -11,        /* a kernel failed to compile (compiler log in the message) */
+  ATTN_ERR_IO = -12,           /* a file could not be read or written */
+  ATTN_ERR_FORMAT = -13,       /* a file is malformed (e.g. a bad .npy header) */
+  ATTN_ERR_CAPACITY = -14      /* a KV cache would overflow its capacity */
+} attn_status;
+
+/* Short constant description of a status ("invalid argument"); never NULL. */
+ATTN_API const char *attn_status_str(attn_status s);
+
+/* The message of the last failed call on this thread ("" if none). Valid
+ * until the next libattn call on this thread. */
+ATTN_API const char *attn_last_error(void);
+
+/* "0.1.0" */
+ATTN_API const char *attn_version(void);
+
+/* ---- Devices and contexts --------------------------------------------- */
+
+typedef enum attn_device_type {
+  ATTN_DEVICE_CPU = 1,
+  ATTN_DEVICE_GPU = 2,
+  ATTN_DEVICE_ACCELERATOR = 4,
+  ATTN_DEVICE_OTHER = 8
+} attn_device_type;
+
+/* "cpu", "gpu", "accelerator", "other" */
+ATTN_API const char *attn_device_type_str(attn_device_type t);
+
+typedef struct attn_device_info {
+  char selector[64];      /* the exact selector that picks this device, e.g. "pocl:0" */
+  char backend[32];       /* "ref", "pocl", "clblast", ... */
+  char name[256];         /* device name as the driver reports it */
+  char vendor[128];
+  char driver[128];       /* driver / platform version */
+  attn_device_type type;
+  int index;              /* device index within its backend */
+  uint64_t global_mem;    /* bytes; 0 if unknown */
+  uint64_t max_alloc;     /* largest single allocation in bytes; 0 if unknown */
+  uint32_t compute_units; /* 0 if unknown */
+} attn_device_info;
+
+typedef struct attn_context attn_context;
+
+/* Open a context on the first device the selector matches.
+ *   selector: "backend[:device]" alternatives separated by ',', where device
+ *   is an index, a type (cpu, gpu, accelerator) or a case-insensitive
+ *   substring of the device name: "ref", "pocl:0", "clblast:gpu,pocl,ref".
+ *   NULL means $ATTN_DEVICE; if that is unset or empty, the default order
+ *   ATTN_DEFAULT_SELECTOR. A malformed selector (ATTN_ERR_SELECTOR) or one that
+ *   matches nothing (ATTN_ERR_NO_DEVICE) fails with a message listing what
+ *   exists; there is never a silent fallback. */
+#define ATTN_DEFAULT_SELECTOR "clblast:gpu,pocl:cpu,ref"
+ATTN_API attn_status attn_open(const char *selector, attn_context **ctx);
+/* Frees the context. Tensors, graphs and caches created on it must be freed
+ * first; those still alive are freed with it. NULL is a no-op. */
+ATTN_API void attn_close(attn_context *ctx);
+ATTN_API attn_status attn_context_info(const attn_context *ctx, attn_device_info *info);
+/* Wait for all work queued on the context's device. */
+ATTN_API attn_status attn_synchronize(attn_context *ctx);
+
+/* Every device of every backend found, and every module that failed. */
+typedef struct attn_device_list attn_device_list;
+ATTN_API attn_status attn_list_devices(attn_device_list **list);
+ATTN_API size_t attn_device_list_count(const attn_device_list *list);
+ATTN_API const attn_device_info *attn_device_list_get(const attn_device_list *list, size_t i);
+/* Modules that were skipped: their file and the reason. */
+ATTN_API size_t attn_device_list_failure_count(const attn_device_list *list);
+ATTN_API const char *attn_device_list_failure_path(const attn_device_list *list, size_t i);
+ATTN_API const char *attn_device_list_failure_reason(const attn_device_list *list, size_t i);
+ATTN_API void attn_device_list_free(attn_device_list *list);
+
+/* ---- Tensors ------------------------------------------------------------ */
+
+/* float32 tensors of rank 1 to 4 in device memory, with explicit strides in
+ * elements, so [B,H,S,D] and [B,S,H,D] layouts and views need no copies.
+ * Every dimension is >= 1; strides are >= 0 (0 broadcasts, inputs only). */
+#define ATTN_MAX_DIMS 4
+typedef struct attn_tensor attn_tensor;
+
+/* A new contiguous (row-major) tensor; contents undefined until written. */
+ATTN_API attn_status attn_tensor_create(attn_context *ctx, int ndim, const int64_t *shape,
+                                        attn_tensor **t);
+/* A view of base's storage: element offset and strides relative to base's
+ * storage start. Every element the view can reach must lie inside the
+ * storage. The storage lives until its last tensor is freed. */
+ATTN_API attn_status attn_tensor_view(const attn_tensor *base, int64_t offset, int ndim,
+                                      const int64_t *shape, const int64_t *strides,
+                                      attn_tensor **view);
+ATTN_API void attn_tensor_free(attn_tensor *t);
+
+ATTN_API int attn_tensor_ndim(const attn_tensor *t);
+/* Copies ndim entries into shape / strides (either may be NULL). */
+ATTN_API void attn_tensor_shape(const attn_tensor *t, int64_t *shape, int64_t *strides);
+ATTN_API int64_t attn_tensor_numel(const attn_tensor *t);
+
+/* Copy numel floats from host memory in row-major order of the tensor's shape
+ * (whatever its strides) into the tensor, or out of it. */
+ATTN_API attn_status attn_tensor_write(attn_tensor *t, const float *src, size_t count);
+ATTN_API attn_status attn_tensor_read(const attn_tensor *t, float *dst, size_t count);
+
+/* ---- Scaled dot-product attention --------------------------------------- */
+
+typedef enum attn_mask_kind {
+  ATTN_MASK_NONE = 0,
+  ATTN_MASK_BOOL = 1,    /* nonzero = attend, 0 = masked out */
+  ATTN_MASK_ADDITIVE = 2 /* added to the scaled scores; -inf masks out */
+} attn_mask_kind;
+
+/* out = softmax(scale * Q K^T + mask) V, per batch item and query head.
+ *   q    [B, Hq,  Sq,  D]
+ *   k    [B, Hkv, Skv, D]     Hq % Hkv == 0; query head h reads kv head h / (Hq/Hkv)
+ *   v    [B, Hkv, Skv, Dv]
+ *   out  [B, Hq,  Sq,  Dv]    must not overlap any input
+ *   mask [1|B, 1|Hq, Sq, Skv] optional (NULL), kind in mask_kind
+ *   causal: query i sees key j iff j <= i + Skv - Sq (aligned bottom-right,
+ *     so a decode step over a KV cache is causal; top-left when Sq == Skv)
+ *   kv_lens: optional host array of B int32; keys j >= kv_lens[b] are hidden
+ *   weights [B, Hq, Sq, Skv] optional output: the probabilities
+ *   lse     [B, Hq, Sq] optional output: log(sum(exp(scaled masked scores)))
+ * A row with no visible key gives zeros in out and weights and lse = -inf.
+ * Zero-initialise the struct: has_scale = false means scale = 1/sqrt(D). */
+typedef struct attn_sdpa_args {
+  const attn_tensor *q, *k, *v;
+  attn_tensor *out;
+  const attn_tensor *mask;
+  attn_mask_kind mask_kind;
+  bool causal;
+  bool has_scale;
+  float scale;
+  const int32_t *kv_lens;
+  attn_tensor *weights;
+  attn_tensor *lse;
+} attn_sdpa_args;
+
+ATTN_API attn_status attn_sdpa(attn_context *ctx, const attn_sdpa_args *args);
+
+/* ---- Multi-head attention graph ----------------------------------------- */
+
+/* Weights follow PyTorch's nn.Linear: W is [out, in] and y = x W^T + b.
+ *   wq [n_heads*head_dim, d_model]     bq [n_heads*head_dim]
+ *   wk [n_kv_heads*head_dim, d_kv]     bk [n_kv_heads*head_dim]
+ *   wv [n_kv_heads*head_dim, d_kv]     bv [n_kv_heads*head_dim]
+ *   wo [d_model, n_heads*head_dim]     bo [d_model]
+ * or, instead of wq/wk/wv, one packed in_proj [(n_heads+2*n_kv_heads)*head_dim,
+ * d_model] (rows q, then k, then v, as nn.MultiheadAttention's in_proj_weight)
+ * with in_bias; the packed form needs d_kv == d_model. Biases are required
+ * exactly when desc.bias is true. */
+typedef struct attn_mha_desc {
+  int64_t d_model;    /* E: width of x and out */
+  int64_t d_kv;       /* Ekv: width of kv_x; 0 means d_model */
+  int64_t n_heads;    /* Hq */
+  int64_t n_kv_heads; /* Hkv; 0 means n_heads; n_heads % n_kv_heads == 0 */
+  int64_t head_dim;   /* D; 0 means d_model / n_heads */
+  bool bias;
+  bool causal;
+  /* The plan: the largest batch and sequence lengths a run may use; the
+   * intermediate buffers are sized for them once, at creation. */
+  int64_t max_batch;
+  int64_t max_seq;    /* Sq */
+  int64_t max_kv_seq; /* Skv for cross attention; 0 means max_seq */
+} attn_mha_desc;
+
+typedef struct attn_mha_weights {
+  const attn_tensor *wq, *wk, *wv, *wo;
+  const attn_tensor *bq, *bk, *bv, *bo;
+  const attn_tensor *in_proj, *in_bias;
+} attn_mha_weights;
+
+typedef struct attn_mha attn_mha;
+
+/* Plans the nodes (project q, k, v; split heads; sdpa; merge heads; project
+ * out) and allocates the intermediate buffers. The weight tensors are
+ * referenced, not copied: keep them alive while the graph lives. */
+ATTN_API attn_status attn_mha_create(attn_context *ctx, const attn_mha_desc *desc,
+                                     const attn_mha_weights *w, attn_mha **graph);
+ATTN_API void attn_mha_free(attn_mha *graph);
+
+/* x [B, Sq, E]; kv_x [B, Skv, Ekv] or NULL for self attention; out [B, Sq, E].
+ * Data stays on the device from the first projection to the last. */
+ATTN_API attn_status attn_mha_run(attn_mha *graph, const attn_tensor *x,
+                                  const attn_tensor *kv_x, attn_tensor *out);
+
+/* Time spent in each node by the last run (host wall time with a device
+ * synchronisation after each node when timing is on; 0 otherwise). */
+typedef struct attn_mha_profile {
+  double project_q_ms, project_k_ms, project_v_ms, sdpa_ms, project_out_ms;
+} attn_mha_profile;
+ATTN_API attn_status attn_mha_set_profiling(attn_mha *graph, bool on);
+ATTN_API attn_status attn_mha_profile_get(const attn_mha *graph, attn_mha_profile *p);
+
+/* ---- KV cache ------------------------------------------------------------ */
+
+/* A cache of projected keys and values for self attention, bound to a graph,
+ * for `batch` sequences of up to `capacity` tokens. Each cached run projects
+ * x's keys and values, appends them, and attends over everything cached
+ * (causal per the graph's desc, aligned bottom-right). Decoding token by token
+ * gives the same outputs as one causal pass over the whole sequence. A run
+ * that would exceed the capacity fails with ATTN_ERR_CAPACITY and changes
+ * nothing. */
+typedef struct attn_kv_cache attn_kv_cache;
+ATTN_API attn_status attn_kv_cache_create(attn_mha *graph, int64_t batch, int64_t capacity,
+                                          attn_kv_cache **cache);
+ATTN_API void attn_kv_cache_free(attn_kv_cache *cache);
+ATTN_API int64_t attn_kv_cache_length(const attn_kv_cache *cache);
+ATTN_API int64_t attn_kv_cache_capacity(const attn_kv_cache *cache);
+ATTN_API void attn_kv_cache_reset(attn_kv_cache *cache);
+/* x [B, S, E] with B == the cache's batch; out [B, S, E]. */
+ATTN_API attn_status attn_mha_run_cached(attn_mha *graph, attn_kv_cache *cache,
+                                         const attn_tensor *x, attn_tensor *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* ATTN_H */
