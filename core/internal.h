@@ -106,6 +106,10 @@ struct attn_context {
   attn_storage *storages; /* live storages, freed with the context */
   struct attn_mha *graphs; /* live graphs, freed with the context */
 };
+/* Called by attn_close before the backend context is closed: free every
+ * graph/cache (graph.c) and every tensor and storage (tensor.c) still alive. */
+ATTN_INTERNAL void attn__context_free_graphs(attn_context *ctx);
+ATTN_INTERNAL void attn__context_free_tensors(attn_context *ctx);
 /* Open a context on device index of a registry backend. */
 ATTN_INTERNAL attn_status attn__context_open(const attn_backend *be, int index,
                                              attn_context **ctx);

@@ -1,1 +1,58 @@
-/* stub */
+/* Helpers shared by the numerical suites: an independent brute-force
+ * double-precision attention (the oracle's oracle), random data, the one
+ * tolerance rule, NaN poisoning, and the list of devices to run on. */
+#ifndef ATTN_TESTUTIL_H
+#define ATTN_TESTUTIL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "attn.h"
+
+/* All host arrays contiguous row-major. */
+typedef struct tu_sdpa_problem {
+  int64_t B, Hq, Hkv, Sq, Skv, D, Dv;
+  const float *q; /* [B,Hq,Sq,D] */
+  const float *k; /* [B,Hkv,Skv,D] */
+  const float *v; /* [B,Hkv,Skv,Dv] */
+  const float *mask;       /* [mask_b, mask_h, Sq, Skv] or NULL */
+  attn_mask_kind mask_kind;
+  int64_t mask_b, mask_h;  /* 1 or B, 1 or Hq */
+  bool causal;
+  double scale;            /* already resolved (1/sqrt(D) by default) */
+  const int32_t *kv_lens;  /* [B] or NULL */
+} tu_sdpa_problem;
+
+/* Straight from the definition, in double: scores, mask, causal, kv_lens,
+ * softmax, weighted sum. out [B,Hq,Sq,Dv]; weights [B,Hq,Sq,Skv] and
+ * lse [B,Hq,Sq] may be NULL. Rows with no visible key: zeros, lse = -inf. */
+void tu_sdpa_double(const tu_sdpa_problem *p, double *out, double *weights, double *lse);
+
+/* y[r,:] = x[r,:] W^T + b in double; x [rows, in], w [out, in], b [out] or NULL. */
+void tu_linear_double(const float *x, int64_t rows, int64_t in, const float *w, const float *b,
+                      int64_t out, double *y);
+
+/* Deterministic xorshift random numbers. */
+uint64_t tu_rand_u64(uint64_t *state);
+void tu_fill_uniform(float *x, size_t n, uint64_t *state, float lo, float hi);
+float *tu_alloc_uniform(size_t n, uint64_t *state, float lo, float hi); /* malloc'ed */
+void tu_fill_nan(float *x, size_t n);
+
+/* The one tolerance rule of the suites: every element must satisfy
+ *   |got - want| <= TU_ATOL + TU_RTOL * max(|want|) over the array
+ * (relative to the size of the values), and no NaN where want is finite.
+ * Returns 1 if ok; otherwise prints the worst element with `what` and returns 0.
+ * *max_err (may be NULL) receives the largest absolute error. */
+#define TU_RTOL 2e-5
+#define TU_ATOL 1e-6
+int tu_check_close(const char *what, const float *got, const double *want, size_t n,
+                   double *max_err);
+
+/* The devices the numerical suites run on: every device of every backend
+ * found (ref, pocl, clblast, ...), or those of $ATTN_TEST_DEVICES (a comma
+ * separated list of selectors) when set. Fills up to max selectors, returns
+ * the count, and prints "suite NAME runs on: ..." once to stdout. */
+int tu_devices(const char *suite, char sel[][64], int max);
+
+#endif
