@@ -1,0 +1,173 @@
+/* The shared OpenCL runtime of the pocl and clblast backends (a convenience
+ * library linked into both modules): device enumeration through the ICD
+ * loader, one context and in-order queue per opened device, the buffers behind
+ * the vtable's memory slots, kernel programs built from the embedded
+ * kernels/*.cl sources through an on-disk binary cache, and CL error codes
+ * turned into attn_status with the error's name in the message.
+ *
+ * Errors are reported through the attn_host given to clrt_init (so they carry
+ * the public function's name); every function returning attn_status has
+ * already reported its failure when it returns.
+ *
+ * Threading: module-global state (the host, the enumeration) is set up under
+ * the core's loader lock; a clrt_ctx is used by one thread at a time, like the
+ * backend context that embeds it. The disk cache is safe across threads and
+ * processes (temporary file + rename).
+ */
+#ifndef ATTN_CLRT_H
+#define ATTN_CLRT_H
+
+#ifndef CL_TARGET_OPENCL_VERSION
+#define CL_TARGET_OPENCL_VERSION 120 /* the OpenCL 1.2 API: portable to NVIDIA */
+#endif
+#include <CL/cl.h>
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "attn_plugin.h"
+
+#define CLRT_INTERNAL __attribute__((visibility("hidden")))
+
+/* ---- module setup ------------------------------------------------------------ */
+
+/* Remember the host services (call from the module's init slot). */
+CLRT_INTERNAL void clrt_init(const attn_host *host);
+/* The host given to clrt_init (never NULL: a silent fallback before init). */
+CLRT_INTERNAL const attn_host *clrt_host(void);
+
+/* ---- errors ------------------------------------------------------------------ */
+
+/* "CL_OUT_OF_RESOURCES" for a CL error code; "CL_UNKNOWN_ERROR" if unknown. */
+CLRT_INTERNAL const char *clrt_error_name(cl_int err);
+/* The attn_status for a CL error: allocation failures -> ATTN_ERR_DEVICE_MEMORY,
+ * CL_BUILD_PROGRAM_FAILURE -> ATTN_ERR_BUILD, anything else -> ATTN_ERR_BACKEND. */
+CLRT_INTERNAL attn_status clrt_status(cl_int err);
+/* Report err through host->error as "<what>: CL_NAME (code)" and return its
+ * status; err must not be CL_SUCCESS. */
+CLRT_INTERNAL attn_status clrt_fail(cl_int err, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+/* ATTN_OK if err == CL_SUCCESS, else clrt_fail(err, "...") */
+#define CLRT_CHECK(err, ...) ((err) == CL_SUCCESS ? ATTN_OK : clrt_fail((err), __VA_ARGS__))
+
+/* ---- devices ------------------------------------------------------------------ */
+
+typedef struct clrt_device {
+  cl_platform_id platform;
+  cl_device_id id;
+  cl_device_type type;
+} clrt_device;
+
+/* Every device of every platform whose type intersects type_mask
+ * (CL_DEVICE_TYPE_CPU | ...), at most max into out; returns the count (0 when
+ * there is no ICD, platform or device: not an error). Order: devices of
+ * platforms whose name contains prefer_platform (case-insensitive; NULL = no
+ * preference) first; then, if gpus_first, GPUs, accelerators, CPUs, others;
+ * otherwise platform/device order. */
+CLRT_INTERNAL int clrt_find_devices(cl_device_type type_mask, const char *prefer_platform,
+                                    bool gpus_first, clrt_device *out, int max);
+/* Fill name, vendor, driver ("<platform version> / driver <driver version>"),
+ * type, global_mem, max_alloc and compute_units; leaves selector, backend and
+ * index to the caller. */
+CLRT_INTERNAL attn_status clrt_device_info(const clrt_device *dev, attn_device_info *info);
+
+/* ---- context ------------------------------------------------------------------ */
+
+/* A device buffer: the struct behind the vtable's opaque attn_buffer. */
+struct attn_buffer {
+  cl_mem mem;
+  size_t bytes;
+  struct attn_buffer *prev, *next; /* in the owning clrt_ctx, freed with it */
+};
+
+typedef struct clrt_program clrt_program; /* built programs kept per context */
+
+/* One opened device: a context and one in-order queue. Backends embed it in
+ * their own context struct. */
+typedef struct clrt_ctx {
+  clrt_device dev;
+  cl_context context;
+  cl_command_queue queue;     /* in-order, no profiling */
+  uint64_t max_alloc;         /* CL_DEVICE_MAX_MEM_ALLOC_SIZE */
+  size_t max_wg;              /* CL_DEVICE_MAX_WORK_GROUP_SIZE */
+  struct attn_buffer *buffers; /* live buffers */
+  clrt_program *programs;     /* built programs (and their kernels) */
+  /* Statistics of program builds in this context (tests and debug logs). */
+  int n_cache_hits;           /* programs loaded from the disk cache */
+  int n_builds;               /* programs compiled from source */
+} clrt_ctx;
+
+/* Create the context and queue for dev into *c (zeroed first). */
+CLRT_INTERNAL attn_status clrt_ctx_init(clrt_ctx *c, const clrt_device *dev);
+/* Finish the queue, free every live buffer, program and kernel, the queue and
+ * the context. Safe on a zeroed or partly initialised ctx. */
+CLRT_INTERNAL void clrt_ctx_release(clrt_ctx *c);
+/* clFinish; reports deferred errors. */
+CLRT_INTERNAL attn_status clrt_finish(clrt_ctx *c);
+
+/* ---- buffers: the vtable's memory slots ---------------------------------------- */
+
+/* clCreateBuffer(READ_WRITE, bytes > 0); bytes over max_alloc -> ATTN_ERR_DEVICE_MEMORY. */
+CLRT_INTERNAL attn_status clrt_buffer_alloc(clrt_ctx *c, size_t bytes, attn_buffer **buf);
+/* Release (the driver keeps it until queued work on it completes). NULL is a no-op. */
+CLRT_INTERNAL void clrt_buffer_free(clrt_ctx *c, attn_buffer *buf);
+/* Blocking write of bytes from host src at byte offset (range checked). */
+CLRT_INTERNAL attn_status clrt_buffer_write(clrt_ctx *c, attn_buffer *buf, size_t offset,
+                                            size_t bytes, const void *src);
+/* Blocking read of bytes at byte offset into host dst, after queued work (range checked). */
+CLRT_INTERNAL attn_status clrt_buffer_read(clrt_ctx *c, attn_buffer *buf, size_t offset,
+                                           size_t bytes, void *dst);
+
+/* ---- kernel sources and programs -------------------------------------------------- */
+
+/* The source of kernels/<name>.cl: from $ATTN_KERNEL_DIR/<name>.cl when that is
+ * set (read into *owned, which the caller frees; ATTN_ERR_IO if unreadable),
+ * otherwise the copy embedded at build time (*owned = NULL). Unknown name ->
+ * ATTN_ERR_INVALID_ARG. */
+CLRT_INTERNAL attn_status clrt_kernel_source(const char *name, const char **src, size_t *len,
+                                             char **owned);
+/* The program of kernels/<name>.cl built with options (NULL = ""), from this
+ * context's programs, else the disk binary cache, else compiled (and stored
+ * in the cache). A compile failure -> ATTN_ERR_BUILD with the compiler log in
+ * the message. The program belongs to the context. */
+CLRT_INTERNAL attn_status clrt_program_get(clrt_ctx *c, const char *name, const char *options,
+                                           cl_program *prog);
+/* Kernel kernel_name of that program, created once per context and reused
+ * (set its arguments before each enqueue). Owned by the context. */
+CLRT_INTERNAL attn_status clrt_kernel_get(clrt_ctx *c, const char *name, const char *options,
+                                          const char *kernel_name, cl_kernel *kernel);
+
+/* ---- enqueue helpers ------------------------------------------------------------- */
+
+/* Set n arguments from (size_t size, const void *value) pairs following n;
+ * a failure names the kernel and the argument index. Use CLRT_ARG(x). */
+CLRT_INTERNAL attn_status clrt_set_args(cl_kernel k, int n, ...);
+#define CLRT_ARG(x) sizeof(x), (const void *)&(x)
+/* clEnqueueNDRangeKernel on the context's queue; local may be NULL. A failure
+ * names the kernel. */
+CLRT_INTERNAL attn_status clrt_enqueue(clrt_ctx *c, cl_kernel k, cl_uint dims,
+                                       const size_t *global, const size_t *local);
+/* Round x up to a multiple of m (m > 0). */
+static inline size_t clrt_round_up(size_t x, size_t m) { return (x + m - 1) / m * m; }
+
+/* ---- the binary cache (cache.c) --------------------------------------------------- */
+
+/* The cache directory: $ATTN_CACHE_DIR, else $XDG_CACHE_HOME/attn, else
+ * $HOME/.cache/attn; NULL when ATTN_CACHE=0 or no directory can be named.
+ * Writes into buf (len bytes). */
+CLRT_INTERNAL const char *clrt_cache_dir(char *buf, size_t len);
+/* Look up the entry for key (any string naming everything the binary depends
+ * on). Returns 1 and a malloc'ed payload when a valid entry exists; 0 when
+ * absent, disabled, or corrupt/truncated/stale/foreign (logged, ignored). */
+CLRT_INTERNAL int clrt_cache_load(const char *key, unsigned char **bin, size_t *len);
+/* Store payload for key (temporary file + rename). Failures are logged
+ * through host->debug and otherwise ignored: no cache is not an error. */
+CLRT_INTERNAL void clrt_cache_store(const char *key, const unsigned char *bin, size_t len);
+/* The path of key's entry file into buf; NULL if caching is disabled. */
+CLRT_INTERNAL const char *clrt_cache_path(const char *key, char *buf, size_t len);
+/* 64-bit FNV-1a of n bytes, continuing from h (start with CLRT_FNV_INIT). */
+#define CLRT_FNV_INIT 0xcbf29ce484222325ULL
+CLRT_INTERNAL uint64_t clrt_hash(uint64_t h, const void *data, size_t n);
+
+#endif /* ATTN_CLRT_H */
