@@ -2,7 +2,7 @@
  * library linked into both modules): device enumeration through the ICD
  * loader, one context and in-order queue per opened device, the buffers behind
  * the vtable's memory slots, kernel programs built from the embedded
- * kernels/*.cl sources through an on-disk binary cache, and CL error codes
+ * kernels/ sources (*.cl) through an on-disk binary cache, and CL error codes
  * turned into attn_status with the error's name in the message.
  *
  * Errors are reported through the attn_host given to clrt_init (so they carry
