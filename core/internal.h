@@ -121,6 +121,7 @@ struct attn_storage {
   size_t bytes;
   int refs;
   attn_storage *prev, *next; /* in ctx->storages */
+  attn_tensor *tensors;       /* live tensors on this storage, freed with the context */
 };
 struct attn_tensor {
   attn_storage *st;
@@ -128,6 +129,7 @@ struct attn_tensor {
   int64_t shape[4];   /* shape[0..ndim-1] */
   int64_t strides[4]; /* in elements */
   int64_t offset;     /* in elements from the storage start */
+  attn_tensor *tprev, *tnext; /* in st->tensors (NULL for graph-internal stack views) */
 };
 /* The tensor as a right-aligned 4-D backend view (leading dims 1, stride 0). */
 ATTN_INTERNAL attn_view attn__tensor_view4(const attn_tensor *t);
