@@ -148,5 +148,8 @@ ATTN_INTERNAL attn_status attn__sdpa_prepare(attn_context *ctx, const attn_sdpa_
 /* Ask the backend's supports slot, then run. */
 ATTN_INTERNAL attn_status attn__run_sdpa(attn_context *ctx, const attn_sdpa_desc *d);
 ATTN_INTERNAL attn_status attn__run_linear(attn_context *ctx, const attn_linear_desc *d);
+/* An output tensor gives every element its own place (no zero or overlapping
+ * strides); else ATTN_ERR_INVALID_ARG naming `name`. */
+ATTN_INTERNAL attn_status attn__check_output_strides(const attn_tensor *t, const char *name);
 
 #endif /* ATTN_INTERNAL_H */
