@@ -1,1 +1,657 @@
-/* stub: to be written */
+/* .npy reader and writer; see npy.h for the contract.
+ *
+ * The format (numpy/lib/format.py): the magic "\x93NUMPY", a major and minor
+ * version byte, a little-endian header length (2 bytes in 1.0, 4 bytes in 2.0
+ * and 3.0), then the header: a Python dict literal with exactly the keys
+ * 'descr', 'fortran_order' and 'shape', padded with spaces and ended by '\n'
+ * so that the data starts aligned (numpy pads to 64 bytes, older numpy to 16;
+ * we require 16, which both satisfy). The data follows, and nothing after it. */
+#include "npy.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static const unsigned char npy_magic[6] = {0x93, 'N', 'U', 'M', 'P', 'Y'};
+
+static attn_status fail(attn_status s, char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static attn_status fail(attn_status s, char *err, size_t errlen, const char *fmt, ...) {
+  if (err && errlen) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+  }
+  return s;
+}
+
+static const char *safe_name(const char *name) { return name && *name ? name : "<npy>"; }
+
+/* ---- the header dict --------------------------------------------------------- */
+
+typedef struct hdr_parser {
+  const char *p, *end;
+} hdr_parser;
+
+static void skip_ws(hdr_parser *h) {
+  while (h->p < h->end && (*h->p == ' ' || *h->p == '\t')) h->p++;
+}
+
+/* A Python string literal in single or double quotes, without escapes (none
+ * of the values we accept needs one). Copies at most cap-1 chars into out. */
+static bool parse_string(hdr_parser *h, char *out, size_t cap) {
+  if (h->p >= h->end || (*h->p != '\'' && *h->p != '"')) return false;
+  char q = *h->p++;
+  size_t n = 0;
+  while (h->p < h->end && *h->p != q) {
+    if (*h->p == '\\' || n + 1 >= cap) return false;
+    out[n++] = *h->p++;
+  }
+  if (h->p >= h->end) return false;
+  h->p++; /* closing quote */
+  out[n] = '\0';
+  return true;
+}
+
+static bool parse_word(hdr_parser *h, const char *w) {
+  size_t n = strlen(w);
+  if ((size_t)(h->end - h->p) < n || memcmp(h->p, w, n) != 0) return false;
+  h->p += n;
+  return true;
+}
+
+typedef struct hdr_dict {
+  bool has_descr, has_fortran, has_shape;
+  char descr[32];
+  bool fortran;
+  int ndim;                      /* as written, may exceed NPY_MAX_DIMS */
+  int64_t shape[NPY_MAX_DIMS];
+  bool negative, overflow;       /* some dimension was negative / too large */
+  int bad_dim;                   /* index of the first such dimension */
+} hdr_dict;
+
+/* A tuple of non-negative Python ints: "()", "(3,)", "(2, 3)", "(2, 3,)";
+ * Python 2 era files may write "3L". "(3)" is an int, not a tuple: refused. */
+static bool parse_shape(hdr_parser *h, hdr_dict *d, const char **why) {
+  if (h->p >= h->end || *h->p != '(') {
+    *why = "'shape' is not a tuple";
+    return false;
+  }
+  h->p++;
+  d->ndim = 0;
+  bool trailing_comma = false;
+  for (;;) {
+    skip_ws(h);
+    if (h->p < h->end && *h->p == ')') {
+      h->p++;
+      break;
+    }
+    bool neg = false;
+    if (h->p < h->end && *h->p == '-') {
+      neg = true;
+      h->p++;
+    }
+    if (h->p >= h->end || *h->p < '0' || *h->p > '9') {
+      *why = "'shape' holds something that is not an integer";
+      return false;
+    }
+    int64_t v = 0;
+    bool ovf = false;
+    while (h->p < h->end && *h->p >= '0' && *h->p <= '9') {
+      int digit = *h->p++ - '0';
+      if (v > (INT64_MAX - digit) / 10) ovf = true;
+      else v = v * 10 + digit;
+    }
+    if (h->p < h->end && *h->p == 'L') h->p++;
+    if (d->ndim < NPY_MAX_DIMS) d->shape[d->ndim] = v;
+    if ((neg && v != 0) && !d->negative && !d->overflow) {
+      d->negative = true;
+      d->bad_dim = d->ndim;
+    }
+    if (ovf && !d->negative && !d->overflow) {
+      d->overflow = true;
+      d->bad_dim = d->ndim;
+    }
+    if (d->ndim < 64) d->ndim++;
+    skip_ws(h);
+    trailing_comma = false;
+    if (h->p < h->end && *h->p == ',') {
+      h->p++;
+      trailing_comma = true;
+      continue;
+    }
+    if (h->p < h->end && *h->p == ')') {
+      h->p++;
+      break;
+    }
+    *why = "'shape' tuple is not closed";
+    return false;
+  }
+  if (d->ndim == 1 && !trailing_comma) {
+    *why = "'shape' is not a tuple (a 1-element tuple needs a trailing comma)";
+    return false;
+  }
+  return true;
+}
+
+static bool parse_dict(hdr_parser *h, hdr_dict *d, const char **why) {
+  memset(d, 0, sizeof *d);
+  skip_ws(h);
+  if (h->p >= h->end || *h->p != '{') {
+    *why = "the header is not a dict (no '{')";
+    return false;
+  }
+  h->p++;
+  for (;;) {
+    skip_ws(h);
+    if (h->p < h->end && *h->p == '}') {
+      h->p++;
+      break;
+    }
+    char key[32];
+    if (!parse_string(h, key, sizeof key)) {
+      *why = "a key of the header dict is not a string";
+      return false;
+    }
+    skip_ws(h);
+    if (h->p >= h->end || *h->p != ':') {
+      *why = "a key of the header dict is not followed by ':'";
+      return false;
+    }
+    h->p++;
+    skip_ws(h);
+    if (strcmp(key, "descr") == 0) {
+      if (d->has_descr) {
+        *why = "duplicate key 'descr'";
+        return false;
+      }
+      if (!parse_string(h, d->descr, sizeof d->descr)) {
+        *why = "'descr' is not a simple dtype string (structured dtypes are not supported)";
+        return false;
+      }
+      d->has_descr = true;
+    } else if (strcmp(key, "fortran_order") == 0) {
+      if (d->has_fortran) {
+        *why = "duplicate key 'fortran_order'";
+        return false;
+      }
+      if (parse_word(h, "True")) d->fortran = true;
+      else if (parse_word(h, "False")) d->fortran = false;
+      else {
+        *why = "'fortran_order' is neither True nor False";
+        return false;
+      }
+      d->has_fortran = true;
+    } else if (strcmp(key, "shape") == 0) {
+      if (d->has_shape) {
+        *why = "duplicate key 'shape'";
+        return false;
+      }
+      if (!parse_shape(h, d, why)) return false;
+      d->has_shape = true;
+    } else {
+      *why = "the header dict has a key other than 'descr', 'fortran_order' and 'shape'";
+      return false;
+    }
+    skip_ws(h);
+    if (h->p < h->end && *h->p == ',') {
+      h->p++;
+      continue;
+    }
+    if (h->p < h->end && *h->p == '}') {
+      h->p++;
+      break;
+    }
+    *why = "the header dict is not closed with '}'";
+    return false;
+  }
+  if (!d->has_descr || !d->has_fortran || !d->has_shape) {
+    *why = !d->has_descr     ? "the header dict has no 'descr'"
+           : !d->has_shape   ? "the header dict has no 'shape'"
+                             : "the header dict has no 'fortran_order'";
+    return false;
+  }
+  return true;
+}
+
+static const char *dtype_name(unsigned t) {
+  switch (t) {
+  case NPY_F32: return "float32 ('<f4')";
+  case NPY_BOOL: return "bool ('|b1')";
+  case NPY_I32: return "int32 ('<i4')";
+  default: return "?";
+  }
+}
+
+/* "float32 ('<f4') or bool ('|b1')" */
+static void dtypes_list(unsigned mask, char *buf, size_t cap) {
+  buf[0] = '\0';
+  size_t n = 0;
+  for (unsigned t = 1; t <= NPY_I32; t <<= 1) {
+    if (!(mask & t)) continue;
+    int w = snprintf(buf + n, cap - n, "%s%s", n ? " or " : "", dtype_name(t));
+    if (w < 0 || (size_t)w >= cap - n) break;
+    n += (size_t)w;
+  }
+}
+
+/* A descr numpy might write, described for the message. */
+static const char *descr_hint(const char *d) {
+  static const struct {
+    const char *descr, *name;
+  } known[] = {{"<f8", "float64"}, {"<f2", "float16"}, {"<i8", "int64"}, {"<i2", "int16"},
+               {"|i1", "int8"},    {"|u1", "uint8"},   {"<u4", "uint32"}, {"<u8", "uint64"},
+               {"<c8", "complex64"}, {"<c16", "complex128"}};
+  for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
+    if (strcmp(d, known[i].descr) == 0) return known[i].name;
+  return NULL;
+}
+
+static void shape_str(const int64_t *shape, int ndim, char *buf, size_t cap) {
+  size_t n = 0;
+  buf[0] = '\0';
+  for (int i = 0; i < ndim && n < cap; i++) {
+    int w = snprintf(buf + n, cap - n, "%s%" PRId64, i ? ", " : "(", shape[i]);
+    if (w < 0) return;
+    n += (size_t)w;
+  }
+  if (n < cap) snprintf(buf + n, cap - n, "%s)", ndim == 1 ? "," : ndim == 0 ? "(" : "");
+}
+
+static uint32_t rd_u32le(const unsigned char *b) {
+  return (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
+}
+
+attn_status npy_parse(const void *buf_, size_t len, const char *name_, const npy_want *want,
+                      npy_array *out, char *err, size_t errlen) {
+  const unsigned char *buf = buf_;
+  const char *name = safe_name(name_);
+  if (out) memset(out, 0, sizeof *out);
+  if (!out || (!buf && len) || !want || want->min_rank < 1 || want->max_rank > NPY_MAX_DIMS ||
+      want->min_rank > want->max_rank || !want->dtypes)
+    return fail(ATTN_ERR_INVALID_ARG, err, errlen, "npy_parse: %s: invalid arguments", name);
+
+  size_t m = len < sizeof npy_magic ? len : sizeof npy_magic;
+  if (memcmp(buf, npy_magic, m) != 0 || len == 0)
+    return fail(ATTN_ERR_FORMAT, err, errlen,
+                "%s: not a .npy file (bad magic: the file does not start with \"\\x93NUMPY\")",
+                name);
+  if (len < 8)
+    return fail(ATTN_ERR_FORMAT, err, errlen,
+                "%s: truncated: %zu bytes, too short for the .npy magic and version", name, len);
+  unsigned major = buf[6], minor = buf[7];
+  if ((major != 1 && major != 2 && major != 3) || minor != 0)
+    return fail(ATTN_ERR_FORMAT, err, errlen,
+                "%s: unknown .npy format version %u.%u (supported: 1.0, 2.0, 3.0)", name, major,
+                minor);
+  size_t pre = major == 1 ? 10 : 12;
+  if (len < pre)
+    return fail(ATTN_ERR_FORMAT, err, errlen,
+                "%s: truncated header: %zu bytes, the version %u.0 preamble needs %zu", name, len,
+                major, pre);
+  uint64_t hlen = major == 1 ? (uint64_t)(buf[8] | buf[9] << 8) : rd_u32le(buf + 8);
+  if (hlen > len - pre)
+    return fail(ATTN_ERR_FORMAT, err, errlen,
+                "%s: header length %" PRIu64 " runs past the end of the file (%zu bytes after "
+                "the %zu-byte preamble)",
+                name, hlen, len - pre, pre);
+  size_t data_off = pre + (size_t)hlen;
+  const char *hdr = (const char *)buf + pre;
+  if (hlen == 0 || hdr[hlen - 1] != '\n')
+    return fail(ATTN_ERR_FORMAT, err, errlen,
+                "%s: header is not terminated by a newline (its length field %" PRIu64
+                " may be wrong)",
+                name, hlen);
+  for (size_t i = 0; i + 1 < hlen; i++) {
+    unsigned char c = (unsigned char)hdr[i];
+    if (c < 0x20 || c > 0x7e)
+      return fail(ATTN_ERR_FORMAT, err, errlen,
+                  "%s: header has a non-printable byte 0x%02x at offset %zu (its length field "
+                  "may be wrong)",
+                  name, c, pre + i);
+  }
+  if (data_off % 16 != 0)
+    return fail(ATTN_ERR_FORMAT, err, errlen,
+                "%s: header is not padded: the data starts at byte %zu, not a multiple of 16",
+                name, data_off);
+
+  hdr_parser h = {hdr, hdr + hlen - 1};
+  hdr_dict d;
+  const char *why = "";
+  if (!parse_dict(&h, &d, &why))
+    return fail(ATTN_ERR_FORMAT, err, errlen, "%s: bad header: %s", name, why);
+  /* Only the padding (spaces) may follow the dict. */
+  for (; h.p < h.end; h.p++)
+    if (*h.p != ' ')
+      return fail(ATTN_ERR_FORMAT, err, errlen,
+                  "%s: bad header: '%c' after the dict where only space padding may be", name,
+                  *h.p);
+
+  unsigned dtype;
+  if (strcmp(d.descr, "<f4") == 0) dtype = NPY_F32;
+  else if (strcmp(d.descr, "|b1") == 0) dtype = NPY_BOOL;
+  else if (strcmp(d.descr, "<i4") == 0) dtype = NPY_I32;
+  else if (d.descr[0] == '>' || d.descr[0] == '!')
+    return fail(ATTN_ERR_FORMAT, err, errlen,
+                "%s: big-endian dtype '%s' is not supported (save little-endian, e.g. "
+                "x.astype('<%s'))",
+                name, d.descr, d.descr + 1);
+  else {
+    char exp[128];
+    dtypes_list(want->dtypes, exp, sizeof exp);
+    const char *hint = descr_hint(d.descr);
+    return fail(ATTN_ERR_FORMAT, err, errlen, "%s: unsupported dtype '%s'%s%s%s; expected %s",
+                name, d.descr, hint ? " (" : "", hint ? hint : "", hint ? ")" : "", exp);
+  }
+  if (!(want->dtypes & dtype)) {
+    char exp[128];
+    dtypes_list(want->dtypes, exp, sizeof exp);
+    return fail(ATTN_ERR_FORMAT, err, errlen, "%s: dtype is %s; expected %s", name,
+                dtype_name(dtype), exp);
+  }
+  if (d.fortran)
+    return fail(ATTN_ERR_FORMAT, err, errlen,
+                "%s: Fortran order is not supported (save a C-ordered array, e.g. "
+                "np.ascontiguousarray(x))",
+                name);
+  if (d.negative)
+    return fail(ATTN_ERR_FORMAT, err, errlen, "%s: dimension %d of the shape is negative", name,
+                d.bad_dim);
+  if (d.overflow)
+    return fail(ATTN_ERR_FORMAT, err, errlen, "%s: dimension %d of the shape overflows", name,
+                d.bad_dim);
+  if (d.ndim < want->min_rank || d.ndim > want->max_rank) {
+    if (want->min_rank == want->max_rank)
+      return fail(ATTN_ERR_FORMAT, err, errlen, "%s: rank %d; expected rank %d", name, d.ndim,
+                  want->min_rank);
+    return fail(ATTN_ERR_FORMAT, err, errlen, "%s: rank %d; expected rank %d to %d", name,
+                d.ndim, want->min_rank, want->max_rank);
+  }
+  size_t item = dtype == NPY_BOOL ? 1 : 4;
+  size_t count = 1;
+  for (int i = 0; i < d.ndim; i++) {
+    if (d.shape[i] == 0)
+      return fail(ATTN_ERR_FORMAT, err, errlen,
+                  "%s: dimension %d of the shape is 0 (empty arrays are not supported)", name, i);
+    if ((uint64_t)d.shape[i] > SIZE_MAX / item / count)
+      return fail(ATTN_ERR_FORMAT, err, errlen,
+                  "%s: the shape's byte count overflows (dimension %d = %" PRId64 ")", name, i,
+                  d.shape[i]);
+    count *= (size_t)d.shape[i];
+  }
+  size_t nbytes = count * item, have = len - data_off;
+  char sh[160];
+  shape_str(d.shape, d.ndim, sh, sizeof sh);
+  if (have < nbytes)
+    return fail(ATTN_ERR_FORMAT, err, errlen,
+                "%s: truncated data: %zu bytes, shape %s of %s needs %zu", name, have, sh,
+                dtype_name(dtype), nbytes);
+  if (have > nbytes)
+    return fail(ATTN_ERR_FORMAT, err, errlen,
+                "%s: %zu bytes of trailing data after the %zu bytes of shape %s", name,
+                have - nbytes, nbytes, sh);
+
+  const unsigned char *src = buf + data_off;
+  if (dtype == NPY_BOOL)
+    for (size_t i = 0; i < count; i++)
+      if (src[i] > 1)
+        return fail(ATTN_ERR_FORMAT, err, errlen,
+                    "%s: bool element %zu has byte value %u (not 0 or 1)", name, i, src[i]);
+  void *data = malloc(nbytes);
+  if (!data)
+    return fail(ATTN_ERR_NOMEM, err, errlen, "%s: out of memory for %zu bytes of data", name,
+                nbytes);
+  if (dtype == NPY_BOOL) {
+    memcpy(data, src, nbytes);
+  } else {
+    /* Decode little-endian explicitly: correct on any host, and the copy
+     * also fixes the alignment of the data within the buffer. */
+    uint32_t *dst = data;
+    for (size_t i = 0; i < count; i++) {
+      uint32_t u = rd_u32le(src + 4 * i);
+      memcpy(&dst[i], &u, 4);
+    }
+  }
+  out->dtype = (npy_dtype)dtype;
+  out->ndim = d.ndim;
+  memcpy(out->shape, d.shape, sizeof(int64_t) * (size_t)d.ndim);
+  out->count = count;
+  out->data = data;
+  return ATTN_OK;
+}
+
+void npy_free(npy_array *a) {
+  if (!a) return;
+  free(a->data);
+  memset(a, 0, sizeof *a);
+}
+
+attn_status npy_read_file(const char *path, const npy_want *want, npy_array *out, char *err,
+                          size_t errlen) {
+  if (out) memset(out, 0, sizeof *out);
+  if (!path || !*path)
+    return fail(ATTN_ERR_INVALID_ARG, err, errlen, "npy_read_file: empty path");
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return fail(ATTN_ERR_IO, err, errlen, "%s: cannot open: %s", path, strerror(errno));
+  struct stat st;
+  if (fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
+    close(fd);
+    return fail(ATTN_ERR_IO, err, errlen, "%s: cannot read: is a directory", path);
+  }
+  /* Read to the end rather than trusting st_size (pipes, files that change). */
+  size_t cap = S_ISREG(st.st_mode) && st.st_size > 0 ? (size_t)st.st_size + 1 : 65536, len = 0;
+  unsigned char *buf = malloc(cap);
+  if (!buf) {
+    close(fd);
+    return fail(ATTN_ERR_NOMEM, err, errlen, "%s: out of memory reading the file", path);
+  }
+  for (;;) {
+    if (len == cap) {
+      size_t ncap = cap * 2;
+      unsigned char *nb = ncap > cap ? realloc(buf, ncap) : NULL;
+      if (!nb) {
+        free(buf);
+        close(fd);
+        return fail(ATTN_ERR_NOMEM, err, errlen, "%s: out of memory reading the file", path);
+      }
+      buf = nb;
+      cap = ncap;
+    }
+    ssize_t r = read(fd, buf + len, cap - len);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) {
+      int e = errno;
+      free(buf);
+      close(fd);
+      return fail(ATTN_ERR_IO, err, errlen, "%s: cannot read: %s", path, strerror(e));
+    }
+    if (r == 0) break;
+    len += (size_t)r;
+  }
+  close(fd);
+  attn_status s = npy_parse(buf, len, path, want, out, err, errlen);
+  free(buf);
+  return s;
+}
+
+/* ---- writer --------------------------------------------------------------------- */
+
+attn_status npy_encode_f32(int ndim, const int64_t *shape, const float *data, void **bufp,
+                           size_t *lenp, char *err, size_t errlen) {
+  if (!bufp || !lenp || !shape || !data || ndim < 1 || ndim > NPY_MAX_DIMS)
+    return fail(ATTN_ERR_INVALID_ARG, err, errlen, "npy_encode_f32: invalid arguments");
+  *bufp = NULL;
+  *lenp = 0;
+  size_t count = 1;
+  for (int i = 0; i < ndim; i++) {
+    if (shape[i] < 1)
+      return fail(ATTN_ERR_INVALID_ARG, err, errlen,
+                  "npy_encode_f32: shape: dimension %d is %" PRId64 " (< 1)", i, shape[i]);
+    if ((uint64_t)shape[i] > SIZE_MAX / 4 / count)
+      return fail(ATTN_ERR_OVERFLOW, err, errlen, "npy_encode_f32: shape: byte count overflows");
+    count *= (size_t)shape[i];
+  }
+  char sh[160], dict[256];
+  shape_str(shape, ndim, sh, sizeof sh);
+  int dl = snprintf(dict, sizeof dict, "{'descr': '<f4', 'fortran_order': False, 'shape': %s, }",
+                    sh);
+  if (dl < 0 || (size_t)dl >= sizeof dict)
+    return fail(ATTN_ERR_INVALID_ARG, err, errlen, "npy_encode_f32: shape too long");
+  /* Pad with spaces so that preamble (10) + header, '\n' included, is a
+   * multiple of 64, as numpy does. */
+  size_t hlen = (size_t)dl + 1;
+  hlen += (64 - (10 + hlen) % 64) % 64;
+  size_t nbytes = count * 4;
+  if (nbytes > SIZE_MAX - 10 - hlen)
+    return fail(ATTN_ERR_OVERFLOW, err, errlen, "npy_encode_f32: byte count overflows");
+  size_t len = 10 + hlen + nbytes;
+  unsigned char *buf = malloc(len);
+  if (!buf) return fail(ATTN_ERR_NOMEM, err, errlen, "npy_encode_f32: out of memory");
+  memcpy(buf, npy_magic, 6);
+  buf[6] = 1;
+  buf[7] = 0;
+  buf[8] = (unsigned char)(hlen & 0xff);
+  buf[9] = (unsigned char)(hlen >> 8);
+  memcpy(buf + 10, dict, (size_t)dl);
+  memset(buf + 10 + dl, ' ', hlen - (size_t)dl - 1);
+  buf[10 + hlen - 1] = '\n';
+  unsigned char *dst = buf + 10 + hlen;
+  for (size_t i = 0; i < count; i++) {
+    uint32_t u;
+    memcpy(&u, &data[i], 4);
+    dst[4 * i] = (unsigned char)u;
+    dst[4 * i + 1] = (unsigned char)(u >> 8);
+    dst[4 * i + 2] = (unsigned char)(u >> 16);
+    dst[4 * i + 3] = (unsigned char)(u >> 24);
+  }
+  *bufp = buf;
+  *lenp = len;
+  return ATTN_OK;
+}
+
+void npy_write_abort(npy_pending *p) {
+  if (!p) return;
+  if (p->tmp) unlink(p->tmp);
+  free(p->tmp);
+  free(p->path);
+  p->tmp = p->path = NULL;
+}
+
+static bool write_all(int fd, const unsigned char *b, size_t n) {
+  while (n) {
+    ssize_t w = write(fd, b, n);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) return false;
+    b += w;
+    n -= (size_t)w;
+  }
+  return true;
+}
+
+attn_status npy_write_prepare(const char *path, int ndim, const int64_t *shape, const float *data,
+                              npy_pending *p, char *err, size_t errlen) {
+  if (!p) return fail(ATTN_ERR_INVALID_ARG, err, errlen, "npy_write: invalid arguments");
+  p->tmp = p->path = NULL;
+  if (!path || !*path) return fail(ATTN_ERR_IO, err, errlen, "npy_write: empty output path");
+  void *img;
+  size_t len;
+  attn_status s = npy_encode_f32(ndim, shape, data, &img, &len, err, errlen);
+  if (s != ATTN_OK) return s;
+
+  /* The temporary file lives next to the target so that rename() is atomic
+   * (same file system). O_EXCL with a pid-and-counter name never clobbers
+   * anything; mode 0666 lets the umask decide, as for any new file. */
+  static unsigned counter;
+  size_t tcap = strlen(path) + 64;
+  p->tmp = malloc(tcap);
+  p->path = strdup(path);
+  if (!p->tmp || !p->path) {
+    free(img);
+    free(p->tmp);
+    free(p->path);
+    p->tmp = p->path = NULL;
+    return fail(ATTN_ERR_NOMEM, err, errlen, "%s: out of memory", path);
+  }
+  int fd = -1, e = 0;
+  for (int tries = 0; tries < 100 && fd < 0; tries++) {
+    snprintf(p->tmp, tcap, "%s.tmp.%ld.%u", path, (long)getpid(), counter++);
+    fd = open(p->tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+    e = errno;
+    if (fd < 0 && e != EEXIST) break;
+  }
+  if (fd < 0) {
+    free(img);
+    free(p->tmp);
+    free(p->path);
+    p->tmp = p->path = NULL;
+    return fail(ATTN_ERR_IO, err, errlen, "%s: cannot create a temporary file next to it: %s",
+                path, strerror(e));
+  }
+  bool ok = write_all(fd, img, len);
+  e = errno;
+  free(img);
+  if (ok && fsync(fd) != 0) {
+    ok = false;
+    e = errno;
+  }
+  if (close(fd) != 0 && ok) {
+    ok = false;
+    e = errno;
+  }
+  if (!ok) {
+    npy_write_abort(p);
+    return fail(ATTN_ERR_IO, err, errlen, "%s: cannot write: %s", path, strerror(e));
+  }
+  return ATTN_OK;
+}
+
+attn_status npy_write_commit(npy_pending *p, char *err, size_t errlen) {
+  if (!p || !p->tmp) return fail(ATTN_ERR_INVALID_ARG, err, errlen, "npy_write: nothing pending");
+  if (rename(p->tmp, p->path) != 0) {
+    int e = errno;
+    char *path = strdup(p->path);
+    npy_write_abort(p);
+    attn_status s = fail(ATTN_ERR_IO, err, errlen, "%s: cannot write: %s", path ? path : "?",
+                         strerror(e));
+    free(path);
+    return s;
+  }
+  /* Make the rename itself durable; a failure here loses nothing written. */
+  char *dir = strdup(p->path);
+  if (dir) {
+    char *slash = strrchr(dir, '/');
+    const char *d = ".";
+    if (slash == dir) d = "/";
+    else if (slash) {
+      *slash = '\0';
+      d = dir;
+    }
+    int dfd = open(d, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) {
+      fsync(dfd);
+      close(dfd);
+    }
+    free(dir);
+  }
+  free(p->tmp);
+  free(p->path);
+  p->tmp = p->path = NULL;
+  return ATTN_OK;
+}
+
+attn_status npy_write_f32(const char *path, int ndim, const int64_t *shape, const float *data,
+                          char *err, size_t errlen) {
+  npy_pending p;
+  attn_status s = npy_write_prepare(path, ndim, shape, data, &p, err, errlen);
+  if (s != ATTN_OK) return s;
+  return npy_write_commit(&p, err, errlen);
+}
