@@ -1,1 +1,578 @@
-int main(void) { return 77; } /* stub */
+/* The module loader, against the misbehaving test plugins (plugins/
+ * test_plugin.c built with -D variants) and against files that are not
+ * modules at all; then the public API on top of it: attn_open, attn_close,
+ * attn_list_devices.
+ *
+ * attn__registry_scan builds private registries, so those tests can scan
+ * anything. The process-wide registry is scanned once, on the first public
+ * call: main points ATTN_BACKEND_PATH at the test plugin directory before
+ * that, and every public-API test below uses that one registry. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+#include <pthread.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+static char plugin_dir[1024];
+static char tmp_dir[1024];
+
+static void plugin_path(char *dst, size_t size, const char *name) {
+  snprintf(dst, size, "%s/attn_%s.so", plugin_dir, name);
+}
+
+static const attn_backend *find_be(const attn_registry *reg, const char *name) {
+  for (int i = 0; i < reg->nbackends; i++)
+    if (strcmp(reg->backends[i].name, name) == 0) return &reg->backends[i];
+  return NULL;
+}
+
+static const attn_load_failure *find_fail(const attn_registry *reg, const char *name) {
+  for (int i = 0; i < reg->nfailures; i++)
+    if (strcmp(reg->failures[i].name, name) == 0) return &reg->failures[i];
+  return NULL;
+}
+
+static void assert_contains(const char *hay, const char *needle) {
+  if (!strstr(hay, needle)) fail_msg("\"%s\" does not contain \"%s\"", hay, needle);
+}
+
+/* Scan one plugin by its file path; it must fail with a reason that
+ * contains each of the NULL-terminated fragments. */
+static void expect_refused(const char *name, ...) {
+  char path[1200];
+  plugin_path(path, sizeof path, name);
+  attn_registry reg;
+  assert_int_equal(attn__registry_scan(path, &reg), ATTN_OK);
+  assert_int_equal(reg.nbackends, 0);
+  assert_int_equal(reg.nfailures, 1);
+  const attn_load_failure *f = &reg.failures[0];
+  assert_string_equal(f->name, name);
+  assert_string_equal(f->path, path);
+  va_list ap;
+  va_start(ap, name);
+  for (const char *frag; (frag = va_arg(ap, const char *)) != NULL;) assert_contains(f->reason, frag);
+  va_end(ap);
+  attn__registry_free(&reg);
+}
+
+/* ---- each test plugin by file path ---------------------------------------- */
+
+static void test_good_by_path(void **state) {
+  (void)state;
+  char path[1200];
+  plugin_path(path, sizeof path, "tp_good");
+  attn_registry reg;
+  assert_int_equal(attn__registry_scan(path, &reg), ATTN_OK);
+  assert_int_equal(reg.nfailures, 0);
+  assert_int_equal(reg.nbackends, 1);
+  const attn_backend *be = &reg.backends[0];
+  assert_string_equal(be->name, "tp_good");
+  assert_string_equal(be->path, path);
+  assert_non_null(be->handle);
+  assert_non_null(be->vt);
+  assert_int_equal(be->ndev, 2);
+  for (int i = 0; i < 2; i++) {
+    char sel[64];
+    snprintf(sel, sizeof sel, "tp_good:%d", i);
+    assert_string_equal(be->dev[i].selector, sel);
+    assert_string_equal(be->dev[i].backend, "tp_good");
+    assert_int_equal(be->dev[i].index, i);
+  }
+  assert_string_equal(be->dev[0].name, "Test Plugin Host CPU");
+  assert_int_equal(be->dev[0].type, ATTN_DEVICE_CPU);
+  assert_int_equal(be->dev[1].type, ATTN_DEVICE_ACCELERATOR);
+  attn__registry_free(&reg);
+  assert_int_equal(reg.nbackends, 0);
+  attn__registry_free(NULL); /* no-op */
+}
+
+static void test_badabi(void **state) {
+  (void)state;
+  char path[1200];
+  plugin_path(path, sizeof path, "tp_badabi");
+  /* Both versions, and the file (the failure's path; attn_open's message
+   * and `attn devices` print it with the reason). */
+  expect_refused("tp_badabi", "ABI major 99", "expects 1", NULL);
+}
+
+static void test_noentry(void **state) {
+  (void)state;
+  expect_refused("tp_noentry", "attn_backend_entry", NULL);
+}
+
+static void test_nullslot(void **state) {
+  (void)state;
+  expect_refused("tp_nullslot", "synchronize", "NULL", NULL);
+}
+
+static void test_probe0(void **state) {
+  (void)state;
+  char path[1200];
+  plugin_path(path, sizeof path, "tp_probe0");
+  attn_registry reg;
+  assert_int_equal(attn__registry_scan(path, &reg), ATTN_OK);
+  /* 0 devices is "not usable here", not a failure. */
+  assert_int_equal(reg.nfailures, 0);
+  assert_int_equal(reg.nbackends, 1);
+  assert_string_equal(reg.backends[0].name, "tp_probe0");
+  assert_int_equal(reg.backends[0].ndev, 0);
+  attn__registry_free(&reg);
+}
+
+static void test_openfail_allocfail_load(void **state) {
+  (void)state;
+  /* They misbehave only later, in open / buffer_alloc. */
+  const char *names[] = {"tp_openfail", "tp_allocfail"};
+  for (int i = 0; i < 2; i++) {
+    char path[1200];
+    plugin_path(path, sizeof path, names[i]);
+    attn_registry reg;
+    assert_int_equal(attn__registry_scan(path, &reg), ATTN_OK);
+    assert_int_equal(reg.nfailures, 0);
+    assert_int_equal(reg.nbackends, 1);
+    assert_string_equal(reg.backends[0].name, names[i]);
+    assert_int_equal(reg.backends[0].ndev, 2);
+    attn__registry_free(&reg);
+  }
+}
+
+/* ---- a whole directory ------------------------------------------------------ */
+
+static void test_whole_dir(void **state) {
+  (void)state;
+  attn_registry reg;
+  assert_int_equal(attn__registry_scan(plugin_dir, &reg), ATTN_OK);
+  /* Loaded in sorted file name order. */
+  const char *loaded[] = {"template", "tp_allocfail", "tp_good", "tp_openfail", "tp_probe0"};
+  assert_int_equal(reg.nbackends, 5);
+  for (int i = 0; i < 5; i++) assert_string_equal(reg.backends[i].name, loaded[i]);
+  const char *failed[] = {"tp_badabi", "tp_noentry", "tp_nullslot"};
+  assert_int_equal(reg.nfailures, 3);
+  for (int i = 0; i < 3; i++) assert_string_equal(reg.failures[i].name, failed[i]);
+  const attn_load_failure *badabi = find_fail(&reg, "tp_badabi");
+  const attn_load_failure *nullslot = find_fail(&reg, "tp_nullslot");
+  assert_non_null(badabi);
+  assert_non_null(nullslot);
+  assert_contains(badabi->reason, "99");
+  assert_contains(nullslot->reason, "synchronize");
+
+  /* The template: one CPU device. */
+  const attn_backend *tpl = find_be(&reg, "template");
+  assert_non_null(tpl);
+  assert_int_equal(tpl->ndev, 1);
+  assert_string_equal(tpl->dev[0].selector, "template:0");
+  assert_int_equal(tpl->dev[0].type, ATTN_DEVICE_CPU);
+  attn__registry_free(&reg);
+
+  /* A trailing slash and empty entries change nothing (an empty entry is
+   * never the current directory). */
+  char search[2200];
+  snprintf(search, sizeof search, "::%s/:", plugin_dir);
+  assert_int_equal(attn__registry_scan(search, &reg), ATTN_OK);
+  assert_int_equal(reg.nbackends, 5);
+  assert_int_equal(reg.nfailures, 3);
+  attn__registry_free(&reg);
+
+  assert_int_equal(attn__registry_scan("", &reg), ATTN_OK);
+  assert_int_equal(reg.nbackends, 0);
+  assert_int_equal(reg.nfailures, 0);
+  attn__registry_free(&reg);
+}
+
+static void test_first_one_wins(void **state) {
+  (void)state;
+  char good[1200], search[2400];
+  plugin_path(good, sizeof good, "tp_good");
+  /* tp_good by file, then the directory that holds it again. */
+  snprintf(search, sizeof search, "%s:%s", good, plugin_dir);
+  attn_registry reg;
+  assert_int_equal(attn__registry_scan(search, &reg), ATTN_OK);
+  assert_int_equal(reg.nbackends, 5);
+  assert_string_equal(reg.backends[0].name, "tp_good");
+  assert_string_equal(reg.backends[0].path, good);
+  /* The later copy is recorded as shadowed, naming the one that won. */
+  assert_int_equal(reg.nfailures, 4);
+  const attn_load_failure *f = find_fail(&reg, "tp_good");
+  assert_non_null(f);
+  assert_string_equal(f->path, good);
+  assert_contains(f->reason, "shadowed");
+  attn__registry_free(&reg);
+}
+
+/* ---- things that are not modules ------------------------------------------- */
+
+static void write_file(const char *path, const void *data, size_t n) {
+  FILE *fp = fopen(path, "wb");
+  assert_non_null(fp);
+  assert_int_equal(fwrite(data, 1, n, fp), n);
+  assert_int_equal(fclose(fp), 0);
+}
+
+static void test_not_a_module(void **state) {
+  (void)state;
+  char junk[1200], trunc[1200], other[1200], good[1200];
+  snprintf(junk, sizeof junk, "%s/attn_junk.so", tmp_dir);
+  snprintf(trunc, sizeof trunc, "%s/attn_trunc.so", tmp_dir);
+  snprintf(other, sizeof other, "%s/libnotamodule.so", tmp_dir);
+  const char text[] = "this is not a shared object\n";
+  write_file(junk, text, sizeof text - 1);
+  write_file(other, text, sizeof text - 1); /* not attn_*.so: never tried */
+
+  /* The first 100 bytes of a good module: a valid ELF header, then nothing. */
+  plugin_path(good, sizeof good, "tp_good");
+  unsigned char head[100];
+  FILE *fp = fopen(good, "rb");
+  assert_non_null(fp);
+  assert_int_equal(fread(head, 1, sizeof head, fp), sizeof head);
+  fclose(fp);
+  write_file(trunc, head, sizeof head);
+
+  attn_registry reg;
+  assert_int_equal(attn__registry_scan(tmp_dir, &reg), ATTN_OK);
+  assert_int_equal(reg.nbackends, 0);
+  assert_int_equal(reg.nfailures, 2);
+  assert_string_equal(reg.failures[0].name, "junk");
+  assert_string_equal(reg.failures[0].path, junk);
+  assert_contains(reg.failures[0].reason, "dlopen failed");
+  assert_string_equal(reg.failures[1].name, "trunc");
+  assert_string_equal(reg.failures[1].path, trunc);
+  assert_contains(reg.failures[1].reason, "dlopen failed");
+  /* dlerror's text follows, so the user sees why. */
+  assert_true(strlen(reg.failures[1].reason) > strlen("dlopen failed: "));
+  attn__registry_free(&reg);
+
+  /* A file given explicitly is tried whatever its name. */
+  assert_int_equal(attn__registry_scan(other, &reg), ATTN_OK);
+  assert_int_equal(reg.nbackends, 0);
+  assert_int_equal(reg.nfailures, 1);
+  assert_contains(reg.failures[0].reason, "dlopen failed");
+  attn__registry_free(&reg);
+
+  unlink(junk);
+  unlink(trunc);
+  unlink(other);
+}
+
+static void test_bad_paths(void **state) {
+  (void)state;
+  attn_registry reg;
+  /* Relative entries are refused, never resolved against the cwd. */
+  assert_int_equal(attn__registry_scan("plugins/.libs:attn_tp_good.so", &reg), ATTN_OK);
+  assert_int_equal(reg.nbackends, 0);
+  assert_int_equal(reg.nfailures, 2);
+  assert_string_equal(reg.failures[0].path, "plugins/.libs");
+  assert_contains(reg.failures[0].reason, "relative");
+  assert_string_equal(reg.failures[1].path, "attn_tp_good.so");
+  assert_string_equal(reg.failures[1].name, "tp_good");
+  assert_contains(reg.failures[1].reason, "relative");
+  attn__registry_free(&reg);
+
+  /* "." is relative too, even when it holds modules. */
+  char cwd[1024];
+  assert_non_null(getcwd(cwd, sizeof cwd));
+  assert_int_equal(chdir(plugin_dir), 0);
+  assert_int_equal(attn__registry_scan(".", &reg), ATTN_OK);
+  assert_int_equal(reg.nbackends, 0);
+  assert_int_equal(reg.nfailures, 1);
+  attn__registry_free(&reg);
+  assert_int_equal(chdir(cwd), 0);
+
+  char missing[1200];
+  snprintf(missing, sizeof missing, "%s/no-such-dir", tmp_dir);
+  assert_int_equal(attn__registry_scan(missing, &reg), ATTN_OK);
+  assert_int_equal(reg.nbackends, 0);
+  assert_int_equal(reg.nfailures, 1);
+  assert_string_equal(reg.failures[0].path, missing);
+  assert_contains(reg.failures[0].reason, "No such file");
+  attn__registry_free(&reg);
+
+  assert_int_equal(attn__registry_scan(NULL, NULL), ATTN_ERR_INVALID_ARG);
+}
+
+/* ---- the public API over the process-wide registry ------------------------- */
+
+static void test_open_good(void **state) {
+  (void)state;
+  attn_context *ctx = NULL;
+  attn_device_info info;
+  struct {
+    const char *sel;
+    int index;
+  } cases[] = {{"tp_good", 0},           {"tp_good:1", 1},         {"tp_good:accelerator", 1},
+               {"tp_good:CPU", 0},       {"tp_good:host acc", 1},  {"nosuch,tp_good:1", 1},
+               {"tp_probe0,tp_good", 0}, {"tp_openfail,tp_good", 0}};
+  for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+    attn_status st = attn_open(cases[c].sel, &ctx);
+    if (st != ATTN_OK) fail_msg("attn_open(\"%s\"): %s", cases[c].sel, attn_last_error());
+    assert_int_equal(attn_context_info(ctx, &info), ATTN_OK);
+    assert_string_equal(info.backend, "tp_good");
+    assert_int_equal(info.index, cases[c].index);
+    char sel[64];
+    snprintf(sel, sizeof sel, "tp_good:%d", cases[c].index);
+    assert_string_equal(info.selector, sel);
+    assert_int_equal(attn_synchronize(ctx), ATTN_OK);
+    attn_close(ctx);
+  }
+}
+
+static void test_open_openfail(void **state) {
+  (void)state;
+  attn_context *ctx = (attn_context *)&ctx;
+  assert_int_equal(attn_open("tp_openfail", &ctx), ATTN_ERR_BACKEND);
+  assert_null(ctx); /* and nothing leaked: LeakSanitizer checks under --enable-sanitizers */
+  const char *msg = attn_last_error();
+  assert_contains(msg, "attn_open: ");
+  assert_contains(msg, "tp_openfail: device 0 refused to open (test plugin)");
+  /* Both devices refuse; the selector names the device that was tried. */
+  assert_contains(msg, "tp_openfail:0");
+}
+
+static void test_allocfail(void **state) {
+  (void)state;
+  attn_context *ctx = NULL;
+  assert_int_equal(attn_open("tp_allocfail", &ctx), ATTN_OK);
+  int64_t shape[2] = {4, 8};
+  attn_tensor *t = (attn_tensor *)&t;
+  assert_int_equal(attn_tensor_create(ctx, 2, shape, &t), ATTN_ERR_DEVICE_MEMORY);
+  assert_contains(attn_last_error(), "attn_tensor_create");
+  assert_contains(attn_last_error(), "device memory (test plugin)");
+  /* The context is still usable after the failure. */
+  assert_int_equal(attn_synchronize(ctx), ATTN_OK);
+  attn_close(ctx);
+}
+
+static void test_close_frees_live_tensors(void **state) {
+  (void)state;
+  attn_context *ctx = NULL;
+  assert_int_equal(attn_open("tp_good", &ctx), ATTN_OK);
+  int64_t shape[1] = {16};
+  attn_tensor *t = NULL;
+  assert_int_equal(attn_tensor_create(ctx, 1, shape, &t), ATTN_OK);
+  float in[16], out[16];
+  for (int i = 0; i < 16; i++) in[i] = (float)i * 0.5f;
+  assert_int_equal(attn_tensor_write(t, in, 16), ATTN_OK);
+  assert_int_equal(attn_tensor_read(t, out, 16), ATTN_OK);
+  assert_memory_equal(in, out, sizeof in);
+  /* t is still alive: attn_close frees it (LeakSanitizer checks). */
+  attn_close(ctx);
+}
+
+static void test_open_badabi(void **state) {
+  (void)state;
+  attn_context *ctx = NULL;
+  char path[1200];
+  plugin_path(path, sizeof path, "tp_badabi");
+  assert_int_equal(attn_open("tp_badabi", &ctx), ATTN_ERR_PLUGIN);
+  assert_null(ctx);
+  const char *msg = attn_last_error();
+  assert_contains(msg, "attn_open: ");
+  assert_contains(msg, path);
+  assert_contains(msg, "ABI major 99, libattn expects 1");
+
+  /* The first alternative's specific error wins over a later no-device. */
+  assert_int_equal(attn_open("tp_nullslot:0,nosuch", &ctx), ATTN_ERR_PLUGIN);
+  assert_contains(attn_last_error(), "synchronize");
+  assert_contains(attn_last_error(), "no backend named nosuch");
+}
+
+static void test_open_nothing_matches(void **state) {
+  (void)state;
+  attn_context *ctx = (attn_context *)&ctx;
+  assert_int_equal(attn_open("nosuch:gpu,tp_good:7,tp_probe0,tp_good:gpu,tp_good:nvidia", &ctx),
+                   ATTN_ERR_NO_DEVICE);
+  assert_null(ctx);
+  const char *msg = attn_last_error();
+  /* Each alternative says why... */
+  assert_contains(msg, "\"nosuch:gpu\": no backend named nosuch");
+  assert_contains(msg, "\"tp_good:7\": backend tp_good has no device 7 (it has 2)");
+  assert_contains(msg, "\"tp_probe0\": backend tp_probe0 found no usable device");
+  assert_contains(msg, "\"tp_good:gpu\": backend tp_good has no gpu device");
+  assert_contains(msg, "\"tp_good:nvidia\": backend tp_good has no device whose name contains");
+  /* ...and what exists is listed: every device and every failed module. */
+  assert_contains(msg, "tp_good:0");
+  assert_contains(msg, "tp_good:1");
+  assert_contains(msg, "template:0");
+  assert_contains(msg, "attn_tp_badabi.so");
+  assert_contains(msg, "attn_tp_noentry.so");
+  assert_contains(msg, "attn_tp_nullslot.so");
+
+  /* A malformed selector also lists what exists. */
+  assert_int_equal(attn_open("tp_good:", &ctx), ATTN_ERR_SELECTOR);
+  assert_contains(attn_last_error(), "attn_open: selector \"tp_good:\"");
+  assert_contains(attn_last_error(), "tp_good:1");
+}
+
+static void test_open_from_env(void **state) {
+  (void)state;
+  attn_context *ctx = NULL;
+  attn_device_info info;
+  setenv("ATTN_DEVICE", "tp_good:accelerator", 1);
+  assert_int_equal(attn_open(NULL, &ctx), ATTN_OK);
+  assert_int_equal(attn_context_info(ctx, &info), ATTN_OK);
+  assert_int_equal(info.index, 1);
+  attn_close(ctx);
+  /* An explicit selector ignores ATTN_DEVICE. */
+  assert_int_equal(attn_open("tp_good:0", &ctx), ATTN_OK);
+  assert_int_equal(attn_context_info(ctx, &info), ATTN_OK);
+  assert_int_equal(info.index, 0);
+  attn_close(ctx);
+
+  setenv("ATTN_DEVICE", "tp_good,,", 1);
+  assert_int_equal(attn_open(NULL, &ctx), ATTN_ERR_SELECTOR);
+  assert_contains(attn_last_error(), "ATTN_DEVICE");
+
+  /* Empty means the default order, which names backends this registry
+   * lacks (unless an installed libattn provides them). */
+  setenv("ATTN_DEVICE", "", 1);
+  attn_status st = attn_open(NULL, &ctx);
+  if (st == ATTN_OK) {
+    assert_int_equal(attn_context_info(ctx, &info), ATTN_OK);
+    assert_true(strcmp(info.backend, "clblast") == 0 || strcmp(info.backend, "pocl") == 0 ||
+                strcmp(info.backend, "ref") == 0);
+    attn_close(ctx);
+  } else {
+    assert_int_equal(st, ATTN_ERR_NO_DEVICE);
+    assert_contains(attn_last_error(), ATTN_DEFAULT_SELECTOR);
+  }
+  unsetenv("ATTN_DEVICE");
+}
+
+static void test_list_devices(void **state) {
+  (void)state;
+  assert_int_equal(attn_list_devices(NULL), ATTN_ERR_INVALID_ARG);
+  assert_contains(attn_last_error(), "attn_list_devices: list");
+  attn_device_list *l = NULL;
+  assert_int_equal(attn_list_devices(&l), ATTN_OK);
+  assert_non_null(l);
+  /* ATTN_BACKEND_PATH is the plugin dir plus whatever the installed module
+   * dir adds after it, so count what we know is there. */
+  int found = 0;
+  for (size_t i = 0; i < attn_device_list_count(l); i++) {
+    const attn_device_info *d = attn_device_list_get(l, i);
+    assert_non_null(d);
+    if (strncmp(d->selector, "tp_good:", 8) == 0 || strcmp(d->selector, "template:0") == 0 ||
+        strncmp(d->selector, "tp_allocfail:", 13) == 0 ||
+        strncmp(d->selector, "tp_openfail:", 12) == 0)
+      found++;
+    if (strncmp(d->selector, "tp_probe0", 9) == 0) fail_msg("tp_probe0 has no devices");
+  }
+  assert_int_equal(found, 7);
+  assert_null(attn_device_list_get(l, attn_device_list_count(l)));
+  int failed = 0;
+  for (size_t i = 0; i < attn_device_list_failure_count(l); i++) {
+    const char *p = attn_device_list_failure_path(l, i);
+    const char *r = attn_device_list_failure_reason(l, i);
+    assert_non_null(p);
+    assert_non_null(r);
+    assert_true(strlen(r) > 0);
+    if (strstr(p, "attn_tp_badabi.so")) {
+      assert_contains(r, "ABI major 99");
+      failed++;
+    }
+    if (strstr(p, "attn_tp_noentry.so") || strstr(p, "attn_tp_nullslot.so")) failed++;
+  }
+  assert_int_equal(failed, 3);
+  assert_null(attn_device_list_failure_path(l, attn_device_list_failure_count(l)));
+  assert_null(attn_device_list_failure_reason(l, attn_device_list_failure_count(l)));
+  attn_device_list_free(l);
+  attn_device_list_free(NULL);
+  assert_int_equal(attn_device_list_count(NULL), 0);
+  assert_int_equal(attn_device_list_failure_count(NULL), 0);
+}
+
+static void test_device_type_str(void **state) {
+  (void)state;
+  assert_string_equal(attn_device_type_str(ATTN_DEVICE_CPU), "cpu");
+  assert_string_equal(attn_device_type_str(ATTN_DEVICE_GPU), "gpu");
+  assert_string_equal(attn_device_type_str(ATTN_DEVICE_ACCELERATOR), "accelerator");
+  assert_string_equal(attn_device_type_str(ATTN_DEVICE_OTHER), "other");
+  assert_string_equal(attn_device_type_str((attn_device_type)0), "other");
+}
+
+/* Separate contexts from separate threads at once, each with its own work. */
+static void *open_close_thread(void *p) {
+  int *ok = p;
+  *ok = 0;
+  for (int i = 0; i < 20; i++) {
+    attn_context *ctx = NULL;
+    if (attn_open(i % 2 ? "tp_good:1" : "tp_good:0", &ctx) != ATTN_OK) return NULL;
+    int64_t shape[1] = {8};
+    attn_tensor *t = NULL;
+    float v[8] = {1, 2, 3, 4, 5, 6, 7, (float)i}, w[8];
+    if (attn_tensor_create(ctx, 1, shape, &t) != ATTN_OK || attn_tensor_write(t, v, 8) != ATTN_OK ||
+        attn_tensor_read(t, w, 8) != ATTN_OK || memcmp(v, w, sizeof v) != 0) {
+      attn_close(ctx);
+      return NULL;
+    }
+    attn_tensor_free(t);
+    attn_close(ctx);
+  }
+  *ok = 1;
+  return NULL;
+}
+
+static void test_threads(void **state) {
+  (void)state;
+  pthread_t t[4];
+  int ok[4];
+  for (int i = 0; i < 4; i++) assert_int_equal(pthread_create(&t[i], NULL, open_close_thread, &ok[i]), 0);
+  for (int i = 0; i < 4; i++) assert_int_equal(pthread_join(t[i], NULL), 0);
+  for (int i = 0; i < 4; i++) assert_int_equal(ok[i], 1);
+}
+
+static int make_tmp_dir(void **state) {
+  (void)state;
+  const char *base = getenv("TMPDIR");
+  snprintf(tmp_dir, sizeof tmp_dir, "%s/attn_test_loader.XXXXXX", base && *base ? base : "/tmp");
+  return mkdtemp(tmp_dir) ? 0 : -1;
+}
+
+static int remove_tmp_dir(void **state) {
+  (void)state;
+  return rmdir(tmp_dir);
+}
+
+int main(void) {
+  const char *dir = getenv("ATTN_TEST_PLUGIN_DIR");
+  if (!dir || !*dir) {
+    fprintf(stderr, "ATTN_TEST_PLUGIN_DIR is not set (run through make check)\n");
+    return 1;
+  }
+  snprintf(plugin_dir, sizeof plugin_dir, "%s", dir);
+  /* Before any public call: the process-wide registry reads it once. */
+  setenv("ATTN_BACKEND_PATH", plugin_dir, 1);
+  unsetenv("ATTN_DEVICE");
+
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_good_by_path),
+      cmocka_unit_test(test_badabi),
+      cmocka_unit_test(test_noentry),
+      cmocka_unit_test(test_nullslot),
+      cmocka_unit_test(test_probe0),
+      cmocka_unit_test(test_openfail_allocfail_load),
+      cmocka_unit_test(test_whole_dir),
+      cmocka_unit_test(test_first_one_wins),
+      cmocka_unit_test(test_not_a_module),
+      cmocka_unit_test(test_bad_paths),
+      cmocka_unit_test(test_open_good),
+      cmocka_unit_test(test_open_openfail),
+      cmocka_unit_test(test_allocfail),
+      cmocka_unit_test(test_close_frees_live_tensors),
+      cmocka_unit_test(test_open_badabi),
+      cmocka_unit_test(test_open_nothing_matches),
+      cmocka_unit_test(test_open_from_env),
+      cmocka_unit_test(test_list_devices),
+      cmocka_unit_test(test_device_type_str),
+      cmocka_unit_test(test_threads),
+  };
+  return cmocka_run_group_tests(tests, make_tmp_dir, remove_tmp_dir);
+}
