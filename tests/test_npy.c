@@ -400,7 +400,7 @@ static void test_atomic_write_failures(void **state) {
 
   /* An unwritable directory (root writes anyway, so only as a user). */
   if (geteuid() != 0) {
-    char ro[256];
+    char ro[300];
     snprintf(ro, sizeof ro, "%s/ro", tmpdir);
     assert_int_equal(mkdir(ro, 0500), 0);
     snprintf(path, sizeof path, "%s/x.npy", ro);
