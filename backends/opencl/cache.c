@@ -1,0 +1,171 @@
+/* The on-disk cache of compiled program binaries.
+ *
+ * One file per key, named after the key's 64-bit hash:
+ *   DIR/<16 hex digits>.clbin
+ * holding a header, the full key and the payload:
+ *   magic "ATTNCLB\0" | u32 format version | u32 key length | u64 key hash |
+ *   u64 payload length | u64 payload checksum | key bytes | payload bytes
+ * (native byte order: the binaries are for this machine anyway). An entry is
+ * trusted only if every field matches: a wrong magic or version (stale
+ * format), another key (a hash collision or a foreign file), a length that
+ * disagrees with the file size (truncated) or a bad checksum (corrupt) is
+ * logged, ignored, and overwritten by the rebuild. Entries are written to a
+ * temporary file in the same directory and renamed into place, so readers in
+ * other processes see either the old file or the complete new one.
+ */
+#include "clrt.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define CACHE_MAGIC "ATTNCLB"
+#define CACHE_VERSION 1u
+
+typedef struct cache_header {
+  char magic[8];
+  uint32_t version;
+  uint32_t key_len;
+  uint64_t key_hash;
+  uint64_t payload_len;
+  uint64_t payload_hash;
+} cache_header;
+
+uint64_t clrt_hash(uint64_t h, const void *data, size_t n) {
+  const unsigned char *p = data;
+  for (size_t i = 0; i < n; i++) {
+    h ^= p[i];
+    h *= 0x100000001b3ULL;
+  }
+  return h;
+}
+
+const char *clrt_cache_dir(char *buf, size_t len) {
+  const char *off = getenv("ATTN_CACHE");
+  if (off && strcmp(off, "0") == 0) return NULL;
+  const char *e = getenv("ATTN_CACHE_DIR");
+  int n;
+  if (e && *e) n = snprintf(buf, len, "%s", e);
+  else if ((e = getenv("XDG_CACHE_HOME")) && *e) n = snprintf(buf, len, "%s/attn", e);
+  else if ((e = getenv("HOME")) && *e) n = snprintf(buf, len, "%s/.cache/attn", e);
+  else return NULL;
+  return n > 0 && (size_t)n < len ? buf : NULL;
+}
+
+const char *clrt_cache_path(const char *key, char *buf, size_t len) {
+  char dir[3072];
+  if (!clrt_cache_dir(dir, sizeof dir)) return NULL;
+  uint64_t h = clrt_hash(CLRT_FNV_INIT, key, strlen(key));
+  int n = snprintf(buf, len, "%s/%016llx.clbin", dir, (unsigned long long)h);
+  return n > 0 && (size_t)n < len ? buf : NULL;
+}
+
+int clrt_cache_load(const char *key, unsigned char **bin, size_t *len) {
+  const attn_host *host = clrt_host();
+  *bin = NULL;
+  *len = 0;
+  char path[4096];
+  if (!clrt_cache_path(key, path, sizeof path)) return 0;
+  FILE *f = fopen(path, "rb");
+  if (!f) return 0; /* absent: the normal first run */
+  const char *why = NULL;
+  cache_header h;
+  size_t key_len = strlen(key);
+  char *filekey = NULL;
+  unsigned char *payload = NULL;
+  struct stat st;
+  if (fread(&h, sizeof h, 1, f) != 1) why = "truncated header";
+  else if (memcmp(h.magic, CACHE_MAGIC, sizeof h.magic) != 0) why = "bad magic";
+  else if (h.version != CACHE_VERSION) why = "stale format version";
+  else if (h.key_hash != clrt_hash(CLRT_FNV_INIT, key, key_len) || h.key_len != key_len)
+    why = "entry for another key";
+  else if (fstat(fileno(f), &st) != 0 ||
+           (uint64_t)st.st_size != sizeof h + (uint64_t)h.key_len + h.payload_len)
+    why = "size disagrees with its header (truncated)";
+  else if (h.payload_len == 0 || h.payload_len > (uint64_t)1 << 32) why = "implausible length";
+  else if (!(filekey = malloc(key_len + 1)) || !(payload = malloc(h.payload_len)))
+    why = "out of host memory";
+  else if (fread(filekey, 1, key_len, f) != key_len || memcmp(filekey, key, key_len) != 0)
+    why = "entry for another key";
+  else if (fread(payload, 1, h.payload_len, f) != h.payload_len) why = "truncated payload";
+  else if (clrt_hash(CLRT_FNV_INIT, payload, h.payload_len) != h.payload_hash)
+    why = "payload checksum mismatch (corrupt)";
+  fclose(f);
+  free(filekey);
+  if (why) {
+    host->debug("opencl cache: ignoring %s: %s", path, why);
+    free(payload);
+    return 0;
+  }
+  host->debug("opencl cache: hit %s (%llu bytes)", path, (unsigned long long)h.payload_len);
+  *bin = payload;
+  *len = h.payload_len;
+  return 1;
+}
+
+/* mkdir -p, each component 0700 (the cache is private to the user). */
+static int make_dirs(const char *dir) {
+  char tmp[3072];
+  snprintf(tmp, sizeof tmp, "%s", dir);
+  for (char *p = tmp + 1; *p; p++) {
+    if (*p != '/') continue;
+    *p = '\0';
+    if (mkdir(tmp, 0700) != 0 && errno != EEXIST) return -1;
+    *p = '/';
+  }
+  if (mkdir(tmp, 0700) != 0 && errno != EEXIST) return -1;
+  return 0;
+}
+
+static int write_all(int fd, const void *data, size_t n) {
+  const char *p = data;
+  while (n > 0) {
+    ssize_t w = write(fd, p, n);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return -1;
+    }
+    p += w;
+    n -= (size_t)w;
+  }
+  return 0;
+}
+
+void clrt_cache_store(const char *key, const unsigned char *bin, size_t len) {
+  const attn_host *host = clrt_host();
+  char dir[3072], path[4096], tmp[4200];
+  if (!clrt_cache_dir(dir, sizeof dir) || !clrt_cache_path(key, path, sizeof path)) return;
+  if (make_dirs(dir) != 0) {
+    host->debug("opencl cache: cannot create %s (%s); not caching", dir, strerror(errno));
+    return;
+  }
+  snprintf(tmp, sizeof tmp, "%s.tmp.XXXXXX", path);
+  int fd = mkstemp(tmp);
+  if (fd < 0) {
+    host->debug("opencl cache: cannot write in %s (%s); not caching", dir, strerror(errno));
+    return;
+  }
+  cache_header h;
+  memset(&h, 0, sizeof h);
+  memcpy(h.magic, CACHE_MAGIC, sizeof h.magic);
+  h.version = CACHE_VERSION;
+  h.key_len = (uint32_t)strlen(key);
+  h.key_hash = clrt_hash(CLRT_FNV_INIT, key, h.key_len);
+  h.payload_len = len;
+  h.payload_hash = clrt_hash(CLRT_FNV_INIT, bin, len);
+  int bad = write_all(fd, &h, sizeof h) || write_all(fd, key, h.key_len) ||
+            write_all(fd, bin, len);
+  if (close(fd) != 0) bad = 1;
+  /* rename is atomic within a directory: concurrent writers each install a
+   * complete file and the last one wins. */
+  if (bad || rename(tmp, path) != 0) {
+    host->debug("opencl cache: cannot write %s (%s); not caching", path, strerror(errno));
+    unlink(tmp);
+    return;
+  }
+  host->debug("opencl cache: stored %s (%zu bytes)", path, len);
+}

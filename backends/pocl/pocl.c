@@ -1,0 +1,266 @@
+/* The pocl backend: attention on OpenCL CPU devices (POCL preferred), with
+ * SDPA as one fused flash-attention kernel (kernels/sdpa.cl) and the linear
+ * stage as a tiled GEMM kernel (kernels/linear.cl), on the shared OpenCL
+ * runtime (backends/opencl/clrt.h). */
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "clrt.h"
+
+#define POCL_MAX_DEVICES 16
+/* Largest D and Dv the fused kernel holds in private memory. */
+#define POCL_MAX_HEAD_DIM 256
+
+static const attn_host *host;
+static clrt_device devices[POCL_MAX_DEVICES];
+static int ndevices = -1; /* -1: not enumerated yet (probe runs under the loader lock) */
+
+struct attn_backend_ctx {
+  clrt_ctx cl;
+};
+
+static attn_status pocl_init(const attn_host *h) {
+  host = h;
+  clrt_init(h);
+  return ATTN_OK;
+}
+
+static int pocl_probe(void) {
+  if (ndevices < 0)
+    ndevices = clrt_find_devices(CL_DEVICE_TYPE_CPU, "Portable Computing Language", false,
+                                 devices, POCL_MAX_DEVICES);
+  return ndevices;
+}
+
+static attn_status check_index(int index) {
+  if (index < 0 || index >= pocl_probe())
+    return host->error(ATTN_ERR_INVALID_ARG, "pocl: no device %d (%d found)", index,
+                       pocl_probe());
+  return ATTN_OK;
+}
+
+static attn_status pocl_device_info(int index, attn_device_info *info) {
+  attn_status s = check_index(index);
+  if (s != ATTN_OK) return s;
+  s = clrt_device_info(&devices[index], info);
+  if (s != ATTN_OK) return s;
+  snprintf(info->backend, sizeof info->backend, "pocl");
+  info->index = index;
+  return ATTN_OK;
+}
+
+static attn_status pocl_open(int index, attn_backend_ctx **out) {
+  *out = NULL;
+  attn_status s = check_index(index);
+  if (s != ATTN_OK) return s;
+  attn_backend_ctx *c = calloc(1, sizeof *c);
+  if (!c) return host->error(ATTN_ERR_NOMEM, "pocl: out of host memory for a context");
+  s = clrt_ctx_init(&c->cl, &devices[index]);
+  if (s != ATTN_OK) {
+    free(c);
+    return s;
+  }
+  *out = c;
+  return ATTN_OK;
+}
+
+static void pocl_close(attn_backend_ctx *c) {
+  if (!c) return;
+  clrt_ctx_release(&c->cl);
+  free(c);
+}
+
+static attn_status pocl_buffer_alloc(attn_backend_ctx *c, size_t bytes, attn_buffer **buf) {
+  return clrt_buffer_alloc(&c->cl, bytes, buf);
+}
+static void pocl_buffer_free(attn_backend_ctx *c, attn_buffer *buf) {
+  clrt_buffer_free(&c->cl, buf);
+}
+static attn_status pocl_buffer_write(attn_backend_ctx *c, attn_buffer *buf, size_t offset,
+                                     size_t bytes, const void *src) {
+  return clrt_buffer_write(&c->cl, buf, offset, bytes, src);
+}
+static attn_status pocl_buffer_read(attn_backend_ctx *c, attn_buffer *buf, size_t offset,
+                                    size_t bytes, void *dst) {
+  return clrt_buffer_read(&c->cl, buf, offset, bytes, dst);
+}
+static attn_status pocl_synchronize(attn_backend_ctx *c) { return clrt_finish(&c->cl); }
+
+/* ---- stages ---------------------------------------------------------------- */
+
+static attn_status unsupported(char *why, size_t why_len, const char *msg) {
+  if (why && why_len) snprintf(why, why_len, "%s", msg);
+  return ATTN_ERR_UNSUPPORTED;
+}
+
+/* Kernels index with int for sizes (offsets are long): every dim must fit. */
+static int view_fits_int(const attn_view *v) {
+  for (int i = 0; i < 4; i++)
+    if (v->shape[i] > INT_MAX) return 0;
+  return 1;
+}
+
+static attn_status pocl_supports(attn_backend_ctx *c, attn_stage stage, const void *desc,
+                                 char *why, size_t why_len) {
+  if (stage == ATTN_STAGE_LINEAR) {
+    const attn_linear_desc *d = desc;
+    if (!view_fits_int(&d->x) || !view_fits_int(&d->w) || !view_fits_int(&d->y))
+      return unsupported(why, why_len, "pocl: linear dims must fit in 32-bit ints");
+    return ATTN_OK;
+  }
+  if (stage == ATTN_STAGE_SDPA) {
+    const attn_sdpa_desc *d = desc;
+    if (d->q.shape[3] > POCL_MAX_HEAD_DIM || d->v.shape[3] > POCL_MAX_HEAD_DIM) {
+      if (why && why_len)
+        snprintf(why, why_len, "pocl: head dims D=%lld, Dv=%lld; at most %d supported",
+                 (long long)d->q.shape[3], (long long)d->v.shape[3], POCL_MAX_HEAD_DIM);
+      return ATTN_ERR_UNSUPPORTED;
+    }
+    if (!view_fits_int(&d->q) || !view_fits_int(&d->k) || !view_fits_int(&d->v))
+      return unsupported(why, why_len, "pocl: sdpa dims must fit in 32-bit ints");
+    return ATTN_OK;
+  }
+  return unsupported(why, why_len, "pocl: unknown stage");
+}
+
+static cl_long4 strides4(const attn_view *v) {
+  cl_long4 s;
+  for (int i = 0; i < 4; i++) s.s[i] = v->strides[i];
+  return s;
+}
+
+static cl_mem mem_of(const attn_view *v) { return v->buf ? v->buf->mem : NULL; }
+
+static attn_status pocl_linear(attn_backend_ctx *c, const attn_linear_desc *d) {
+  cl_kernel k;
+  attn_status s = clrt_kernel_get(&c->cl, "linear", "", "linear", &k);
+  if (s != ATTN_OK) return s;
+  cl_mem x = mem_of(&d->x), w = mem_of(&d->w), bias = mem_of(&d->bias), y = mem_of(&d->y);
+  cl_long x_off = d->x.offset, w_off = d->w.offset, b_off = d->bias.offset, y_off = d->y.offset;
+  cl_long4 x_st = strides4(&d->x), w_st = strides4(&d->w), b_st = strides4(&d->bias),
+           y_st = strides4(&d->y);
+  cl_int has_bias = bias != NULL;
+  cl_int M = (cl_int)d->x.shape[2], N = (cl_int)d->w.shape[2], K = (cl_int)d->x.shape[3];
+  s = clrt_set_args(k, 16, CLRT_ARG(x), CLRT_ARG(x_off), CLRT_ARG(x_st), CLRT_ARG(w),
+                    CLRT_ARG(w_off), CLRT_ARG(w_st), CLRT_ARG(bias), CLRT_ARG(b_off),
+                    CLRT_ARG(b_st), CLRT_ARG(has_bias), CLRT_ARG(y), CLRT_ARG(y_off),
+                    CLRT_ARG(y_st), CLRT_ARG(M), CLRT_ARG(N), CLRT_ARG(K));
+  if (s != ATTN_OK) return s;
+  size_t global[3] = {((size_t)N + 3) / 4, ((size_t)M + 3) / 4, (size_t)d->x.shape[1]};
+  return clrt_enqueue(&c->cl, k, 3, global, NULL);
+}
+
+/* The build options of the sdpa program for these head dims and strides: few
+ * distinct variants, each compiled once and cached on disk. */
+static void sdpa_options(const attn_sdpa_desc *d, char *buf, size_t len) {
+  int64_t D = d->q.shape[3], Dv = d->v.shape[3], m = D > Dv ? D : Dv;
+  int hd = 16;
+  while (hd < m) hd *= 2;
+  int exact = D == hd && Dv == hd;
+  /* A head dim of 1 makes its stride irrelevant. */
+  int unit = (d->q.strides[3] == 1 || D == 1) && (d->k.strides[3] == 1 || D == 1) &&
+             (d->v.strides[3] == 1 || Dv == 1) && (d->out.strides[3] == 1 || Dv == 1);
+  snprintf(buf, len, "-DHD=%d -DEXACT=%d -DUNIT=%d", hd, exact, unit);
+}
+
+static attn_status pocl_sdpa(attn_backend_ctx *c, const attn_sdpa_desc *d) {
+  char opts[96];
+  sdpa_options(d, opts, sizeof opts);
+  cl_kernel kf, kw = NULL;
+  attn_status s = clrt_kernel_get(&c->cl, "sdpa", opts, "sdpa_flash", &kf);
+  if (s == ATTN_OK && d->weights.buf) s = clrt_kernel_get(&c->cl, "sdpa", opts, "sdpa_weights", &kw);
+  if (s != ATTN_OK) return s;
+
+  cl_int B = (cl_int)d->q.shape[0], Hq = (cl_int)d->q.shape[1], Hkv = (cl_int)d->k.shape[1];
+  cl_int Sq = (cl_int)d->q.shape[2], Skv = (cl_int)d->k.shape[2];
+  cl_int D = (cl_int)d->q.shape[3], Dv = (cl_int)d->v.shape[3];
+  cl_int causal = d->causal, mask_kind = d->mask.buf ? (cl_int)d->mask_kind : 0;
+  cl_float scale = d->scale;
+  cl_mem q = mem_of(&d->q), k = mem_of(&d->k), v = mem_of(&d->v), out = mem_of(&d->out);
+  cl_mem mask = mem_of(&d->mask), lse = mem_of(&d->lse);
+  cl_long q_off = d->q.offset, k_off = d->k.offset, v_off = d->v.offset, o_off = d->out.offset;
+  cl_long m_off = d->mask.offset, l_off = d->lse.offset;
+  cl_long4 q_st = strides4(&d->q), k_st = strides4(&d->k), v_st = strides4(&d->v),
+           o_st = strides4(&d->out), m_st = strides4(&d->mask), l_st = strides4(&d->lse);
+
+  cl_int err;
+  cl_mem kvl = NULL, tmp_lse = NULL;
+  cl_int has_kvl = d->kv_lens != NULL;
+  if (has_kvl) {
+    /* kv_lens lives in host memory the caller may reuse after we return: the
+     * buffer takes a copy now and is released once the kernels finish. */
+    kvl = clCreateBuffer(c->cl.context, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR,
+                         (size_t)B * sizeof(cl_int), (void *)d->kv_lens, &err);
+    if (err != CL_SUCCESS) return clrt_fail(err, "pocl: clCreateBuffer for kv_lens");
+  }
+  if (d->weights.buf && !lse) {
+    /* The weights pass needs each row's lse: keep it in a scratch buffer. */
+    tmp_lse = clCreateBuffer(c->cl.context, CL_MEM_READ_WRITE,
+                             (size_t)B * Hq * Sq * sizeof(cl_float), NULL, &err);
+    if (err != CL_SUCCESS) {
+      if (kvl) clReleaseMemObject(kvl);
+      return clrt_fail(err, "pocl: clCreateBuffer for the lse scratch");
+    }
+    lse = tmp_lse;
+    l_off = 0;
+    l_st = (cl_long4){{(cl_long)Hq * Sq, Sq, 1, 0}};
+  }
+  cl_int has_lse = lse != NULL;
+
+  s = clrt_set_args(kf, 30, CLRT_ARG(q), CLRT_ARG(q_off), CLRT_ARG(q_st), CLRT_ARG(k),
+                    CLRT_ARG(k_off), CLRT_ARG(k_st), CLRT_ARG(v), CLRT_ARG(v_off), CLRT_ARG(v_st),
+                    CLRT_ARG(out), CLRT_ARG(o_off), CLRT_ARG(o_st), CLRT_ARG(mask),
+                    CLRT_ARG(m_off), CLRT_ARG(m_st), CLRT_ARG(mask_kind), CLRT_ARG(kvl),
+                    CLRT_ARG(has_kvl), CLRT_ARG(lse), CLRT_ARG(l_off), CLRT_ARG(l_st),
+                    CLRT_ARG(has_lse), CLRT_ARG(Hq), CLRT_ARG(Hkv), CLRT_ARG(Sq), CLRT_ARG(Skv),
+                    CLRT_ARG(D), CLRT_ARG(Dv), CLRT_ARG(causal), CLRT_ARG(scale));
+  /* 30 above counts the pairs: keep it equal to the kernel's parameter count. */
+  if (s == ATTN_OK) {
+    size_t global[3] = {((size_t)Sq + 7) / 8, (size_t)Hq, (size_t)B};
+    s = clrt_enqueue(&c->cl, kf, 3, global, NULL);
+  }
+  if (s == ATTN_OK && kw) {
+    cl_mem w = mem_of(&d->weights);
+    cl_long w_off = d->weights.offset;
+    cl_long4 w_st = strides4(&d->weights);
+    s = clrt_set_args(kw, 25, CLRT_ARG(q), CLRT_ARG(q_off), CLRT_ARG(q_st), CLRT_ARG(k),
+                      CLRT_ARG(k_off), CLRT_ARG(k_st), CLRT_ARG(mask), CLRT_ARG(m_off),
+                      CLRT_ARG(m_st), CLRT_ARG(mask_kind), CLRT_ARG(kvl), CLRT_ARG(has_kvl),
+                      CLRT_ARG(lse), CLRT_ARG(l_off), CLRT_ARG(l_st), CLRT_ARG(w),
+                      CLRT_ARG(w_off), CLRT_ARG(w_st), CLRT_ARG(Hq), CLRT_ARG(Hkv), CLRT_ARG(Sq),
+                      CLRT_ARG(Skv), CLRT_ARG(D), CLRT_ARG(causal), CLRT_ARG(scale));
+    if (s == ATTN_OK) {
+      size_t global[3] = {(size_t)Skv, (size_t)Sq, (size_t)B * Hq};
+      s = clrt_enqueue(&c->cl, kw, 3, global, NULL);
+    }
+  }
+  /* Released now, freed by the driver when the queued kernels are done. */
+  if (kvl) clReleaseMemObject(kvl);
+  if (tmp_lse) clReleaseMemObject(tmp_lse);
+  return s;
+}
+
+static const attn_backend_vtable pocl_vtable = {
+    .abi_major = ATTN_ABI_MAJOR,
+    .abi_minor = ATTN_ABI_MINOR,
+    .struct_size = sizeof(attn_backend_vtable),
+    .name = "pocl",
+    .init = pocl_init,
+    .probe = pocl_probe,
+    .device_info = pocl_device_info,
+    .open = pocl_open,
+    .close = pocl_close,
+    .buffer_alloc = pocl_buffer_alloc,
+    .buffer_free = pocl_buffer_free,
+    .buffer_write = pocl_buffer_write,
+    .buffer_read = pocl_buffer_read,
+    .supports = pocl_supports,
+    .linear = pocl_linear,
+    .sdpa = pocl_sdpa,
+    .synchronize = pocl_synchronize,
+};
+
+ATTN_PLUGIN_EXPORT const attn_backend_vtable *attn_backend_entry(void);
+ATTN_PLUGIN_EXPORT const attn_backend_vtable *attn_backend_entry(void) { return &pocl_vtable; }

@@ -1,0 +1,487 @@
+/* The shared OpenCL runtime (backends/opencl): CL error naming, buffers, the
+ * on-disk program-binary cache (reuse across processes, corrupt, truncated
+ * and foreign entries rebuilt, ATTN_CACHE=0, an unwritable directory), and
+ * ATTN_KERNEL_DIR (loading, a broken kernel giving ATTN_ERR_BUILD with the
+ * compiler log, through the runtime and through attn_sdpa on pocl).
+ *
+ * Runs on the first OpenCL device found (POCL's preferred); exits 77 only
+ * when there is none. Every cache test uses a fresh temporary directory and a
+ * build option unique to this process, so POCL's own kernel cache cannot make
+ * a "cold" build warm.
+ *
+ * Child mode (used by the cache test to get a fresh process):
+ *   test_opencl --cache-child OPTIONS   exits 0 iff the build came from our cache
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#include <dirent.h>
+
+#include "attn.h"
+#include "clrt.h"
+
+/* ---- a host that records the last error ------------------------------------- */
+
+static char g_err[4096];
+static attn_status g_err_status;
+
+static attn_status test_error(attn_status s, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(g_err, sizeof g_err, fmt, ap);
+  va_end(ap);
+  g_err_status = s;
+  return s;
+}
+static void test_debug(const char *fmt, ...) {
+  if (!getenv("ATTN_DEBUG")) return;
+  va_list ap;
+  va_start(ap, fmt);
+  fprintf(stderr, "debug: ");
+  vfprintf(stderr, fmt, ap);
+  fprintf(stderr, "\n");
+  va_end(ap);
+}
+static const attn_host test_host = {test_error, test_debug};
+
+static clrt_device g_dev;
+static char g_nonce[64]; /* unique per process: -DATTN_TEST_NONCE=... */
+static char g_tmp[256];  /* this run's scratch directory */
+
+static double now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+/* Build kernels/linear.cl with options in a fresh context; returns the
+ * context's statistics through hits/builds and the time in ms. */
+static attn_status build_fresh(const char *options, int *hits, int *builds, double *ms) {
+  clrt_ctx c;
+  attn_status s = clrt_ctx_init(&c, &g_dev);
+  if (s != ATTN_OK) return s;
+  cl_program prog;
+  double t0 = now_ms();
+  s = clrt_program_get(&c, "linear", options, &prog);
+  if (ms) *ms = now_ms() - t0;
+  if (hits) *hits = c.n_cache_hits;
+  if (builds) *builds = c.n_builds;
+  if (s == ATTN_OK) {
+    /* The program must be usable: create its kernel. */
+    cl_kernel k;
+    s = clrt_kernel_get(&c, "linear", options, "linear", &k);
+  }
+  clrt_ctx_release(&c);
+  return s;
+}
+
+/* A new empty cache directory for one test, set as ATTN_CACHE_DIR. */
+static void fresh_cache_dir(const char *name, char *dir, size_t len) {
+  snprintf(dir, len, "%s/%s", g_tmp, name);
+  assert_int_equal(mkdir(dir, 0700), 0);
+  setenv("ATTN_CACHE_DIR", dir, 1);
+  unsetenv("ATTN_CACHE");
+  unsetenv("ATTN_KERNEL_DIR");
+}
+
+/* The one entry file in dir (the tests build one program per directory). */
+static int entry_path(const char *dir, char *path, size_t len) {
+  DIR *d = opendir(dir);
+  if (!d) return 0;
+  int n = 0;
+  struct dirent *e;
+  while ((e = readdir(d))) {
+    size_t l = strlen(e->d_name);
+    if (l > 6 && strcmp(e->d_name + l - 6, ".clbin") == 0) {
+      snprintf(path, len, "%s/%s", dir, e->d_name);
+      n++;
+    }
+  }
+  closedir(d);
+  return n;
+}
+
+static long file_size(const char *path) {
+  struct stat st;
+  return stat(path, &st) == 0 ? (long)st.st_size : -1;
+}
+
+static void options_for(const char *tag, char *buf, size_t len) {
+  snprintf(buf, len, "-DATTN_TEST_NONCE=%s_%s", g_nonce, tag);
+}
+
+/* ---- errors ---------------------------------------------------------------- */
+
+static void test_error_names(void **state) {
+  (void)state;
+  assert_string_equal(clrt_error_name(CL_OUT_OF_RESOURCES), "CL_OUT_OF_RESOURCES");
+  assert_string_equal(clrt_error_name(CL_MEM_OBJECT_ALLOCATION_FAILURE),
+                      "CL_MEM_OBJECT_ALLOCATION_FAILURE");
+  assert_string_equal(clrt_error_name(CL_BUILD_PROGRAM_FAILURE), "CL_BUILD_PROGRAM_FAILURE");
+  assert_string_equal(clrt_error_name(CL_INVALID_KERNEL_ARGS), "CL_INVALID_KERNEL_ARGS");
+  assert_string_equal(clrt_error_name(-12345), "CL_UNKNOWN_ERROR");
+  assert_int_equal(clrt_status(CL_SUCCESS), ATTN_OK);
+  assert_int_equal(clrt_status(CL_MEM_OBJECT_ALLOCATION_FAILURE), ATTN_ERR_DEVICE_MEMORY);
+  assert_int_equal(clrt_status(CL_BUILD_PROGRAM_FAILURE), ATTN_ERR_BUILD);
+  assert_int_equal(clrt_status(CL_OUT_OF_RESOURCES), ATTN_ERR_BACKEND);
+  assert_int_equal(clrt_status(CL_INVALID_VALUE), ATTN_ERR_BACKEND);
+
+  g_err[0] = '\0';
+  assert_int_equal(clrt_fail(CL_OUT_OF_RESOURCES, "clEnqueueNDRangeKernel(%s)", "sdpa_flash"),
+                   ATTN_ERR_BACKEND);
+  assert_string_equal(g_err, "clEnqueueNDRangeKernel(sdpa_flash): CL_OUT_OF_RESOURCES (-5)");
+  assert_int_equal(CLRT_CHECK(CL_SUCCESS, "never"), ATTN_OK);
+}
+
+/* ---- buffers --------------------------------------------------------------- */
+
+static void test_buffers(void **state) {
+  (void)state;
+  clrt_ctx c;
+  assert_int_equal(clrt_ctx_init(&c, &g_dev), ATTN_OK);
+  attn_buffer *b = NULL, *b2 = NULL;
+  assert_int_equal(clrt_buffer_alloc(&c, 64 * sizeof(float), &b), ATTN_OK);
+  float in[64], out[64];
+  for (int i = 0; i < 64; i++) in[i] = (float)i * 0.5f, out[i] = -1.0f;
+  assert_int_equal(clrt_buffer_write(&c, b, 0, sizeof in, in), ATTN_OK);
+  assert_int_equal(clrt_buffer_read(&c, b, 16 * sizeof(float), 8 * sizeof(float), out), ATTN_OK);
+  for (int i = 0; i < 8; i++) assert_true(out[i] == in[16 + i]);
+  assert_true(out[8] == -1.0f); /* nothing past the 8 read */
+
+  /* Out of range: refused with a message, nothing transferred. */
+  assert_int_equal(clrt_buffer_read(&c, b, 60 * sizeof(float), 8 * sizeof(float), out),
+                   ATTN_ERR_INVALID_ARG);
+  assert_non_null(strstr(g_err, "outside a buffer of 256 bytes"));
+  /* More than the device can hold in one allocation: a device-memory error. */
+  if (c.max_alloc < SIZE_MAX / 2) {
+    assert_int_equal(clrt_buffer_alloc(&c, (size_t)c.max_alloc * 2, &b2),
+                     ATTN_ERR_DEVICE_MEMORY);
+    assert_null(b2);
+  }
+  assert_int_equal(clrt_buffer_alloc(&c, 0, &b2), ATTN_ERR_INVALID_ARG);
+  /* A buffer left allocated is freed by the release (leak checkers see it). */
+  assert_int_equal(clrt_buffer_alloc(&c, 128, &b2), ATTN_OK);
+  clrt_buffer_free(&c, b);
+  assert_int_equal(clrt_finish(&c), ATTN_OK);
+  clrt_ctx_release(&c);
+}
+
+/* ---- the binary cache -------------------------------------------------------- */
+
+static void test_cache_reuse_across_processes(void **state) {
+  (void)state;
+  char dir[512], opts[128], path[1024];
+  fresh_cache_dir("reuse", dir, sizeof dir);
+  options_for("reuse", opts, sizeof opts);
+  int hits = -1, builds = -1;
+  double cold, warm_ctx;
+  assert_int_equal(build_fresh(opts, &hits, &builds, &cold), ATTN_OK);
+  assert_int_equal(hits, 0);
+  assert_int_equal(builds, 1);
+  assert_int_equal(entry_path(dir, path, sizeof path), 1);
+
+  /* A fresh context in this process reads the entry back. */
+  assert_int_equal(build_fresh(opts, &hits, &builds, &warm_ctx), ATTN_OK);
+  assert_int_equal(hits, 1);
+  assert_int_equal(builds, 0);
+
+  /* And so does a fresh process. */
+  char cmd[2048];
+  snprintf(cmd, sizeof cmd, "/proc/%d/exe --cache-child '%s'", (int)getpid(), opts);
+  FILE *p = popen(cmd, "r");
+  assert_non_null(p);
+  double child_ms = -1;
+  int got = fscanf(p, "%lf", &child_ms);
+  int rc = pclose(p);
+  assert_int_equal(got, 1);
+  assert_true(WIFEXITED(rc) && WEXITSTATUS(rc) == 0);
+  printf("binary cache: cold build %.1f ms, fresh context %.1f ms, fresh process %.1f ms "
+         "(%.1fx faster)\n",
+         cold, warm_ctx, child_ms, child_ms > 0 ? cold / child_ms : 0.0);
+}
+
+/* Damage the entry in one of three ways; the next build must ignore it,
+ * compile from source, and leave a valid entry that the build after uses. */
+static void damaged_entry_rebuilt(const char *tag, int how) {
+  char dir[512], opts[128], path[1024];
+  fresh_cache_dir(tag, dir, sizeof dir);
+  options_for(tag, opts, sizeof opts);
+  int hits, builds;
+  assert_int_equal(build_fresh(opts, &hits, &builds, NULL), ATTN_OK);
+  assert_int_equal(entry_path(dir, path, sizeof path), 1);
+  long size = file_size(path);
+  assert_true(size > 64);
+
+  int fd = open(path, O_RDWR);
+  assert_true(fd >= 0);
+  if (how == 0) { /* corrupt: flip one byte of the payload */
+    unsigned char byte;
+    assert_int_equal(pread(fd, &byte, 1, size - 10), 1);
+    byte ^= 0x5a;
+    assert_int_equal(pwrite(fd, &byte, 1, size - 10), 1);
+  } else if (how == 1) { /* truncated: half the file */
+    assert_int_equal(ftruncate(fd, size / 2), 0);
+  } else { /* foreign: not ours at all */
+    const char junk[] = "this is not a libattn cache entry";
+    assert_int_equal(pwrite(fd, junk, sizeof junk, 0), (ssize_t)sizeof junk);
+  }
+  close(fd);
+
+  assert_int_equal(build_fresh(opts, &hits, &builds, NULL), ATTN_OK);
+  assert_int_equal(hits, 0);
+  assert_int_equal(builds, 1);
+  assert_int_equal(file_size(path), size); /* rewritten whole */
+  assert_int_equal(build_fresh(opts, &hits, &builds, NULL), ATTN_OK);
+  assert_int_equal(hits, 1);
+  assert_int_equal(builds, 0);
+}
+
+static void test_cache_corrupt(void **state) {
+  (void)state;
+  damaged_entry_rebuilt("corrupt", 0);
+}
+static void test_cache_truncated(void **state) {
+  (void)state;
+  damaged_entry_rebuilt("truncated", 1);
+}
+static void test_cache_foreign(void **state) {
+  (void)state;
+  damaged_entry_rebuilt("foreign", 2);
+}
+
+static void test_cache_disabled(void **state) {
+  (void)state;
+  char dir[512], opts[128], path[1024];
+  fresh_cache_dir("disabled", dir, sizeof dir);
+  options_for("disabled", opts, sizeof opts);
+  setenv("ATTN_CACHE", "0", 1);
+  char buf[256];
+  assert_null(clrt_cache_dir(buf, sizeof buf));
+  int hits, builds;
+  assert_int_equal(build_fresh(opts, &hits, &builds, NULL), ATTN_OK);
+  assert_int_equal(build_fresh(opts, &hits, &builds, NULL), ATTN_OK);
+  assert_int_equal(hits, 0);
+  assert_int_equal(builds, 1);
+  assert_int_equal(entry_path(dir, path, sizeof path), 0);
+  unsetenv("ATTN_CACHE");
+}
+
+static void test_cache_unwritable(void **state) {
+  (void)state;
+  char file[512], dir[600], opts[128];
+  /* A directory below a regular file cannot be created, even by root. */
+  snprintf(file, sizeof file, "%s/plainfile", g_tmp);
+  FILE *f = fopen(file, "w");
+  assert_non_null(f);
+  fclose(f);
+  snprintf(dir, sizeof dir, "%s/attn", file);
+  setenv("ATTN_CACHE_DIR", dir, 1);
+  options_for("unwritable", opts, sizeof opts);
+  int hits, builds;
+  g_err_status = ATTN_OK;
+  assert_int_equal(build_fresh(opts, &hits, &builds, NULL), ATTN_OK);
+  assert_int_equal(builds, 1);
+  assert_int_equal(g_err_status, ATTN_OK); /* no error was even reported */
+}
+
+static void test_cache_dir_resolution(void **state) {
+  (void)state;
+  char buf[1024], home[1024] = "", xdg[1024] = "";
+  /* Restored after: POCL keeps its own cache under them. */
+  if (getenv("HOME")) snprintf(home, sizeof home, "%s", getenv("HOME"));
+  if (getenv("XDG_CACHE_HOME")) snprintf(xdg, sizeof xdg, "%s", getenv("XDG_CACHE_HOME"));
+  unsetenv("ATTN_CACHE");
+  setenv("ATTN_CACHE_DIR", "/x/y", 1);
+  assert_string_equal(clrt_cache_dir(buf, sizeof buf), "/x/y");
+  unsetenv("ATTN_CACHE_DIR");
+  setenv("XDG_CACHE_HOME", "/xdg", 1);
+  assert_string_equal(clrt_cache_dir(buf, sizeof buf), "/xdg/attn");
+  unsetenv("XDG_CACHE_HOME");
+  setenv("HOME", "/home/someone", 1);
+  assert_string_equal(clrt_cache_dir(buf, sizeof buf), "/home/someone/.cache/attn");
+  if (*home) setenv("HOME", home, 1);
+  else unsetenv("HOME");
+  if (*xdg) setenv("XDG_CACHE_HOME", xdg, 1);
+  setenv("ATTN_CACHE_DIR", g_tmp, 1);
+}
+
+/* ---- ATTN_KERNEL_DIR ---------------------------------------------------------- */
+
+static const char broken_cl[] =
+    "__kernel void linear(__global float *y) { y[0] = undeclared_identifier_xyz; }\n"
+    "__kernel void sdpa_flash(__global float *y) { y[0] = undeclared_identifier_xyz; }\n";
+
+static void write_file(const char *path, const char *text) {
+  FILE *f = fopen(path, "w");
+  assert_non_null(f);
+  fputs(text, f);
+  fclose(f);
+}
+
+static void test_kernel_dir_broken(void **state) {
+  (void)state;
+  char dir[512], cache[512], path[700];
+  fresh_cache_dir("kdcache", cache, sizeof cache);
+  snprintf(dir, sizeof dir, "%s/brokenkernels", g_tmp);
+  assert_int_equal(mkdir(dir, 0700), 0);
+  snprintf(path, sizeof path, "%s/linear.cl", dir);
+  write_file(path, broken_cl);
+  setenv("ATTN_KERNEL_DIR", dir, 1);
+  int hits, builds;
+  g_err[0] = '\0';
+  assert_int_equal(build_fresh("", &hits, &builds, NULL), ATTN_ERR_BUILD);
+  printf("build error message: %.300s\n", g_err);
+  assert_non_null(strstr(g_err, "CL_BUILD_PROGRAM_FAILURE"));
+  assert_non_null(strstr(g_err, "kernels/linear.cl"));
+  assert_non_null(strstr(g_err, "compiler log"));
+  assert_non_null(strstr(g_err, "undeclared_identifier_xyz")); /* from the log itself */
+
+  /* A missing file in the directory: an I/O error naming it. */
+  snprintf(path, sizeof path, "%s/sdpa.cl", dir);
+  clrt_ctx c;
+  assert_int_equal(clrt_ctx_init(&c, &g_dev), ATTN_OK);
+  cl_program prog;
+  assert_int_equal(clrt_program_get(&c, "sdpa", "", &prog), ATTN_ERR_IO);
+  assert_non_null(strstr(g_err, path));
+  /* An unknown embedded name. */
+  unsetenv("ATTN_KERNEL_DIR");
+  assert_int_equal(clrt_program_get(&c, "no_such_kernel", "", &prog), ATTN_ERR_INVALID_ARG);
+  assert_non_null(strstr(g_err, "no_such_kernel"));
+  clrt_ctx_release(&c);
+}
+
+/* A correct kernel directory (the source tree's kernels/) builds, and its
+ * source hash equals the embedded one's: same cache entry. */
+static void test_kernel_dir_good(void **state) {
+  (void)state;
+  const char *data = getenv("ATTN_TEST_DATA_DIR");
+  if (!data) skip();
+  char dir[1024], cache[512], opts[128];
+  /* ATTN_TEST_DATA_DIR is <srcdir>/tests/data (which need not exist). */
+  snprintf(dir, sizeof dir, "%s", data);
+  char *cut = strstr(dir, "/tests/data");
+  if (!cut) skip();
+  snprintf(cut, sizeof dir - (size_t)(cut - dir), "/kernels");
+  fresh_cache_dir("kdgood", cache, sizeof cache);
+  options_for("kdgood", opts, sizeof opts);
+  int hits, builds;
+  assert_int_equal(build_fresh(opts, &hits, &builds, NULL), ATTN_OK); /* embedded */
+  assert_int_equal(builds, 1);
+  setenv("ATTN_KERNEL_DIR", dir, 1);
+  assert_int_equal(build_fresh(opts, &hits, &builds, NULL), ATTN_OK); /* from the files */
+  assert_int_equal(hits, 1);
+  unsetenv("ATTN_KERNEL_DIR");
+}
+
+/* Through the public API: attn_sdpa on pocl with a broken sdpa.cl fails with
+ * ATTN_ERR_BUILD, a message naming attn_sdpa and carrying the compiler log,
+ * and the context stays usable. */
+static void test_kernel_dir_public_api(void **state) {
+  (void)state;
+  char dir[512], cache[512], path[700];
+  fresh_cache_dir("apicache", cache, sizeof cache);
+  snprintf(dir, sizeof dir, "%s/apikernels", g_tmp);
+  assert_int_equal(mkdir(dir, 0700), 0);
+  snprintf(path, sizeof path, "%s/sdpa.cl", dir);
+  write_file(path, broken_cl);
+  attn_context *ctx = NULL;
+  if (attn_open("pocl", &ctx) != ATTN_OK) {
+    printf("pocl backend not openable here (%s): skipping the public-API check\n",
+           attn_last_error());
+    skip();
+  }
+  int64_t shape[4] = {1, 1, 5, 8};
+  attn_tensor *q = NULL, *o = NULL;
+  assert_int_equal(attn_tensor_create(ctx, 4, shape, &q), ATTN_OK);
+  assert_int_equal(attn_tensor_create(ctx, 4, shape, &o), ATTN_OK);
+  float host[40];
+  for (int i = 0; i < 40; i++) host[i] = (float)(i % 7) * 0.1f;
+  assert_int_equal(attn_tensor_write(q, host, 40), ATTN_OK);
+  attn_sdpa_args a = {0};
+  a.q = a.k = a.v = q;
+  a.out = o;
+  setenv("ATTN_KERNEL_DIR", dir, 1);
+  attn_status s = attn_sdpa(ctx, &a);
+  const char *msg = attn_last_error();
+  printf("attn_sdpa with a broken kernel: %.200s\n", msg);
+  assert_int_equal(s, ATTN_ERR_BUILD);
+  assert_true(strncmp(msg, "attn_sdpa:", 10) == 0);
+  assert_non_null(strstr(msg, "undeclared_identifier_xyz"));
+  /* Back to the embedded kernels: the same context works. */
+  unsetenv("ATTN_KERNEL_DIR");
+  assert_int_equal(attn_sdpa(ctx, &a), ATTN_OK);
+  assert_int_equal(attn_tensor_read(o, host, 40), ATTN_OK);
+  for (int i = 0; i < 40; i++) assert_true(host[i] == host[i]); /* no NaN */
+  attn_tensor_free(q);
+  attn_tensor_free(o);
+  attn_close(ctx);
+}
+
+/* ---- main -------------------------------------------------------------------- */
+
+static int cache_child(const char *opts) {
+  int hits = 0, builds = 0;
+  double ms = 0;
+  attn_status s = build_fresh(opts, &hits, &builds, &ms);
+  printf("%f\n", ms);
+  return s == ATTN_OK && hits == 1 && builds == 0 ? 0 : 1;
+}
+
+int main(int argc, char **argv) {
+  clrt_init(&test_host);
+  clrt_device devs[8];
+  int n = clrt_find_devices(CL_DEVICE_TYPE_ALL, "Portable Computing Language", false, devs, 8);
+  if (n == 0) {
+    printf("no OpenCL device: nothing to test\n");
+    return 77;
+  }
+  g_dev = devs[0];
+  if (argc == 3 && strcmp(argv[1], "--cache-child") == 0) return cache_child(argv[2]);
+
+  attn_device_info info;
+  memset(&info, 0, sizeof info);
+  if (clrt_device_info(&g_dev, &info) != ATTN_OK) {
+    printf("device info failed: %s\n", g_err);
+    return 1;
+  }
+  printf("suite opencl runs on: %s (%s, %s)\n", info.name, info.vendor, info.driver);
+
+  snprintf(g_nonce, sizeof g_nonce, "%d_%ld", (int)getpid(), (long)time(NULL));
+  const char *base = getenv("TMPDIR");
+  snprintf(g_tmp, sizeof g_tmp, "%s/attn_test_opencl.XXXXXX", base && *base ? base : "/tmp");
+  if (!mkdtemp(g_tmp)) {
+    perror("mkdtemp");
+    return 1;
+  }
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_error_names),
+      cmocka_unit_test(test_buffers),
+      cmocka_unit_test(test_cache_dir_resolution),
+      cmocka_unit_test(test_cache_reuse_across_processes),
+      cmocka_unit_test(test_cache_corrupt),
+      cmocka_unit_test(test_cache_truncated),
+      cmocka_unit_test(test_cache_foreign),
+      cmocka_unit_test(test_cache_disabled),
+      cmocka_unit_test(test_cache_unwritable),
+      cmocka_unit_test(test_kernel_dir_broken),
+      cmocka_unit_test(test_kernel_dir_good),
+      cmocka_unit_test(test_kernel_dir_public_api),
+  };
+  int rc = cmocka_run_group_tests(tests, NULL, NULL);
+  char cmd[512];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_tmp);
+  if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", g_tmp);
+  return rc;
+}
