@@ -1,1 +1,348 @@
-/* stub: to be written */
+/* The reference backend: plain C on the host CPU, the oracle every other
+ * backend is compared with. Correctness and readability come first: every
+ * sum is accumulated in double, a full row of scores is materialised, and
+ * every operand is addressed through its strides. It is fast enough for the
+ * test suites and for S=4096 (a few seconds) because the inner loops walk the
+ * contiguous dimension and the rows are split over a few threads. */
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "attn_plugin.h"
+
+static const attn_host *host;
+
+/* Buffers are plain host memory. The context keeps them in a list so that
+ * close can free the ones the caller forgot. */
+struct attn_buffer {
+  attn_buffer *prev, *next;
+  size_t bytes;
+  float *data;
+};
+
+struct attn_backend_ctx {
+  attn_buffer *buffers;
+};
+
+/* ---- device ---------------------------------------------------------------- */
+
+static attn_status ref_init(const attn_host *h) {
+  host = h;
+  return ATTN_OK;
+}
+
+static int ref_probe(void) { return 1; }
+
+static int online_cpus(void) {
+  long n = sysconf(_SC_NPROCESSORS_ONLN);
+  return n < 1 ? 1 : (n > 1024 ? 1024 : (int)n);
+}
+
+static attn_status ref_device_info(int index, attn_device_info *info) {
+  if (index != 0)
+    return host->error(ATTN_ERR_INVALID_ARG, "ref: device index %d out of range [0, 1)", index);
+  memset(info, 0, sizeof *info);
+  strcpy(info->backend, "ref");
+  strcpy(info->name, "Reference C (host CPU)");
+  strcpy(info->vendor, "libattn");
+  strcpy(info->driver, "libattn ref " "0.1.0");
+  info->type = ATTN_DEVICE_CPU;
+  info->index = 0;
+  long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+  if (pages > 0 && page > 0) info->global_mem = (uint64_t)pages * (uint64_t)page;
+  info->max_alloc = info->global_mem;
+  info->compute_units = (uint32_t)online_cpus();
+  return ATTN_OK;
+}
+
+static attn_status ref_open(int index, attn_backend_ctx **ctx) {
+  if (index != 0)
+    return host->error(ATTN_ERR_INVALID_ARG, "ref: device index %d out of range [0, 1)", index);
+  attn_backend_ctx *c = calloc(1, sizeof *c);
+  if (!c) return host->error(ATTN_ERR_NOMEM, "ref: out of host memory for a context");
+  *ctx = c;
+  return ATTN_OK;
+}
+
+static void ref_buffer_free(attn_backend_ctx *ctx, attn_buffer *buf) {
+  if (!buf) return;
+  if (buf->prev) buf->prev->next = buf->next;
+  else ctx->buffers = buf->next;
+  if (buf->next) buf->next->prev = buf->prev;
+  free(buf->data);
+  free(buf);
+}
+
+static void ref_close(attn_backend_ctx *ctx) {
+  if (!ctx) return;
+  while (ctx->buffers) ref_buffer_free(ctx, ctx->buffers);
+  free(ctx);
+}
+
+/* ---- memory ---------------------------------------------------------------- */
+
+static attn_status ref_buffer_alloc(attn_backend_ctx *ctx, size_t bytes, attn_buffer **out) {
+  if (bytes == 0) return host->error(ATTN_ERR_INVALID_ARG, "ref: buffer of 0 bytes");
+  attn_buffer *b = calloc(1, sizeof *b);
+  if (!b) return host->error(ATTN_ERR_NOMEM, "ref: out of host memory for a buffer");
+  b->data = malloc(bytes);
+  if (!b->data) {
+    free(b);
+    return host->error(ATTN_ERR_DEVICE_MEMORY, "ref: cannot allocate %zu bytes", bytes);
+  }
+  b->bytes = bytes;
+  b->next = ctx->buffers;
+  if (b->next) b->next->prev = b;
+  ctx->buffers = b;
+  *out = b;
+  return ATTN_OK;
+}
+
+static attn_status check_range(const attn_buffer *buf, size_t offset, size_t bytes,
+                               const char *what) {
+  if (offset > buf->bytes || bytes > buf->bytes - offset)
+    return host->error(ATTN_ERR_INVALID_ARG,
+                       "ref: %s of %zu bytes at offset %zu past the end of a %zu-byte buffer",
+                       what, bytes, offset, buf->bytes);
+  return ATTN_OK;
+}
+
+static attn_status ref_buffer_write(attn_backend_ctx *ctx, attn_buffer *buf, size_t offset,
+                                    size_t bytes, const void *src) {
+  attn_status s = check_range(buf, offset, bytes, "write");
+  if (s == ATTN_OK && bytes) memcpy((char *)buf->data + offset, src, bytes);
+  return s;
+}
+
+static attn_status ref_buffer_read(attn_backend_ctx *ctx, attn_buffer *buf, size_t offset,
+                                   size_t bytes, void *dst) {
+  attn_status s = check_range(buf, offset, bytes, "read");
+  if (s == ATTN_OK && bytes) memcpy(dst, (const char *)buf->data + offset, bytes);
+  return s;
+}
+
+/* ---- stages ---------------------------------------------------------------- */
+
+/* The reference implements every valid descriptor the core builds. */
+static attn_status ref_supports(attn_backend_ctx *ctx, attn_stage stage, const void *desc,
+                                char *why, size_t why_len) {
+  if (stage == ATTN_STAGE_LINEAR || stage == ATTN_STAGE_SDPA) return ATTN_OK;
+  if (why && why_len) {
+    strncpy(why, "ref: unknown stage", why_len - 1);
+    why[why_len - 1] = '\0';
+  }
+  return ATTN_ERR_UNSUPPORTED;
+}
+
+/* Base pointer of a view and the address of element (i0, i1, i2, i3). */
+static const float *at(const attn_view *v, int64_t i0, int64_t i1, int64_t i2, int64_t i3) {
+  return v->buf->data + v->offset + i0 * v->strides[0] + i1 * v->strides[1] +
+         i2 * v->strides[2] + i3 * v->strides[3];
+}
+static float *at_mut(const attn_view *v, int64_t i0, int64_t i1, int64_t i2, int64_t i3) {
+  return (float *)at(v, i0, i1, i2, i3);
+}
+
+/* y[b, m, :] = x[b, m, :] W^T + bias: one double dot product per output. */
+static attn_status ref_linear(attn_backend_ctx *ctx, const attn_linear_desc *d) {
+  const int64_t B = d->x.shape[1], M = d->x.shape[2], K = d->x.shape[3];
+  const int64_t N = d->w.shape[2];
+  const int64_t xs = d->x.strides[3], ws = d->w.strides[3];
+  for (int64_t b = 0; b < B; b++)
+    for (int64_t m = 0; m < M; m++) {
+      const float *x = at(&d->x, 0, b, m, 0);
+      for (int64_t n = 0; n < N; n++) {
+        const float *w = at(&d->w, 0, 0, n, 0);
+        double acc = d->bias.buf ? (double)*at(&d->bias, 0, 0, 0, n) : 0.0;
+        for (int64_t k = 0; k < K; k++) acc += (double)x[k * xs] * (double)w[k * ws];
+        *at_mut(&d->y, 0, b, m, n) = (float)acc;
+      }
+    }
+  return ATTN_OK;
+}
+
+/* Scratch for one thread: a row of scores, the query row and the output
+ * accumulator, all in double. */
+typedef struct row_scratch {
+  double *s, *q, *acc;
+  unsigned char *seen; /* key j passes causal, kv_lens and a bool mask */
+} row_scratch;
+
+/* One query row (b, h, i): scores, softmax with max subtraction, weighted sum.
+ * Hidden keys (causal, kv_lens, a zero in a bool mask) are never read, so a
+ * NaN there cannot leak in; an additive mask is simply added, so -inf gives
+ * weight exactly 0 and +inf or NaN poison this row only. */
+static void sdpa_row(const attn_sdpa_desc *d, int64_t b, int64_t h, int64_t i,
+                     row_scratch *w) {
+  const int64_t Hq = d->q.shape[1], Sq = d->q.shape[2], D = d->q.shape[3];
+  const int64_t Hkv = d->k.shape[1], Skv = d->k.shape[2], Dv = d->v.shape[3];
+  const int64_t kh = h / (Hq / Hkv); /* GQA by index: consecutive q heads share a kv head */
+  const double scale = d->scale;
+
+  /* Keys j < limit are visible to this row: causal bottom-right and kv_lens. */
+  int64_t limit = Skv;
+  if (d->kv_lens && d->kv_lens[b] < limit) limit = d->kv_lens[b];
+  if (d->causal && i + Skv - Sq + 1 < limit) limit = i + Skv - Sq + 1;
+  if (limit < 0) limit = 0;
+
+  const float *qr = at(&d->q, b, h, i, 0);
+  for (int64_t c = 0; c < D; c++) w->q[c] = (double)qr[c * d->q.strides[3]];
+
+  /* Scores. Four partial sums break the add dependency chain. */
+  const int64_t ks = d->k.strides[3];
+  double mx = -INFINITY;
+  int any = 0; /* some visible score is not -inf (NaN counts: it must show) */
+  for (int64_t j = 0; j < Skv; j++) {
+    w->seen[j] = 0;
+    w->s[j] = -INFINITY;
+    if (j >= limit) continue;
+    if (d->mask_kind == ATTN_MASK_BOOL && *at(&d->mask, b, h, i, j) == 0.0f) continue;
+    const float *kr = at(&d->k, b, kh, j, 0);
+    double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    int64_t c = 0;
+    if (ks == 1) {
+      for (; c + 4 <= D; c += 4) {
+        s0 += w->q[c] * kr[c];
+        s1 += w->q[c + 1] * kr[c + 1];
+        s2 += w->q[c + 2] * kr[c + 2];
+        s3 += w->q[c + 3] * kr[c + 3];
+      }
+    }
+    for (; c < D; c++) s0 += w->q[c] * kr[c * ks];
+    double s = scale * ((s0 + s1) + (s2 + s3));
+    if (d->mask_kind == ATTN_MASK_ADDITIVE) s += (double)*at(&d->mask, b, h, i, j);
+    w->seen[j] = 1;
+    w->s[j] = s;
+    if (s != -INFINITY) any = 1;
+    if (s > mx) mx = s;
+  }
+
+  float *o = at_mut(&d->out, b, h, i, 0);
+  const int64_t os = d->out.strides[3];
+  if (!any) {
+    /* No visible key: zeros and lse = -inf, never NaN. */
+    for (int64_t c = 0; c < Dv; c++) o[c * os] = 0.0f;
+    if (d->weights.buf)
+      for (int64_t j = 0; j < Skv; j++) *at_mut(&d->weights, b, h, i, j) = 0.0f;
+    if (d->lse.buf) *at_mut(&d->lse, b, h, i, 0) = -INFINITY;
+    return;
+  }
+  /* If every finite score is -inf but one is NaN, mx stays -inf and the
+   * subtraction below turns the whole row into NaN, as it should. */
+  double sum = 0;
+  for (int64_t j = 0; j < Skv; j++)
+    if (w->seen[j]) {
+      w->s[j] = exp(w->s[j] - mx);
+      sum += w->s[j];
+    }
+  for (int64_t c = 0; c < Dv; c++) w->acc[c] = 0;
+  const int64_t vs = d->v.strides[3];
+  for (int64_t j = 0; j < Skv; j++) {
+    if (!w->seen[j]) continue;
+    const double p = w->s[j] / sum;
+    const float *vr = at(&d->v, b, kh, j, 0);
+    if (vs == 1)
+      for (int64_t c = 0; c < Dv; c++) w->acc[c] += p * vr[c];
+    else
+      for (int64_t c = 0; c < Dv; c++) w->acc[c] += p * vr[c * vs];
+  }
+  for (int64_t c = 0; c < Dv; c++) o[c * os] = (float)w->acc[c];
+  if (d->weights.buf)
+    for (int64_t j = 0; j < Skv; j++)
+      *at_mut(&d->weights, b, h, i, j) = w->seen[j] ? (float)(w->s[j] / sum) : 0.0f;
+  if (d->lse.buf) *at_mut(&d->lse, b, h, i, 0) = (float)(mx + log(sum));
+}
+
+/* Rows [first, last) of the flattened (b, h, i) index, for one thread. */
+typedef struct sdpa_job {
+  const attn_sdpa_desc *d;
+  int64_t first, last;
+  attn_status status;
+} sdpa_job;
+
+static void *sdpa_worker(void *arg) {
+  sdpa_job *job = arg;
+  const attn_sdpa_desc *d = job->d;
+  const int64_t Hq = d->q.shape[1], Sq = d->q.shape[2], D = d->q.shape[3];
+  const int64_t Skv = d->k.shape[2], Dv = d->v.shape[3];
+  row_scratch w;
+  w.s = malloc((size_t)Skv * sizeof *w.s);
+  w.q = malloc((size_t)D * sizeof *w.q);
+  w.acc = malloc((size_t)Dv * sizeof *w.acc);
+  w.seen = malloc((size_t)Skv);
+  if (!w.s || !w.q || !w.acc || !w.seen) {
+    job->status = ATTN_ERR_NOMEM; /* reported by the calling thread */
+  } else {
+    for (int64_t r = job->first; r < job->last; r++)
+      sdpa_row(d, r / (Hq * Sq), (r / Sq) % Hq, r % Sq, &w);
+    job->status = ATTN_OK;
+  }
+  free(w.s);
+  free(w.q);
+  free(w.acc);
+  free(w.seen);
+  return NULL;
+}
+
+#define REF_MAX_THREADS 8
+
+static attn_status ref_sdpa(attn_backend_ctx *ctx, const attn_sdpa_desc *d) {
+  const int64_t rows = d->q.shape[0] * d->q.shape[1] * d->q.shape[2];
+  const double work = (double)rows * (double)d->k.shape[2] *
+                      (double)(d->q.shape[3] + d->v.shape[3]);
+  /* Threads only pay off for real work; small problems run inline. */
+  int nt = work < 4e6 ? 1 : online_cpus();
+  if (nt > REF_MAX_THREADS) nt = REF_MAX_THREADS;
+  if (nt > rows) nt = (int)rows;
+
+  sdpa_job jobs[REF_MAX_THREADS];
+  pthread_t tid[REF_MAX_THREADS];
+  int started[REF_MAX_THREADS] = {0};
+  for (int t = 0; t < nt; t++) {
+    jobs[t].d = d;
+    jobs[t].first = rows * t / nt;
+    jobs[t].last = rows * (t + 1) / nt;
+    jobs[t].status = ATTN_OK;
+  }
+  /* Thread 0's share runs on the calling thread; if a thread cannot be
+   * started its share also runs here. */
+  for (int t = 1; t < nt; t++) started[t] = pthread_create(&tid[t], NULL, sdpa_worker, &jobs[t]) == 0;
+  sdpa_worker(&jobs[0]);
+  for (int t = 1; t < nt; t++) {
+    if (started[t]) pthread_join(tid[t], NULL);
+    else sdpa_worker(&jobs[t]);
+  }
+  for (int t = 0; t < nt; t++)
+    if (jobs[t].status != ATTN_OK)
+      return host->error(jobs[t].status, "ref: out of host memory for a row of %lld scores",
+                         (long long)d->k.shape[2]);
+  return ATTN_OK;
+}
+
+static attn_status ref_synchronize(attn_backend_ctx *ctx) { return ATTN_OK; }
+
+static const attn_backend_vtable ref_vtable = {
+    .abi_major = ATTN_ABI_MAJOR,
+    .abi_minor = ATTN_ABI_MINOR,
+    .struct_size = sizeof(attn_backend_vtable),
+    .name = "ref",
+    .init = ref_init,
+    .probe = ref_probe,
+    .device_info = ref_device_info,
+    .open = ref_open,
+    .close = ref_close,
+    .buffer_alloc = ref_buffer_alloc,
+    .buffer_free = ref_buffer_free,
+    .buffer_write = ref_buffer_write,
+    .buffer_read = ref_buffer_read,
+    .supports = ref_supports,
+    .linear = ref_linear,
+    .sdpa = ref_sdpa,
+    .synchronize = ref_synchronize,
+};
+
+ATTN_PLUGIN_EXPORT const attn_backend_vtable *attn_backend_entry(void);
+ATTN_PLUGIN_EXPORT const attn_backend_vtable *attn_backend_entry(void) { return &ref_vtable; }
