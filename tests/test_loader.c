@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include <cmocka.h>
+#include <math.h>
 #include <pthread.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -366,6 +367,80 @@ static void test_close_frees_live_tensors(void **state) {
   attn_close(ctx);
 }
 
+/* The template and tp_good backends' linear against a double loop, and
+ * the template's sdpa refused through supports() with its reason. */
+static attn_tensor *make_tensor(attn_context *ctx, int ndim, const int64_t *shape,
+                                const float *data, size_t n) {
+  attn_tensor *t = NULL;
+  assert_int_equal(attn_tensor_create(ctx, ndim, shape, &t), ATTN_OK);
+  if (data) assert_int_equal(attn_tensor_write(t, data, n), ATTN_OK);
+  return t;
+}
+
+static void test_backend_linear(void **state) {
+  (void)state;
+  enum { B = 2, M = 3, K = 5, N = 4 };
+  float x[B * M * K], w[N * K], bias[N], y[B * M * N];
+  for (int i = 0; i < B * M * K; i++) x[i] = (float)((i * 7) % 11) / 4.0f - 1.0f;
+  for (int i = 0; i < N * K; i++) w[i] = (float)((i * 5) % 13) / 8.0f - 0.75f;
+  for (int i = 0; i < N; i++) bias[i] = 0.5f * (float)i - 1.0f;
+  const char *backends[] = {"template", "tp_good"};
+  for (int be = 0; be < 2; be++) {
+    attn_context *ctx = NULL;
+    assert_int_equal(attn_open(backends[be], &ctx), ATTN_OK);
+    const int64_t xs[3] = {B, M, K}, ws[2] = {N, K}, bs[1] = {N}, ys[3] = {B, M, N};
+    attn_tensor *tx = make_tensor(ctx, 3, xs, x, B * M * K);
+    attn_tensor *tw = make_tensor(ctx, 2, ws, w, N * K);
+    attn_tensor *tb = make_tensor(ctx, 1, bs, bias, N);
+    attn_tensor *ty = make_tensor(ctx, 3, ys, NULL, 0);
+    for (int with_bias = 0; with_bias < 2; with_bias++) {
+      attn_linear_desc d;
+      memset(&d, 0, sizeof d);
+      d.x = attn__tensor_view4(tx);
+      d.w = attn__tensor_view4(tw);
+      if (with_bias) d.bias = attn__tensor_view4(tb);
+      d.y = attn__tensor_view4(ty);
+      ATTN_ENTER("test_backend_linear");
+      attn_status st = attn__run_linear(ctx, &d);
+      if (st != ATTN_OK) fail_msg("%s linear: %s", backends[be], attn_last_error());
+      assert_int_equal(attn_tensor_read(ty, y, B * M * N), ATTN_OK);
+      for (int r = 0; r < B * M; r++)
+        for (int n = 0; n < N; n++) {
+          double want = with_bias ? bias[n] : 0.0;
+          for (int k = 0; k < K; k++) want += (double)x[r * K + k] * w[n * K + k];
+          double got = y[r * N + n];
+          if (fabs(got - want) > 1e-5 * (1.0 + fabs(want)))
+            fail_msg("%s linear bias=%d y[%d,%d] = %g, want %g", backends[be], with_bias, r, n,
+                     got, want);
+        }
+    }
+
+    /* sdpa: refused with the backend's reason, not computed. */
+    const int64_t qs[4] = {1, 1, 2, 4};
+    attn_tensor *q = make_tensor(ctx, 4, qs, x, 8), *k = make_tensor(ctx, 4, qs, x, 8),
+                *v = make_tensor(ctx, 4, qs, x, 8), *o = make_tensor(ctx, 4, qs, NULL, 0);
+    attn_sdpa_args a;
+    memset(&a, 0, sizeof a);
+    a.q = q;
+    a.k = k;
+    a.v = v;
+    a.out = o;
+    assert_int_equal(attn_sdpa(ctx, &a), ATTN_ERR_UNSUPPORTED);
+    assert_contains(attn_last_error(), "attn_sdpa: ");
+    assert_contains(attn_last_error(), be == 0 ? "the template backend does not implement sdpa"
+                                               : "the test plugin implements linear only");
+    attn_tensor_free(q);
+    attn_tensor_free(k);
+    attn_tensor_free(v);
+    attn_tensor_free(o);
+    attn_tensor_free(tx);
+    attn_tensor_free(tw);
+    attn_tensor_free(tb);
+    attn_tensor_free(ty);
+    attn_close(ctx);
+  }
+}
+
 static void test_open_badabi(void **state) {
   (void)state;
   attn_context *ctx = NULL;
@@ -567,6 +642,7 @@ int main(void) {
       cmocka_unit_test(test_open_openfail),
       cmocka_unit_test(test_allocfail),
       cmocka_unit_test(test_close_frees_live_tensors),
+      cmocka_unit_test(test_backend_linear),
       cmocka_unit_test(test_open_badabi),
       cmocka_unit_test(test_open_nothing_matches),
       cmocka_unit_test(test_open_from_env),
