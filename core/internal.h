@@ -1,4 +1,4 @@
-/* Private to the core (libattn): shared between core/*.c and the test suites
+/* Private to the core (libattn): shared between the core/ sources and the test suites
  * that link the core statically. Never installed. */
 #ifndef ATTN_INTERNAL_H
 #define ATTN_INTERNAL_H

@@ -44,7 +44,15 @@ attn_status attn__verror(attn_status s, const char *fmt, va_list ap) {
    * tls_error (a backend re-reporting a message). */
   char msg[sizeof tls_error];
   vsnprintf(msg, sizeof msg, fmt, ap);
-  snprintf(tls_error, sizeof tls_error, "%s: %s", attn__current_fn(), msg);
+  /* "<fn>: <msg>", truncated to the buffer (assembled by hand so that the
+   * compiler can see no truncation surprise). */
+  const char *fn = attn__current_fn();
+  size_t nf = strnlen(fn, 128), nm = strlen(msg);
+  if (nf + 2 + nm >= sizeof tls_error) nm = sizeof tls_error - nf - 3;
+  memcpy(tls_error, fn, nf);
+  memcpy(tls_error + nf, ": ", 2);
+  memcpy(tls_error + nf + 2, msg, nm);
+  tls_error[nf + 2 + nm] = '\0';
   attn__debug("error %d (%s): %s", (int)s, attn_status_str(s), tls_error);
   return s;
 }
