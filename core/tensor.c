@@ -167,6 +167,14 @@ attn_status attn_tensor_view(const attn_tensor *base, int64_t offset, int ndim,
     if (strides[i] < 0)
       return attn__error(ATTN_ERR_INVALID_ARG, "strides[%d]: %lld < 0", i,
                          (long long)strides[i]);
+  /* Even a view that broadcasts (stride 0) must have a host-sized numel:
+   * write/read move numel floats. */
+  int64_t numel = 1;
+  for (int i = 0; i < ndim; i++)
+    if (attn__mul_overflow(numel, shape[i], &numel))
+      return attn__error(ATTN_ERR_OVERFLOW, "shape: element count overflows");
+  if (attn__mul_overflow(numel, (int64_t)sizeof(float), &numel) || (uint64_t)numel > SIZE_MAX)
+    return attn__error(ATTN_ERR_OVERFLOW, "shape: byte count overflows");
   int64_t last;
   if (view_last(offset, ndim, shape, strides, &last))
     return attn__error(ATTN_ERR_OVERFLOW, "strides: the view's extent overflows");

@@ -528,6 +528,43 @@ static void test_profiling(void **state) {
   model_free(&m);
 }
 
+/* x and out as strided views inside wider rows: the linear nodes honour the
+ * strides, and out's neighbouring columns stay as they were. */
+static void test_strided_io(void **state) {
+  attn_context *ctx = *state;
+  enum { B = 2, S = 5, E = 8, XW = E + 3, OW = E + 2 };
+  model m;
+  model_init(&m, ctx, E, E, 2, 1, 4, true, false, 31);
+  attn_mha_desc d = {.d_model = E, .n_heads = 2, .n_kv_heads = 1, .bias = true, .causal = true,
+                     .max_batch = B, .max_seq = S};
+  attn_mha_weights w = model_weights(&m);
+  attn_mha *g = NULL;
+  assert_int_equal(attn_mha_create(ctx, &d, &w, &g), ATTN_OK);
+  uint64_t rng = 8;
+  float *xw = tu_alloc_uniform(B * S * XW, &rng, -1, 1), x[B * S * E];
+  for (int r = 0; r < B * S; r++) memcpy(x + r * E, xw + r * XW + 1, E * sizeof *x);
+  float ow[B * S * OW];
+  for (int i = 0; i < B * S * OW; i++) ow[i] = 7.0f;
+  attn_tensor *txw = upload3(ctx, B, S, XW, xw), *tow = upload3(ctx, B, S, OW, ow);
+  const int64_t sh[3] = {B, S, E}, xst[3] = {S * XW, XW, 1}, ost[3] = {S * OW, OW, 1};
+  attn_tensor *tx = NULL, *to = NULL;
+  assert_int_equal(attn_tensor_view(txw, 1, 3, sh, xst, &tx), ATTN_OK);
+  assert_int_equal(attn_tensor_view(tow, 2, 3, sh, ost, &to), ATTN_OK);
+  assert_int_equal(attn_mha_run(g, tx, NULL, to), ATTN_OK);
+  float got[B * S * E], all[B * S * OW];
+  double want[B * S * E];
+  assert_int_equal(attn_tensor_read(to, got, B * S * E), ATTN_OK);
+  reference(&m, x, B, S, NULL, 0, true, want);
+  assert_true(tu_check_close("strided x and out", got, want, B * S * E, NULL));
+  assert_int_equal(attn_tensor_read(tow, all, B * S * OW), ATTN_OK);
+  for (int r = 0; r < B * S; r++)
+    assert_true(all[r * OW] == 7.0f && all[r * OW + 1] == 7.0f);
+  free(xw);
+  attn_tensor_free(tx), attn_tensor_free(to), attn_tensor_free(txw), attn_tensor_free(tow);
+  attn_mha_free(g);
+  model_free(&m);
+}
+
 int main(void) {
   int ndev = tu_devices("mha", g_sel, MAX_DEV);
   if (ndev == 0) return 77;
@@ -537,6 +574,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_bad_descriptors, setup, teardown),
       cmocka_unit_test_setup_teardown(test_bad_run_args, setup, teardown),
       cmocka_unit_test_setup_teardown(test_profiling, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_strided_io, setup, teardown),
   };
   int failed = 0;
   for (int i = 0; i < ndev; i++) {

@@ -217,6 +217,10 @@ static void test_overflow_refused(void **state) {
   attn_tensor *base = make(ctx, 1, 8, 1, 1, 1);
   const int64_t vs[2] = {3, 2}, vst[2] = {INT64_MAX / 2 + 1, 1}; /* 2 * 2^62 */
   assert_fails(attn_tensor_view(base, 0, 2, vs, vst, &t), ATTN_ERR_OVERFLOW, "strides");
+  /* A broadcast view reaches one element but has too many to move. */
+  const int64_t bs[2] = {INT64_C(1) << 40, INT64_C(1) << 40}, bst[2] = {0, 0};
+  assert_fails(attn_tensor_view(base, 0, 2, bs, bst, &t), ATTN_ERR_OVERFLOW, "shape");
+  assert_null(t);
   /* The context still works. */
   float x[8] = {1, 2, 3, 4, 5, 6, 7, 8}, y[8];
   assert_int_equal(attn_tensor_write(base, x, 8), ATTN_OK);
