@@ -296,6 +296,47 @@ static void test_every_truncation(void **state) {
   }
 }
 
+/* Random byte corruptions of valid images (a poor man's fuzzer, deterministic):
+ * each is parsed or refused with ATTN_ERR_FORMAT, never anything else, and a
+ * success describes exactly the bytes present (ASan checks the reads). */
+static void test_corruptions(void **state) {
+  (void)state;
+  uint64_t s = 0x2545F4914F6CDD1DULL;
+  img base[3];
+  make_img(&base[0], 1, 0, good_dict, 64, f6, sizeof f6);
+  make_img(&base[1], 3, 0, "{'descr': '|b1', 'fortran_order': False, 'shape': (2, 1, 3), }", 16,
+           "\1\0\1\0\1\1", 6);
+  make_img(&base[2], 2, 0, "{'descr': '<i4', 'fortran_order': False, 'shape': (6,), }", 64, f6,
+           sizeof f6);
+  for (int it = 0; it < 20000; it++) {
+    img m = base[it % 3];
+    int flips = 1 + (int)(s % 3);
+    for (int f = 0; f < flips; f++) {
+      s ^= s << 13;
+      s ^= s >> 7;
+      s ^= s << 17;
+      size_t at = (size_t)(s % m.len);
+      m.b[at] = (unsigned char)(s >> 32);
+    }
+    if (it % 7 == 0) m.len = (size_t)(s >> 40) % (m.len + 1);
+    unsigned char *copy = malloc(m.len ? m.len : 1);
+    assert_non_null(copy);
+    memcpy(copy, m.b, m.len);
+    npy_array a;
+    char err[NPY_ERR_MAX];
+    attn_status st = npy_parse(copy, m.len, "f", &want_any, &a, err, sizeof err);
+    assert_true(st == ATTN_OK || st == ATTN_ERR_FORMAT);
+    if (st == ATTN_OK) {
+      size_t item = a.dtype == NPY_BOOL ? 1 : 4;
+      assert_true(a.count * item <= m.len);
+      npy_free(&a);
+    } else {
+      assert_non_null(strstr(err, "f: "));
+    }
+    free(copy);
+  }
+}
+
 /* ---- files ------------------------------------------------------------------ */
 
 static char tmpdir[256];
@@ -423,6 +464,7 @@ int main(void) {
       cmocka_unit_test(test_bad_dtype_order_rank),
       cmocka_unit_test(test_bad_dims_and_data),
       cmocka_unit_test(test_every_truncation),
+      cmocka_unit_test(test_corruptions),
       cmocka_unit_test(test_file_roundtrip),
       cmocka_unit_test(test_atomic_write_failures),
   };
