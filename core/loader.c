@@ -127,6 +127,18 @@ static attn_status load_module(attn_registry *reg, const char *path) {
   name_from_path(path, fname, sizeof fname);
   attn__debug("trying module %s", path);
 
+  /* The same file reached twice (ATTN_BACKEND_PATH naming the build tree,
+   * which is also searched by default there) is one module, not a shadow. */
+  char real[PATH_MAX], other[PATH_MAX];
+  if (realpath(path, real)) {
+    for (int i = 0; i < reg->nbackends; i++) {
+      if (realpath(reg->backends[i].path, other) && strcmp(real, other) == 0) {
+        attn__debug("module %s is already loaded as %s", path, reg->backends[i].path);
+        return ATTN_OK;
+      }
+    }
+  }
+
   dlerror();
   void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
   if (!h) {
