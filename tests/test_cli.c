@@ -324,6 +324,13 @@ static void test_devices(void **state) {
   RUN(&r, "devices", "--device", "ref");
   expect_status(&r, 0);
   assert_non_null(strstr(r.out, "selected by 'ref'"));
+  /* --device before the command applies to it */
+  RUN(&r, "--device", "ref", "run", "--seq", "3", "--heads", "1", "--dim", "4");
+  expect_status(&r, 0);
+  assert_non_null(strstr(r.out, "device: ref"));
+  RUN(&r, "--device", "nosuchbackend", "run", "--seq", "3");
+  expect_status(&r, 1);
+  expect_error_line(&r, "nosuchbackend");
   RUN(&r, "devices", "--device", "nosuchbackend");
   expect_status(&r, 1);
   expect_error_line(&r, "nosuchbackend");

@@ -34,6 +34,7 @@
 #define CHECK_RTOL 1e-4
 
 static const char *g_cmd = NULL; /* the running subcommand, for messages */
+static const char *g_device = NULL; /* "attn --device SEL COMMAND": default for every command */
 
 /* ---- messages ------------------------------------------------------------------ */
 
@@ -268,7 +269,7 @@ static int cmd_devices(int argc, char **argv) {
   static const struct option opts[] = {{"device", required_argument, NULL, 'd'},
                                        {"help", no_argument, NULL, 'h'},
                                        {NULL, 0, NULL, 0}};
-  const char *sel = NULL;
+  const char *sel = g_device;
   int c;
   while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
     switch (c) {
@@ -475,7 +476,7 @@ static int cmd_run(int argc, char **argv) {
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0}};
   const char *fq = NULL, *fk = NULL, *fv = NULL, *fmask = NULL, *flens = NULL;
-  const char *out_path = NULL, *w_path = NULL, *lse_path = NULL, *dev = NULL;
+  const char *out_path = NULL, *w_path = NULL, *lse_path = NULL, *dev = g_device;
   int64_t B = 1, H = 8, Hkv = 0, S = 128, Skv = 0, D = 64, Dv = 0, seed = 1, warmup = 1;
   bool random_opt = false, check = false;
   const char *random_name = NULL;
@@ -778,7 +779,7 @@ static int cmd_mha(int argc, char **argv) {
       {"in-bias", required_argument, NULL, O_W0 + W_INB},
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0}};
-  const char *fx = NULL, *fkvx = NULL, *out_path = NULL, *dev = NULL, *fw[W_COUNT] = {0};
+  const char *fx = NULL, *fkvx = NULL, *out_path = NULL, *dev = g_device, *fw[W_COUNT] = {0};
   int64_t Hq = 0, Hkv = 0, warmup = 1;
   bool causal = false, check = false;
   int c;
@@ -984,6 +985,7 @@ static const command commands[] = {
 static void help_main(FILE *f) {
   fprintf(f,
           "Usage: attn COMMAND [options]\n"
+          "       attn [--device SEL] COMMAND [options]\n"
           "       attn --help | --version\n"
           "\n"
           "libattn %s: attention (SDPA and multi-head attention) on any device.\n"
@@ -1004,6 +1006,21 @@ static void help_main(FILE *f) {
 
 int main(int argc, char **argv) {
   opterr = 0; /* we print our own one-line messages */
+  /* "attn --device SEL COMMAND ..." sets the device for the command */
+  while (argc >= 2 && (!strcmp(argv[1], "--device") || !strncmp(argv[1], "--device=", 9))) {
+    if (argv[1][8] == '=') {
+      g_device = argv[1] + 9;
+      argc -= 1;
+      argv += 1;
+    } else if (argc >= 3) {
+      g_device = argv[2];
+      argc -= 2;
+      argv += 2;
+    } else {
+      errline("option '--device' needs an argument (see 'attn --help')");
+      return EXIT_USAGE;
+    }
+  }
   if (argc < 2) {
     errline("no command given (commands: devices, run, mha; see 'attn --help')");
     return EXIT_USAGE;
