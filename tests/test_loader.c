@@ -189,24 +189,39 @@ static void test_whole_dir(void **state) {
   attn__registry_free(&reg);
 }
 
+static void copy_file(const char *from, const char *to);
+
 static void test_first_one_wins(void **state) {
   (void)state;
-  char good[1200], search[2400];
+  char good[1200], copy[1200], search[2400];
   plugin_path(good, sizeof good, "tp_good");
-  /* tp_good by file, then the directory that holds it again. */
+
+  /* The same file reached twice (by name, then through its directory) is
+   * one module: neither a second backend nor a failure. */
   snprintf(search, sizeof search, "%s:%s", good, plugin_dir);
   attn_registry reg;
   assert_int_equal(attn__registry_scan(search, &reg), ATTN_OK);
   assert_int_equal(reg.nbackends, 5);
   assert_string_equal(reg.backends[0].name, "tp_good");
   assert_string_equal(reg.backends[0].path, good);
-  /* The later copy is recorded as shadowed, naming the one that won. */
-  assert_int_equal(reg.nfailures, 4);
-  const attn_load_failure *f = find_fail(&reg, "tp_good");
-  assert_non_null(f);
-  assert_string_equal(f->path, good);
-  assert_contains(f->reason, "shadowed");
+  assert_int_equal(reg.nfailures, 3);
+  assert_null(find_fail(&reg, "tp_good"));
   attn__registry_free(&reg);
+
+  /* A different file with the same backend name is shadowed by the first,
+   * and its record names the one that won. */
+  snprintf(copy, sizeof copy, "%s/attn_tp_good.so", tmp_dir);
+  copy_file(good, copy);
+  snprintf(search, sizeof search, "%s:%s", good, copy);
+  assert_int_equal(attn__registry_scan(search, &reg), ATTN_OK);
+  assert_int_equal(reg.nbackends, 1);
+  assert_string_equal(reg.backends[0].path, good);
+  assert_int_equal(reg.nfailures, 1);
+  assert_string_equal(reg.failures[0].path, copy);
+  assert_contains(reg.failures[0].reason, "shadowed");
+  assert_contains(reg.failures[0].reason, good);
+  attn__registry_free(&reg);
+  unlink(copy);
 }
 
 /* ---- things that are not modules ------------------------------------------- */
@@ -216,6 +231,18 @@ static void write_file(const char *path, const void *data, size_t n) {
   assert_non_null(fp);
   assert_int_equal(fwrite(data, 1, n, fp), n);
   assert_int_equal(fclose(fp), 0);
+}
+
+static void copy_file(const char *from, const char *to) {
+  FILE *in = fopen(from, "rb");
+  assert_non_null(in);
+  FILE *out = fopen(to, "wb");
+  assert_non_null(out);
+  char buf[65536];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, in)) > 0) assert_int_equal(fwrite(buf, 1, n, out), n);
+  fclose(in);
+  assert_int_equal(fclose(out), 0);
 }
 
 static void test_not_a_module(void **state) {
