@@ -488,6 +488,8 @@ static const rcase cases[] = {
     {2, 2, 2, 3, 64, 1, 80, ATTN_MASK_ADDITIVE, '1', 'H', true, true, true, true, 0, L_BSHD, true},
     {1, 8, 4, 2, 17, 128, 8, ATTN_MASK_BOOL, '1', '1', true, false, true, true, 0, L_BHSD, true},
     {4, 2, 1, 1, 100, 80, 64, ATTN_MASK_NONE, 0, 0, true, true, true, true, 0, L_PADDED, false},
+    {1, 2, 1, 129, 1000, 64, 64, ATTN_MASK_ADDITIVE, '1', '1', true, true, true, true, 0, L_BHSD, false},
+    {1, 2, 2, 1000, 129, 64, 40, ATTN_MASK_BOOL, '1', 'H', true, false, false, true, 0, L_BSHD, false},
     {2, 4, 2, 17, 100, 40, 8, ATTN_MASK_BOOL, 'B', '1', true, true, true, true, 0, L_TRANSPOSED, false},
     {1, 2, 1, 64, 3, 80, 24, ATTN_MASK_ADDITIVE, '1', '1', false, false, true, true, 0, L_TRANSPOSED, true},
 };
