@@ -111,6 +111,16 @@ ATTN_API attn_status attn_context_info(const attn_context *ctx, attn_device_info
 /* Wait for all work queued on the context's device. */
 ATTN_API attn_status attn_synchronize(attn_context *ctx);
 
+/* The device's own measured peaks, the way clpeak measures them: an
+ * FMA-throughput kernel for fp32 GFLOP/s and a large copy for bandwidth (GB/s,
+ * bytes read plus bytes written). Cached with the kernel binaries; refresh
+ * measures again. ATTN_ERR_UNSUPPORTED if the backend cannot measure. */
+typedef struct attn_device_peaks {
+  double gflops;
+  double gbps;
+} attn_device_peaks;
+ATTN_API attn_status attn_device_peaks_get(attn_context *ctx, bool refresh, attn_device_peaks *p);
+
 /* Every device of every backend found, and every module that failed. */
 typedef struct attn_device_list attn_device_list;
 ATTN_API attn_status attn_list_devices(attn_device_list **list);

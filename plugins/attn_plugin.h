@@ -29,7 +29,7 @@ extern "C" {
 #endif
 
 #define ATTN_ABI_MAJOR 1
-#define ATTN_ABI_MINOR 0
+#define ATTN_ABI_MINOR 1
 
 /* Services the core offers to backends. */
 typedef struct attn_host {
@@ -122,6 +122,11 @@ typedef struct attn_backend_vtable {
   attn_status (*sdpa)(attn_backend_ctx *ctx, const attn_sdpa_desc *desc);
   /* Wait until all work enqueued on ctx has completed; reports deferred errors. */
   attn_status (*synchronize)(attn_backend_ctx *ctx);
+
+  /* ---- ABI 1.1: optional slots; the core checks ATTN_VT_HAS before calling ---- */
+  /* (optional) Device peaks, clpeak style: fp32 FMA GFLOP/s and copy GB/s (read + written);
+   * may answer from a cache unless refresh. */
+  attn_status (*peaks)(attn_backend_ctx *ctx, bool refresh, double *gflops, double *gbps);
 } attn_backend_vtable;
 
 /* The one exported symbol of a module. */
