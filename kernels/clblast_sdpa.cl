@@ -1,0 +1,152 @@
+/* Kernels of the clblast backend: everything around CLBlast's GEMMs.
+ *
+ *   copy4d        gather/scatter a strided 4-D view (views CLBlast cannot express)
+ *   add4d         dst += src with broadcasting strides (the linear stage's bias)
+ *   softmax_rows  scale is already applied by the GEMM; adds the mask, hides keys
+ *                 (causal, kv_lens), softmax in place, optional weights and lse
+ *   pv_rows       out (+)= P V over the keys near the causal diagonal, reading
+ *                 only the keys each row can see
+ *
+ * OpenCL C 1.2. Offsets are in elements; strides are in elements and may be 0
+ * (broadcast inputs). Build option: -DSM_WG=<power of two work-group size>.
+ */
+
+#ifndef SM_WG
+#define SM_WG 64
+#endif
+
+/* Element offset of index id (row-major over shape) in a strided view. */
+static ulong strided_index(ulong id, long4 shape, long4 str)
+{
+  ulong i3 = id % (ulong)shape.w;
+  id /= (ulong)shape.w;
+  ulong i2 = id % (ulong)shape.z;
+  id /= (ulong)shape.z;
+  ulong i1 = id % (ulong)shape.y;
+  ulong i0 = id / (ulong)shape.y;
+  return i0 * (ulong)str.x + i1 * (ulong)str.y + i2 * (ulong)str.z + i3 * (ulong)str.w;
+}
+
+/* dst[view] = src[view], one work-item per element of shape. */
+__kernel void copy4d(__global const float *src, ulong s_off, long4 s_str,
+                     __global float *dst, ulong d_off, long4 d_str, long4 shape, ulong n)
+{
+  ulong id = get_global_id(0);
+  if (id >= n) return;
+  dst[d_off + strided_index(id, shape, d_str)] = src[s_off + strided_index(id, shape, s_str)];
+}
+
+/* dst[view] += src[view]; src strides are 0 along the dimensions it broadcasts. */
+__kernel void add4d(__global const float *src, ulong s_off, long4 s_str,
+                    __global float *dst, ulong d_off, long4 d_str, long4 shape, ulong n)
+{
+  ulong id = get_global_id(0);
+  if (id >= n) return;
+  dst[d_off + strided_index(id, shape, d_str)] += src[s_off + strided_index(id, shape, s_str)];
+}
+
+/* max that keeps NaN: a NaN score must spoil its row, as in the reference. */
+static float max_nan(float a, float b)
+{
+  return isnan(a) ? a : isnan(b) ? b : fmax(a, b);
+}
+
+/* One work-group per score row. S holds rows [h][t] of one batch item and one
+ * tile of queries (t in [0, T), query i = i0 + t), row r = h*T + t at r*ld;
+ * only keys j < lim can be visible, and only those columns were computed.
+ * mask/weights/lse offsets already include the batch item. */
+__kernel __attribute__((reqd_work_group_size(SM_WG, 1, 1)))
+void softmax_rows(__global float *S, ulong s_off, int ld, int T, int i0, int Sq, int Skv,
+                  int kvlen, int causal,
+                  __global const float *mask, ulong m_off, long4 m_str, int mask_kind,
+                  __global float *W, ulong w_off, long4 w_str, int has_w,
+                  __global float *L, ulong l_off, long4 l_str, int has_l)
+{
+  __local float red[SM_WG];
+  const int lid = get_local_id(0);
+  const int r = get_group_id(0);
+  const int h = r / T, t = r % T, i = i0 + t;
+  __global float *row = S + s_off + (ulong)r * (ulong)ld;
+
+  /* Keys hidden by kv_lens or by the causal rule (bottom-right aligned:
+   * query i sees key j iff j <= i + Skv - Sq) are never read. */
+  int lim = min(kvlen, ld);
+  if (causal) lim = min(lim, max(0, i + Skv - Sq + 1));
+  const ulong mrow = m_off + (ulong)h * (ulong)m_str.y + (ulong)i * (ulong)m_str.z;
+
+  /* Pass 1: the row maximum (after the mask), -inf if nothing is visible. */
+  float mx = -INFINITY;
+  for (int j = lid; j < lim; j += SM_WG) {
+    float s = row[j];
+    if (mask_kind == 1) {
+      if (mask[mrow + (ulong)j * (ulong)m_str.w] == 0.0f) s = -INFINITY;
+    } else if (mask_kind == 2) {
+      s += mask[mrow + (ulong)j * (ulong)m_str.w];
+    }
+    row[j] = s; /* masked score, re-read by the next passes */
+    mx = max_nan(mx, s);
+  }
+  red[lid] = mx;
+  barrier(CLK_LOCAL_MEM_FENCE);
+  for (int k = SM_WG / 2; k > 0; k >>= 1) {
+    if (lid < k) red[lid] = max_nan(red[lid], red[lid + k]);
+    barrier(CLK_LOCAL_MEM_FENCE);
+  }
+  mx = red[0];
+  barrier(CLK_LOCAL_MEM_FENCE);
+
+  /* Pass 2: the sum of exponentials. A row with no visible score above
+   * -inf is empty: zeros and lse = -inf, never NaN. A NaN score (NaN in q
+   * or k, +inf in an additive mask) makes mx or sum NaN and so its row. */
+  const bool empty = mx == -INFINITY;
+  float sum = 0.0f;
+  if (!empty)
+    for (int j = lid; j < lim; j += SM_WG) sum += exp(row[j] - mx);
+  red[lid] = sum;
+  barrier(CLK_LOCAL_MEM_FENCE);
+  for (int k = SM_WG / 2; k > 0; k >>= 1) {
+    if (lid < k) red[lid] += red[lid + k];
+    barrier(CLK_LOCAL_MEM_FENCE);
+  }
+  sum = red[0];
+
+  /* Pass 3: probabilities in place (the P of O = P V) and into weights. */
+  const float inv = 1.0f / sum;
+  const ulong wrow = w_off + (ulong)h * (ulong)w_str.y + (ulong)i * (ulong)w_str.z;
+  for (int j = lid; j < ld; j += SM_WG) {
+    float p = (j < lim && !empty) ? exp(row[j] - mx) * inv : 0.0f;
+    row[j] = p;
+  }
+  if (has_w)
+    for (int j = lid; j < Skv; j += SM_WG) {
+      float p = j < lim ? row[j] : 0.0f;
+      W[wrow + (ulong)j * (ulong)w_str.w] = p;
+    }
+  if (has_l && lid == 0)
+    L[l_off + (ulong)h * (ulong)l_str.y + (ulong)i * (ulong)l_str.z] =
+        empty ? -INFINITY : mx + log(sum);
+}
+
+/* out[h, t, e] (+)= sum over keys j in [c_lo, min(c_hi, lim_t)) of P[h, t, j] V[h/g, j, e],
+ * where lim_t is the first key row t cannot see (kv_lens, causal). Used
+ * where a GEMM would read keys some rows cannot see: a NaN or inf in such a
+ * value must not reach those rows (0 * NaN is NaN). P rows at r*ld as in
+ * softmax_rows; v_off/o_off include the batch item (and the tile for out).
+ * Global size (Dv, T, Hq). accumulate: add to out (a GEMM wrote the rest). */
+__kernel void pv_rows(__global const float *P, int ld, int T, int i0, int Sq, int Skv,
+                      int kvlen, int causal, int c_lo, int c_hi, int group,
+                      __global const float *V, ulong v_off, long4 v_str,
+                      __global float *O, ulong o_off, long4 o_str, int accumulate)
+{
+  const int e = get_global_id(0), t = get_global_id(1), h = get_global_id(2);
+  if (t >= T) return;
+  int lim = min(kvlen, c_hi);
+  if (causal) lim = min(lim, max(0, i0 + t + Skv - Sq + 1));
+  __global const float *prow = P + (ulong)(h * T + t) * (ulong)ld;
+  const ulong vcol = v_off + (ulong)(h / group) * (ulong)v_str.y + (ulong)e * (ulong)v_str.w;
+  float acc = 0.0f;
+  for (int j = c_lo; j < lim; j++) acc += prow[j] * V[vcol + (ulong)j * (ulong)v_str.z];
+  __global float *o = O + o_off + (ulong)h * (ulong)o_str.y + (ulong)t * (ulong)o_str.z +
+                      (ulong)e * (ulong)o_str.w;
+  *o = accumulate ? *o + acc : acc;
+}
