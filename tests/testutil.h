@@ -43,7 +43,9 @@ void tu_fill_nan(float *x, size_t n);
  *   |got - want| <= TU_ATOL + TU_RTOL * max(|want|) over the array
  * (relative to the size of the values), and no NaN where want is finite.
  * Returns 1 if ok; otherwise prints the worst element with `what` and returns 0.
- * *max_err (may be NULL) receives the largest absolute error. */
+ * *max_err (may be NULL) receives the largest absolute error.
+ * Where want is NaN got must be NaN, and where want is +-inf got must equal it
+ * (a NaN that should propagate, an lse of -inf). */
 /* Calibrated by test_sdpa's tolerance_calibration (Skv=1000, D=Dv=256): a
  * correct float32 SDPA, plain or flash-style, errs 1.4e-7 against a tolerance
  * of 3.3e-6 (24x margin); dropping one key errs 3e-3, a 0.2% scale error
