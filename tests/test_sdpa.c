@@ -394,8 +394,8 @@ static void hand_causal_bottom_right(void **state) {
   free(b[0]), free(b[1]), free(b[2]);
 }
 
-/* NaN in q or k, or +inf in an additive mask, spoils only the rows that read
- * it (causal hides key 3 from rows 0..2; kv_lens hides nothing here). */
+/* NaN in q, k or v, or +inf in an additive mask, spoils only the rows that
+ * read it: causal hides key 3 from rows 0..2 and key 5 from rows 0..4. */
 static void nan_stays_in_its_rows(void **state) {
   float *b[3];
   enum { H = 2, S = 6, D = 8, Dv = 4 };

@@ -6,6 +6,7 @@
  * contiguous dimension and the rows are split over a few threads. */
 #include <math.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -48,7 +49,8 @@ static attn_status ref_device_info(int index, attn_device_info *info) {
   strcpy(info->backend, "ref");
   strcpy(info->name, "Reference C (host CPU)");
   strcpy(info->vendor, "libattn");
-  strcpy(info->driver, "libattn ref " "0.1.0");
+  snprintf(info->driver, sizeof info->driver, "libattn ref %d.%d.%d", ATTN_VERSION_MAJOR,
+           ATTN_VERSION_MINOR, ATTN_VERSION_PATCH);
   info->type = ATTN_DEVICE_CPU;
   info->index = 0;
   long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
@@ -230,7 +232,7 @@ static void sdpa_row(const attn_sdpa_desc *d, int64_t b, int64_t h, int64_t i,
     if (d->lse.buf) *at_mut(&d->lse, b, h, i, 0) = -INFINITY;
     return;
   }
-  /* If every finite score is -inf but one is NaN, mx stays -inf and the
+  /* If every visible score but a NaN is -inf, mx stays -inf and the
    * subtraction below turns the whole row into NaN, as it should. */
   double sum = 0;
   for (int64_t j = 0; j < Skv; j++)
