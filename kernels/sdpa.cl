@@ -149,12 +149,30 @@ __kernel void sdpa_flash(__global const float *q, long q_off, long4 q_st,
     REP8(PROB)
     l = l * corr + (((p0 + p1) + (p2 + p3)) + ((p4 + p5) + (p6 + p7)));
     m = mn;
-    for (int d = 0; d < DVV; d++) {
-      const long o = d * VS3;
-      float8 a = acc[d] * corr;
+    /* A hidden key must contribute nothing even when its value is NaN or
+     * inf (0 * NaN = NaN): where some lane's probability is 0 the slower
+     * path keeps those lanes unchanged. Blocks where every row sees every
+     * key (most of a non-causal unmasked problem) take plain FMAs. */
+#define PZERO(t) | (p##t == (float8)(0.0f))
+    const int8 pz = (int8)(0) REP8(PZERO);
+    if (!any(pz)) {
+      for (int d = 0; d < DVV; d++) {
+        const long o = d * VS3;
+        float8 a = acc[d] * corr;
 #define PV(t) a = fma(p##t, (float8)(vr##t[o]), a);
-      REP8(PV)
-      acc[d] = a;
+        REP8(PV)
+        acc[d] = a;
+      }
+    } else {
+#define PZ(t) const int8 pz##t = p##t == (float8)(0.0f);
+      REP8(PZ)
+      for (int d = 0; d < DVV; d++) {
+        const long o = d * VS3;
+        float8 a = acc[d] * corr;
+#define PVZ(t) a = select(fma(p##t, (float8)(vr##t[o]), a), a, pz##t);
+        REP8(PVZ)
+        acc[d] = a;
+      }
     }
   }
 

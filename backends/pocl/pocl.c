@@ -218,8 +218,13 @@ static attn_status pocl_sdpa(attn_backend_ctx *c, const attn_sdpa_desc *d) {
                     CLRT_ARG(D), CLRT_ARG(Dv), CLRT_ARG(causal), CLRT_ARG(scale));
   /* 30 above counts the pairs: keep it equal to the kernel's parameter count. */
   if (s == ATTN_OK) {
+    /* One work-item per work-group: each carries 8 rows and 2 x HD float8
+     * of private state, which POCL would otherwise replicate for every
+     * work-item of a large group (a 2048-item group overflowed its stack at
+     * Sq = 32768); measured at least as fast as groups of 2 to 16. */
     size_t global[3] = {((size_t)Sq + 7) / 8, (size_t)Hq, (size_t)B};
-    s = clrt_enqueue(&c->cl, kf, 3, global, NULL);
+    size_t local[3] = {1, 1, 1};
+    s = clrt_enqueue(&c->cl, kf, 3, global, local);
   }
   if (s == ATTN_OK && kw) {
     cl_mem w = mem_of(&d->weights);
