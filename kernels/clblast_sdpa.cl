@@ -101,7 +101,11 @@ void softmax_rows(__global float *S, ulong s_off, int ld, int T, int i0, int Sq,
   const bool empty = mx == -INFINITY;
   float sum = 0.0f;
   if (!empty)
-    for (int j = lid; j < lim; j += SM_WG) sum += exp(row[j] - mx);
+    for (int j = lid; j < lim; j += SM_WG) {
+      const float e = exp(row[j] - mx);
+      row[j] = e; /* kept for pass 3: one exp per score */
+      sum += e;
+    }
   red[lid] = sum;
   barrier(CLK_LOCAL_MEM_FENCE);
   for (int k = SM_WG / 2; k > 0; k >>= 1) {
@@ -114,7 +118,7 @@ void softmax_rows(__global float *S, ulong s_off, int ld, int T, int i0, int Sq,
   const float inv = 1.0f / sum;
   const ulong wrow = w_off + (ulong)h * (ulong)w_str.y + (ulong)i * (ulong)w_str.z;
   for (int j = lid; j < ld; j += SM_WG) {
-    float p = (j < lim && !empty) ? exp(row[j] - mx) * inv : 0.0f;
+    float p = (j < lim && !empty) ? row[j] * inv : 0.0f;
     row[j] = p;
   }
   if (has_w)

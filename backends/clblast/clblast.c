@@ -30,6 +30,7 @@
 #define KERNELS "clblast_sdpa"
 /* Bytes of scores one SDPA tile may hold on the device. */
 #define SCORE_BUDGET ((size_t)256 << 20)
+#define SCORE_BUDGET_CPU ((size_t)64 << 20)
 #define MAX_DEVICES 64
 /* Query rows per tile when causal (bounds the work of pv_rows per row). */
 #define CAUSAL_TILE 64
@@ -116,6 +117,9 @@ static attn_status clb_open(int index, attn_backend_ctx **out) {
   /* ATTN_CLBLAST_SCORE_BYTES shrinks the tile budget so that tests can cover
    * many tiles with small problems. */
   c->score_budget = SCORE_BUDGET;
+  /* On a CPU device the scores live in host memory, next to everything else
+   * the process holds: a smaller tile, still hundreds of rows long. */
+  if (c->cl.dev.type & CL_DEVICE_TYPE_CPU) c->score_budget = SCORE_BUDGET_CPU;
   const char *env = getenv("ATTN_CLBLAST_SCORE_BYTES");
   if (env && *env) {
     char *end;
@@ -531,6 +535,7 @@ static const attn_backend_vtable vtable = {
     .linear = clb_linear,
     .sdpa = clb_sdpa,
     .synchronize = clb_synchronize,
+    .peaks = clrt_peaks_slot,
 };
 
 ATTN_PLUGIN_EXPORT const attn_backend_vtable *attn_backend_entry(void);
