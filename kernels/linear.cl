@@ -2,53 +2,48 @@
  * (nn.Linear: W is [N, K]), rows of x, w and y contiguous (the core
  * guarantees unit stride along k and n).
  *
- * Each work-item computes a TM x TN = 4 x 4 tile of y. Both x rows and w rows
- * run along k, so the tile keeps 16 float8 partial sums over k and reads 8
- * float8 vectors per 8 values of k (2 FMAs per load), then reduces each sum
- * horizontally at the end. Tiles past M or N read the last row (in bounds)
- * and are not written.
+ * Each work-item computes an 8 x 8 tile of y the way the flash-attention
+ * kernel does: the 8 rows of x in the 8 lanes of a float8, one float8
+ * accumulator per output column, each w element broadcast, so the inner loop
+ * is 8 vector FMAs per k. Measured on POCL (MHA projections, M=1024,
+ * N=K=512): 38-42 GFLOP/s, against 12-13 for 4 x 4 tiles with float8
+ * partial sums along k. Rows and columns past M or N read the last one (in
+ * bounds) and are not written.
  */
 
-#define TM 4
-#define TN 4
+#define REP8(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
 
 __kernel void linear(__global const float *x, long x_off, long4 x_st,
                      __global const float *w, long w_off, long4 w_st,
                      __global const float *bias, long b_off, long4 b_st, int has_bias,
                      __global float *y, long y_off, long4 y_st,
                      int M, int N, int K) {
-  const int n0 = get_global_id(0) * TN;
-  const int m0 = get_global_id(1) * TM;
+  const int n0 = get_global_id(0) * 8;
+  const int m0 = get_global_id(1) * 8;
   const int b = get_global_id(2);
   if (n0 >= N || m0 >= M) return;
 
   const __global float *xb = x + x_off + b * x_st.s1;
-  const __global float *xr[TM];
-  const __global float *wr[TN];
-  for (int i = 0; i < TM; i++) xr[i] = xb + (long)min(m0 + i, M - 1) * x_st.s2;
-  for (int j = 0; j < TN; j++) wr[j] = w + w_off + (long)min(n0 + j, N - 1) * w_st.s2;
+#define XROW(r) const __global float *xr##r = xb + (long)min(m0 + r, M - 1) * x_st.s2;
+#define WROW(j)                                                                             \
+  const __global float *wr##j = w + w_off + (long)min(n0 + j, N - 1) * w_st.s2;              \
+  float8 a##j = (float8)(0.0f);
+  REP8(XROW)
+  REP8(WROW)
+  for (int k = 0; k < K; k++) {
+    const float8 xv = (float8)(xr0[k], xr1[k], xr2[k], xr3[k], xr4[k], xr5[k], xr6[k], xr7[k]);
+#define FMA(j) a##j = fma(xv, (float8)(wr##j[k]), a##j);
+    REP8(FMA)
+  }
 
-  float8 acc[TM][TN];
-  for (int i = 0; i < TM; i++)
-    for (int j = 0; j < TN; j++) acc[i][j] = (float8)(0.0f);
-  const int K8 = K / 8;
-  for (int kk = 0; kk < K8; kk++) {
-    float8 xv[TM], wv[TN];
-    for (int i = 0; i < TM; i++) xv[i] = vload8(kk, xr[i]);
-    for (int j = 0; j < TN; j++) wv[j] = vload8(kk, wr[j]);
-    for (int i = 0; i < TM; i++)
-      for (int j = 0; j < TN; j++) acc[i][j] = fma(xv[i], wv[j], acc[i][j]);
+  __global float *yb = y + y_off + b * y_st.s1;
+#define STORE(j)                                                                            \
+  if (n0 + j < N) {                                                                         \
+    const float bj = has_bias ? bias[b_off + (long)(n0 + j) * b_st.s3] : 0.0f;              \
+    float col[8];                                                                           \
+    vstore8(a##j, 0, col);                                                                  \
+    for (int i = 0; i < 8; i++)                                                             \
+      if (m0 + i < M) yb[(long)(m0 + i) * y_st.s2 + n0 + j] = col[i] + bj;                  \
   }
-  for (int i = 0; i < TM; i++) {
-    if (m0 + i >= M) break;
-    __global float *yr = y + y_off + b * y_st.s1 + (long)(m0 + i) * y_st.s2;
-    for (int j = 0; j < TN; j++) {
-      if (n0 + j >= N) break;
-      const float8 a = acc[i][j];
-      float s = ((a.s0 + a.s1) + (a.s2 + a.s3)) + ((a.s4 + a.s5) + (a.s6 + a.s7));
-      for (int kk = K8 * 8; kk < K; kk++) s = fma(xr[i][kk], wr[j][kk], s);
-      if (has_bias) s += bias[b_off + (long)(n0 + j) * b_st.s3];
-      yr[n0 + j] = s;
-    }
-  }
+  REP8(STORE)
 }

@@ -148,7 +148,8 @@ static attn_status pocl_linear(attn_backend_ctx *c, const attn_linear_desc *d) {
                     CLRT_ARG(b_st), CLRT_ARG(has_bias), CLRT_ARG(y), CLRT_ARG(y_off),
                     CLRT_ARG(y_st), CLRT_ARG(M), CLRT_ARG(N), CLRT_ARG(K));
   if (s != ATTN_OK) return s;
-  size_t global[3] = {((size_t)N + 3) / 4, ((size_t)M + 3) / 4, (size_t)d->x.shape[1]};
+  /* 8 x 8 tiles of y per work-item (kernels/linear.cl). */
+  size_t global[3] = {((size_t)N + 7) / 8, ((size_t)M + 7) / 8, (size_t)d->x.shape[1]};
   return clrt_enqueue(&c->cl, k, 3, global, NULL);
 }
 
