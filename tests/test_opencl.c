@@ -11,6 +11,7 @@
  *
  * Child mode (used by the cache test to get a fresh process):
  *   test_opencl --cache-child OPTIONS   exits 0 iff the build came from our cache
+ *   test_opencl --cache-fill OPTIONS    exits 0 iff the build succeeded
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -109,6 +110,18 @@ static int entry_path(const char *dir, char *path, size_t len) {
       n++;
     }
   }
+  closedir(d);
+  return n;
+}
+
+/* Every file in dir, entries and temporaries alike. */
+static int count_files(const char *dir) {
+  DIR *d = opendir(dir);
+  if (!d) return -1;
+  int n = 0;
+  struct dirent *e;
+  while ((e = readdir(d)))
+    if (e->d_name[0] != '.') n++;
   closedir(d);
   return n;
 }
@@ -212,7 +225,7 @@ static void test_cache_reuse_across_processes(void **state) {
          cold, warm_ctx, child_ms, child_ms > 0 ? cold / child_ms : 0.0);
 }
 
-/* Damage the entry in one of three ways; the next build must ignore it,
+/* Damage the entry in one of four ways; the next build must ignore it,
  * compile from source, and leave a valid entry that the build after uses. */
 static void damaged_entry_rebuilt(const char *tag, int how) {
   char dir[512], opts[128], path[1024];
@@ -233,6 +246,9 @@ static void damaged_entry_rebuilt(const char *tag, int how) {
     assert_int_equal(pwrite(fd, &byte, 1, size - 10), 1);
   } else if (how == 1) { /* truncated: half the file */
     assert_int_equal(ftruncate(fd, size / 2), 0);
+  } else if (how == 3) { /* stale: a future format version (the u32 after the magic) */
+    const uint32_t version = 999;
+    assert_int_equal(pwrite(fd, &version, sizeof version, 8), (ssize_t)sizeof version);
   } else { /* foreign: not ours at all */
     const char junk[] = "this is not a libattn cache entry";
     assert_int_equal(pwrite(fd, junk, sizeof junk, 0), (ssize_t)sizeof junk);
@@ -259,6 +275,35 @@ static void test_cache_truncated(void **state) {
 static void test_cache_foreign(void **state) {
   (void)state;
   damaged_entry_rebuilt("foreign", 2);
+}
+
+static void test_cache_stale(void **state) {
+  (void)state;
+  damaged_entry_rebuilt("stale", 3);
+}
+
+/* Processes filling the same empty cache at once: each builds and succeeds,
+ * and what is left is one valid entry (temporary file + rename). */
+static void test_cache_concurrent_fill(void **state) {
+  (void)state;
+  char dir[512], opts[128], path[1024], cmd[2048];
+  fresh_cache_dir("concurrent", dir, sizeof dir);
+  options_for("concurrent", opts, sizeof opts);
+  enum { NPROC = 3 };
+  FILE *p[NPROC];
+  snprintf(cmd, sizeof cmd, "/proc/%d/exe --cache-fill '%s'", (int)getpid(), opts);
+  for (int i = 0; i < NPROC; i++) assert_non_null(p[i] = popen(cmd, "r"));
+  for (int i = 0; i < NPROC; i++) {
+    double ms;
+    assert_int_equal(fscanf(p[i], "%lf", &ms), 1);
+    int rc = pclose(p[i]);
+    assert_true(WIFEXITED(rc) && WEXITSTATUS(rc) == 0);
+  }
+  assert_int_equal(entry_path(dir, path, sizeof path), 1);
+  assert_int_equal(count_files(dir), 1); /* no temporary file left behind */
+  int hits, builds;
+  assert_int_equal(build_fresh(opts, &hits, &builds, NULL), ATTN_OK);
+  assert_int_equal(hits, 1);
 }
 
 static void test_cache_disabled(void **state) {
@@ -431,11 +476,12 @@ static void test_kernel_dir_public_api(void **state) {
 
 /* ---- main -------------------------------------------------------------------- */
 
-static int cache_child(const char *opts) {
+static int cache_child(const char *opts, int fill) {
   int hits = 0, builds = 0;
   double ms = 0;
   attn_status s = build_fresh(opts, &hits, &builds, &ms);
   printf("%f\n", ms);
+  if (fill) return s == ATTN_OK ? 0 : 1;
   return s == ATTN_OK && hits == 1 && builds == 0 ? 0 : 1;
 }
 
@@ -448,7 +494,8 @@ int main(int argc, char **argv) {
     return 77;
   }
   g_dev = devs[0];
-  if (argc == 3 && strcmp(argv[1], "--cache-child") == 0) return cache_child(argv[2]);
+  if (argc == 3 && strcmp(argv[1], "--cache-child") == 0) return cache_child(argv[2], 0);
+  if (argc == 3 && strcmp(argv[1], "--cache-fill") == 0) return cache_child(argv[2], 1);
 
   attn_device_info info;
   memset(&info, 0, sizeof info);
@@ -473,6 +520,8 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_cache_corrupt),
       cmocka_unit_test(test_cache_truncated),
       cmocka_unit_test(test_cache_foreign),
+      cmocka_unit_test(test_cache_stale),
+      cmocka_unit_test(test_cache_concurrent_fill),
       cmocka_unit_test(test_cache_disabled),
       cmocka_unit_test(test_cache_unwritable),
       cmocka_unit_test(test_kernel_dir_broken),
