@@ -6,10 +6,23 @@
  *   sdpa    per batch item and tile of queries:
  *             S = scale * Q K^T      strided-batched GEMM over heads
  *             P = softmax(S + mask)  softmax_rows, in place, with weights/lse
- *             O = P V                strided-batched GEMM over heads
+ *             O = P V                strided-batched GEMM over heads, over the
+ *                                    keys every row of the tile sees; pv_rows
+ *                                    adds the keys near the causal diagonal
  *           The scores of one tile ([Hq, tile, Skv]) stay on the device and the
  *           tile is chosen so that they fit SCORE_BUDGET, so device memory is
- *           bounded whatever Sq and Skv are.
+ *           bounded whatever Sq and Skv are. Keys past kv_lens or past the
+ *           tile's causal diagonal are neither computed nor read.
+ *
+ * Known limit: a key hidden by a boolean mask is still read by the P V GEMM
+ * with probability 0, so a NaN/inf in its value gives NaN (0 * NaN), where
+ * ref skips it; keys hidden by causal or kv_lens are never read.
+ *
+ * Tuning: CLBlast picks its kernel parameters from its built-in database by
+ * device vendor, type and name. POCL's CPU device is not in it, so CLBlast
+ * silently uses its defaults (no message; Debian ships no tuner binaries),
+ * which reach ~7 GFLOP/s on this machine's POCL: clblast on POCL is for
+ * testing, the pocl backend is the CPU path.
  *
  * Every GEMM goes through CLBlastSgemmStridedBatched (batch 1 when nothing is
  * batched): CLBlast compiles one program per routine and device on first use,
