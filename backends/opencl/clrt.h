@@ -170,4 +170,14 @@ CLRT_INTERNAL const char *clrt_cache_path(const char *key, char *buf, size_t len
 #define CLRT_FNV_INIT 0xcbf29ce484222325ULL
 CLRT_INTERNAL uint64_t clrt_hash(uint64_t h, const void *data, size_t n);
 
+/* ---- device peaks (peaks.c, kernels/peak.cl) -------------------------------------- */
+
+/* clpeak-style fp32 FMA GFLOP/s and copy GB/s (read + written) of c's device,
+ * from the binary cache unless refresh (then measured and stored). */
+CLRT_INTERNAL attn_status clrt_peaks(clrt_ctx *c, bool refresh, double *gflops, double *gbps);
+/* The vtable's peaks slot for a backend whose attn_backend_ctx begins with its
+ * clrt_ctx (pocl and clblast do): `.peaks = clrt_peaks_slot,`. */
+CLRT_INTERNAL attn_status clrt_peaks_slot(attn_backend_ctx *ctx, bool refresh, double *gflops,
+                                          double *gbps);
+
 #endif /* ATTN_CLRT_H */

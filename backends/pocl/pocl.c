@@ -266,6 +266,7 @@ static const attn_backend_vtable pocl_vtable = {
     .linear = pocl_linear,
     .sdpa = pocl_sdpa,
     .synchronize = pocl_synchronize,
+    .peaks = clrt_peaks_slot,
 };
 
 ATTN_PLUGIN_EXPORT const attn_backend_vtable *attn_backend_entry(void);

@@ -10,6 +10,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "attn_plugin.h"
@@ -326,6 +327,167 @@ static attn_status ref_sdpa(attn_backend_ctx *ctx, const attn_sdpa_desc *d) {
 
 static attn_status ref_synchronize(attn_backend_ctx *ctx) { return ATTN_OK; }
 
+/* ---- peaks: the host's own fp32 FMA rate and copy bandwidth ------------------
+ * Measured the clpeak way, on the host since ref's "device" is the host CPU:
+ * every thread runs long chains of independent fused multiply-adds on the
+ * widest vectors the CPU has (AVX-512 or AVX2+FMA, found at run time; plain C
+ * multiply-add elsewhere), and two threads copy halves of a large buffer with
+ * memcpy, counting bytes read plus written. Best of a few runs; measured once
+ * per process (the figures are cheap: about half a second) unless refresh. */
+
+#define PEAK_COPY_BYTES ((size_t)256 << 20)
+
+typedef struct peak_job {
+  long iters;
+  double flops;  /* counted by the worker: depends on the vector width it used */
+  float sink;    /* keeps the chains alive */
+  char *dst;
+  const char *src;
+  size_t bytes;
+} peak_job;
+
+/* Twelve named accumulators (not an array, which -O2 might keep in memory). */
+#define PEAK_CHAINS 12
+#define PEAK_STEP(fma)                                                                      \
+  do {                                                                                      \
+    c0 = fma(c0, a, b); c1 = fma(c1, a, b); c2 = fma(c2, a, b); c3 = fma(c3, a, b);           \
+    c4 = fma(c4, a, b); c5 = fma(c5, a, b); c6 = fma(c6, a, b); c7 = fma(c7, a, b);           \
+    c8 = fma(c8, a, b); c9 = fma(c9, a, b); c10 = fma(c10, a, b); c11 = fma(c11, a, b);       \
+  } while (0)
+#define PEAK_SUM (c0 + c1 + c2 + c3 + c4 + c5 + c6 + c7 + c8 + c9 + c10 + c11)
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+__attribute__((target("avx512f"))) static double fma_avx512(long iters, float *sink) {
+  __m512 a = _mm512_set1_ps(0.999f), b = _mm512_set1_ps(1e-3f);
+  __m512 c0 = _mm512_set1_ps(0), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0, c7 = c0,
+         c8 = c0, c9 = c0, c10 = c0, c11 = c0;
+  for (long n = 0; n < iters; n++) PEAK_STEP(_mm512_fmadd_ps);
+  *sink = _mm512_reduce_add_ps(PEAK_SUM);
+  return 2.0 * 16 * PEAK_CHAINS * (double)iters;
+}
+__attribute__((target("avx2,fma"))) static double fma_avx2(long iters, float *sink) {
+  __m256 a = _mm256_set1_ps(0.999f), b = _mm256_set1_ps(1e-3f);
+  __m256 c0 = _mm256_set1_ps(0), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0, c7 = c0,
+         c8 = c0, c9 = c0, c10 = c0, c11 = c0;
+  for (long n = 0; n < iters; n++) PEAK_STEP(_mm256_fmadd_ps);
+  float lanes[8];
+  _mm256_storeu_ps(lanes, PEAK_SUM);
+  *sink = lanes[0];
+  return 2.0 * 8 * PEAK_CHAINS * (double)iters;
+}
+#endif
+
+/* Portable fallback: scalar chains the compiler may vectorise; a multiply
+ * and an add are two flops whether or not they fuse. */
+#define PLAIN_FMA(x, a, b) ((x) * (a) + (b))
+static double fma_plain(long iters, float *sink) {
+  float a = 0.999f, b = 1e-3f;
+  float c0 = 0, c1 = 1, c2 = 2, c3 = 3, c4 = 4, c5 = 5, c6 = 6, c7 = 7, c8 = 8, c9 = 9, c10 = 10,
+        c11 = 11;
+  for (long n = 0; n < iters; n++) PEAK_STEP(PLAIN_FMA);
+  *sink = PEAK_SUM;
+  return 2.0 * PEAK_CHAINS * (double)iters;
+}
+
+static void *fma_worker(void *arg) {
+  peak_job *j = arg;
+#if defined(__x86_64__) && defined(__GNUC__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f")) j->flops = fma_avx512(j->iters, &j->sink);
+  else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    j->flops = fma_avx2(j->iters, &j->sink);
+  else
+#endif
+    j->flops = fma_plain(j->iters, &j->sink);
+  return NULL;
+}
+
+static void *copy_worker(void *arg) {
+  peak_job *j = arg;
+  memcpy(j->dst, j->src, j->bytes);
+  return NULL;
+}
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* Run worker on nt threads (the caller's included) over jobs; wall seconds. */
+static double run_threads(int nt, void *(*worker)(void *), peak_job *jobs) {
+  pthread_t tid[REF_MAX_THREADS];
+  int started[REF_MAX_THREADS] = {0};
+  double t0 = now_s();
+  for (int t = 1; t < nt; t++) started[t] = pthread_create(&tid[t], NULL, worker, &jobs[t]) == 0;
+  worker(&jobs[0]);
+  for (int t = 1; t < nt; t++) {
+    if (started[t]) pthread_join(tid[t], NULL);
+    else worker(&jobs[t]);
+  }
+  return now_s() - t0;
+}
+
+static pthread_mutex_t peaks_lock = PTHREAD_MUTEX_INITIALIZER;
+static double peaks_gflops, peaks_gbps; /* 0 until measured */
+
+static attn_status ref_peaks(attn_backend_ctx *ctx, bool refresh, double *gflops, double *gbps) {
+  pthread_mutex_lock(&peaks_lock);
+  if (refresh || peaks_gflops <= 0) {
+    int nt = online_cpus();
+    if (nt > REF_MAX_THREADS) nt = REF_MAX_THREADS;
+    peak_job jobs[REF_MAX_THREADS];
+    memset(jobs, 0, sizeof jobs);
+    /* FMA: double the chain length until one run takes 50 ms, then best of 3. */
+    long iters = 1 << 12;
+    double best = 0;
+    for (int doubling = 0; doubling < 30; doubling++) {
+      for (int t = 0; t < nt; t++) jobs[t].iters = iters;
+      if (run_threads(nt, fma_worker, jobs) >= 0.05) break;
+      iters *= 2;
+    }
+    for (int r = 0; r < 3; r++) {
+      double s = run_threads(nt, fma_worker, jobs), flops = 0;
+      for (int t = 0; t < nt; t++) flops += jobs[t].flops;
+      if (flops / s > best) best = flops / s;
+    }
+    /* Copy: 2 threads, each a half of a large buffer (far past the caches). */
+    char *src = malloc(PEAK_COPY_BYTES), *dst = malloc(PEAK_COPY_BYTES);
+    if (!src || !dst) {
+      free(src);
+      free(dst);
+      pthread_mutex_unlock(&peaks_lock);
+      return host->error(ATTN_ERR_NOMEM, "ref: out of host memory for the copy peak (%zu MiB)",
+                         2 * (PEAK_COPY_BYTES >> 20));
+    }
+    memset(src, 1, PEAK_COPY_BYTES);
+    memset(dst, 0, PEAK_COPY_BYTES); /* fault the pages in before timing */
+    const int ct = 2;
+    double best_copy = 0;
+    for (int r = 0; r < 4; r++) {
+      for (int t = 0; t < ct; t++) {
+        jobs[t].bytes = PEAK_COPY_BYTES / ct;
+        jobs[t].src = src + t * jobs[t].bytes;
+        jobs[t].dst = dst + t * jobs[t].bytes;
+      }
+      double s = run_threads(ct, copy_worker, jobs);
+      double rate = 2.0 * PEAK_COPY_BYTES / s; /* read + written */
+      if (rate > best_copy) best_copy = rate;
+    }
+    free(src);
+    free(dst);
+    peaks_gflops = best / 1e9;
+    peaks_gbps = best_copy / 1e9;
+    host->debug("ref: peaks %.1f GFLOP/s fp32 FMA on %d threads, %.1f GB/s copy", peaks_gflops,
+                nt, peaks_gbps);
+  }
+  *gflops = peaks_gflops;
+  *gbps = peaks_gbps;
+  pthread_mutex_unlock(&peaks_lock);
+  return ATTN_OK;
+}
+
 static const attn_backend_vtable ref_vtable = {
     .abi_major = ATTN_ABI_MAJOR,
     .abi_minor = ATTN_ABI_MINOR,
@@ -344,6 +506,7 @@ static const attn_backend_vtable ref_vtable = {
     .linear = ref_linear,
     .sdpa = ref_sdpa,
     .synchronize = ref_synchronize,
+    .peaks = ref_peaks,
 };
 
 ATTN_PLUGIN_EXPORT const attn_backend_vtable *attn_backend_entry(void);
