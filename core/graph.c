@@ -335,7 +335,8 @@ attn_status attn_mha_create(attn_context *ctx, const attn_mha_desc *desc, const 
   const int64_t kv_rows = g->max_kv > g->max_s ? g->max_kv : g->max_s;
   int64_t HqD, HkvD, packed;
   if (attn__mul_overflow(g->Hq, g->D, &HqD) || attn__mul_overflow(g->Hkv, g->D, &HkvD) ||
-      attn__mul_overflow(HkvD, 3, &packed) /* bounds HqD + 2*HkvD too */) {
+      attn__mul_overflow(HkvD, 2, &packed) ||
+      __builtin_add_overflow(packed, HqD, &packed) /* in_proj rows HqD + 2*HkvD */) {
     free(g);
     return attn__error(ATTN_ERR_OVERFLOW, "desc.head_dim: n_heads * head_dim overflows");
   }
