@@ -22,6 +22,7 @@
 #include <time.h>
 
 #include "attn.h"
+#include "bench.h"
 #include "npy.h"
 
 #define EXIT_FAIL 1
@@ -968,6 +969,9 @@ done:
 
 /* ---- main -------------------------------------------------------------------------- */
 
+/* attn bench lives in tools/bench.c; it needs the device given before the command. */
+static int cmd_bench(int argc, char **argv) { return bench_main(argc, argv, g_device); }
+
 typedef struct command {
   const char *name;
   int (*run)(int argc, char **argv);
@@ -979,6 +983,7 @@ static const command commands[] = {
     {"devices", cmd_devices, help_devices, "list devices and the backend modules that failed"},
     {"run", cmd_run, help_run, "scaled dot-product attention on .npy or random inputs"},
     {"mha", cmd_mha, help_mha, "multi-head attention with projections from .npy weights"},
+    {"bench", cmd_bench, bench_help, "benchmark devices against their measured peaks"},
 };
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
 
@@ -1022,7 +1027,7 @@ int main(int argc, char **argv) {
     }
   }
   if (argc < 2) {
-    errline("no command given (commands: devices, run, mha; see 'attn --help')");
+    errline("no command given (commands: devices, run, mha, bench; see 'attn --help')");
     return EXIT_USAGE;
   }
   const char *cmd = argv[1];
@@ -1046,6 +1051,6 @@ int main(int argc, char **argv) {
     }
   }
   if (cmd[0] == '-') errline("unknown option '%s' (see 'attn --help')", cmd);
-  else errline("unknown command '%s' (commands: devices, run, mha; see 'attn --help')", cmd);
+  else errline("unknown command '%s' (commands: devices, run, mha, bench; see 'attn --help')", cmd);
   return EXIT_USAGE;
 }

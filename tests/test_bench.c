@@ -1,0 +1,430 @@
+/* attn bench from the outside and attn_device_peaks_get on every device.
+ *
+ * The benchmark runs the built binary ($ATTN_ATTN_BIN) with posix_spawn on
+ * --quick shapes, on ref and (when present) pocl, and checks each JSON line:
+ * the fields issue 4 names, sane values, and the rates recomputed here from
+ * the shape and the median time by the formula of the contract. Also --csv,
+ * --svg (a well-formed file, written atomically), and the exit codes of bad
+ * options (2) and of a failure (1, no file left behind).
+ *
+ * The peaks are checked through the library: positive finite figures on
+ * every device found, the cache answering the same figures again, refresh
+ * measuring again, and ATTN_ERR_UNSUPPORTED from a backend without the slot
+ * (the tp_good test plugin). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <math.h>
+#include <spawn.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "attn.h"
+
+extern char **environ;
+
+static const char *bin;
+static char dir[256];
+
+/* ---- running the CLI (as tests/test_cli.c) ------------------------------------- */
+
+typedef struct result {
+  int status; /* exit code, or -1 if it did not exit normally */
+  char out[65536], err[4096];
+} result;
+
+static void slurp(const char *path, char *buf, size_t cap) {
+  buf[0] = '\0';
+  FILE *f = fopen(path, "rb");
+  if (!f) return;
+  size_t n = fread(buf, 1, cap - 1, f);
+  buf[n] = '\0';
+  fclose(f);
+}
+
+static void run_cli(result *r, const char *const *args) {
+  const char *argv[64];
+  int n = 0;
+  argv[n++] = bin;
+  for (; args[n - 1] && n < 63; n++) argv[n] = args[n - 1];
+  argv[n] = NULL;
+  char o[320], e[320];
+  snprintf(o, sizeof o, "%s/stdout.txt", dir);
+  snprintf(e, sizeof e, "%s/stderr.txt", dir);
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_addopen(&fa, 1, o, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  posix_spawn_file_actions_addopen(&fa, 2, e, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  pid_t pid;
+  int rc = posix_spawn(&pid, bin, &fa, NULL, (char *const *)argv, environ);
+  posix_spawn_file_actions_destroy(&fa);
+  assert_int_equal(rc, 0);
+  int st;
+  assert_int_equal(waitpid(pid, &st, 0), pid);
+  r->status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  slurp(o, r->out, sizeof r->out);
+  slurp(e, r->err, sizeof r->err);
+}
+
+#define RUN(r, ...)                                              \
+  do {                                                           \
+    const char *const a_[] = {__VA_ARGS__, NULL};                \
+    run_cli((r), a_);                                            \
+  } while (0)
+
+static void expect_status(const result *r, int want) {
+  if (r->status != want) {
+    print_error("exit %d, want %d\nstdout:\n%s\nstderr:\n%s\n", r->status, want, r->out, r->err);
+    fail();
+  }
+}
+
+/* A failure prints exactly one line, "attn: bench: ...", containing substr. */
+static void expect_error_line(const result *r, const char *substr) {
+  size_t len = strlen(r->err);
+  bool one_line = len > 0 && r->err[len - 1] == '\n' && strchr(r->err, '\n') == r->err + len - 1;
+  if (!one_line || strncmp(r->err, "attn: bench: ", 13) != 0 || !strstr(r->err, substr)) {
+    print_error("stderr \"%s\": want one line \"attn: bench: ...%s...\"\n", r->err, substr);
+    fail();
+  }
+}
+
+/* ---- reading one JSON line --------------------------------------------------------- */
+
+/* The text right after "key": in line, or NULL. Our lines are flat objects. */
+static const char *field(const char *line, const char *key) {
+  char pat[64];
+  snprintf(pat, sizeof pat, "\"%s\":", key);
+  const char *p = strstr(line, pat);
+  return p ? p + strlen(pat) : NULL;
+}
+
+static double num(const char *line, const char *key) {
+  const char *p = field(line, key);
+  if (!p) {
+    print_error("no field \"%s\" in %s\n", key, line);
+    fail();
+  }
+  char *end;
+  double v = strtod(p, &end);
+  if (end == p || (*end != ',' && *end != '}')) {
+    print_error("field \"%s\" is not a number in %s\n", key, line);
+    fail();
+  }
+  return v;
+}
+
+static int64_t posint(const char *line, const char *key) {
+  double v = num(line, key);
+  if (!(v >= 1 && v == floor(v))) {
+    print_error("field \"%s\" = %g is not a positive integer in %s\n", key, v, line);
+    fail();
+  }
+  return (int64_t)v;
+}
+
+static double positive(const char *line, const char *key) {
+  double v = num(line, key);
+  if (!(isfinite(v) && v > 0)) {
+    print_error("field \"%s\" = %g is not positive and finite in %s\n", key, v, line);
+    fail();
+  }
+  return v;
+}
+
+static void near(const char *line, const char *what, double got, double want) {
+  if (!(fabs(got - want) <= 2e-3 * fabs(want))) {
+    print_error("%s = %g, recomputed %g, in %s\n", what, got, want, line);
+    fail();
+  }
+}
+
+/* Check every line of a --json run on device (a backend name); returns the
+ * number of lines. */
+static int check_json(const char *out, const char *backend) {
+  int n = 0, decode = 0, mha = 0, causal = 0;
+  const char *p = out;
+  while (*p) {
+    const char *nl = strchr(p, '\n');
+    assert_non_null(nl); /* every object ends its line */
+    char line[4096];
+    size_t len = (size_t)(nl - p);
+    assert_true(len < sizeof line);
+    memcpy(line, p, len);
+    line[len] = '\0';
+    p = nl + 1;
+    assert_true(line[0] == '{' && line[len - 1] == '}');
+    n++;
+    const char *dev = field(line, "device");
+    assert_non_null(dev);
+    assert_true(dev[0] == '"' && !strncmp(dev + 1, backend, strlen(backend)));
+    int64_t B = posint(line, "batch"), Hq = posint(line, "heads"), Hkv = posint(line, "kv_heads");
+    int64_t Sq = posint(line, "seq"), Skv = posint(line, "kv_seq"), D = posint(line, "dim");
+    assert_int_equal(Hq % Hkv, 0);
+    const char *c = field(line, "causal");
+    assert_non_null(c);
+    assert_true(!strncmp(c, "true", 4) || !strncmp(c, "false", 5));
+    bool is_causal = c[0] == 't';
+    double ms = positive(line, "median_ms"), gflops = positive(line, "gflops");
+    double gbps = positive(line, "gbps"), frac = num(line, "peak_fraction");
+    assert_true(num(line, "min_ms") <= ms && ms <= num(line, "max_ms"));
+    if (!(frac > 0 && frac < 1.5)) {
+      print_error("peak_fraction %g outside (0, 1.5) in %s\n", frac, line);
+      fail();
+    }
+    const char *kind = field(line, "case");
+    assert_non_null(kind);
+    if (!strncmp(kind, "\"mha\"", 5)) {
+      /* the whole graph: its nodes are timed and sum to at most the run */
+      mha++;
+      double nodes = positive(line, "project_q_ms") + positive(line, "project_k_ms") +
+                     positive(line, "project_v_ms") + positive(line, "sdpa_ms") +
+                     positive(line, "project_out_ms");
+      assert_true(nodes <= num(line, "max_ms") * 1.05);
+      positive(line, "proj_gflops");
+      continue;
+    }
+    /* The rates, recomputed from the contract: 4*B*Hq*Sq*Skv*D, halved when
+     * causal with Sq == Skv; bytes of q, k, v and out, 4 each. */
+    double flops = 4.0 * B * Hq * Sq * Skv * D / (is_causal && Sq == Skv ? 2 : 1);
+    double bytes = 4.0 * (2.0 * B * Hq * Sq * D + 2.0 * B * Hkv * Skv * D);
+    near(line, "gflops", gflops, flops / (ms * 1e6));
+    near(line, "gbps", gbps, bytes / (ms * 1e6));
+    if (Sq == 1) {
+      decode++;
+      near(line, "peak_fraction (decode: of bandwidth)", frac, gbps / num(line, "peak_gbps"));
+    } else {
+      near(line, "peak_fraction (of flops)", frac, gflops / num(line, "peak_gflops"));
+    }
+    causal += is_causal && Sq > 1;
+  }
+  assert_int_equal(decode, 1);
+  assert_int_equal(mha, 1);
+  assert_true(causal >= 1);
+  return n;
+}
+
+static bool have_device(const char *selector) {
+  result r;
+  RUN(&r, "devices");
+  expect_status(&r, 0);
+  char pat[80];
+  snprintf(pat, sizeof pat, "\n%s ", selector);
+  return strstr(r.out, pat) || !strncmp(r.out, pat + 1, strlen(pat + 1));
+}
+
+/* ---- tests ------------------------------------------------------------------------ */
+
+static void json_ref(void **state) {
+  (void)state;
+  result r;
+  RUN(&r, "bench", "--quick", "--json", "--device", "ref");
+  expect_status(&r, 0);
+  /* the quick sweep: 3 sdpa + 3 causal + 3 gqa + decode + mha */
+  assert_int_equal(check_json(r.out, "ref"), 11);
+}
+
+static void json_pocl(void **state) {
+  (void)state;
+  if (!have_device("pocl:0")) skip();
+  result r;
+  RUN(&r, "bench", "--quick", "--json", "--device", "pocl");
+  expect_status(&r, 0);
+  assert_int_equal(check_json(r.out, "pocl"), 11);
+}
+
+/* Two devices in one run: each alternative benchmarked apart, in order. */
+static void two_devices_csv(void **state) {
+  (void)state;
+  result r;
+  RUN(&r, "bench", "--quick", "--csv", "--device", "ref,ref:0", "--seq", "32", "--repeat", "1");
+  expect_status(&r, 0);
+  const char *header = "device,backend,case,batch,heads,kv_heads,seq,kv_seq,dim,causal,";
+  assert_int_equal(strncmp(r.out, header, strlen(header)), 0);
+  int lines = 0, commas0 = -1;
+  for (const char *p = r.out; *p;) {
+    const char *nl = strchr(p, '\n');
+    assert_non_null(nl);
+    int commas = 0;
+    for (const char *q = p; q < nl; q++) commas += *q == ',';
+    if (commas0 < 0) commas0 = commas;
+    assert_int_equal(commas, commas0); /* every row has every column */
+    if (lines > 0) assert_int_equal(strncmp(p, "ref:0,ref,", 10), 0);
+    lines++;
+    p = nl + 1;
+  }
+  /* header + 2 devices x (sdpa, causal, gqa at S=32, decode, mha) */
+  assert_int_equal(lines, 1 + 2 * 5);
+}
+
+static bool temp_left(void) {
+  DIR *d = opendir(dir);
+  assert_non_null(d);
+  bool found = false;
+  struct dirent *e;
+  while ((e = readdir(d)))
+    if (strstr(e->d_name, ".tmp.")) found = true;
+  closedir(d);
+  return found;
+}
+
+static void svg_file(void **state) {
+  (void)state;
+  char path[320];
+  snprintf(path, sizeof path, "%s/plot.svg", dir);
+  result r;
+  RUN(&r, "bench", "--quick", "--device", "ref", "--seq", "32,64", "--repeat", "1", "--svg",
+      path);
+  expect_status(&r, 0);
+  assert_non_null(strstr(r.out, "device ref:0"));
+  assert_non_null(strstr(r.out, "measured peaks:"));
+  assert_non_null(strstr(r.out, "mha E="));
+  static char svg[65536];
+  slurp(path, svg, sizeof svg);
+  size_t len = strlen(svg);
+  assert_true(len > 100);
+  assert_int_equal(strncmp(svg, "<svg", 4), 0);
+  assert_string_equal(svg + len - 7, "</svg>\n");
+  /* three series (sdpa, causal, gqa) of two points each, with a legend */
+  int lines = 0, circles = 0;
+  for (const char *p = svg; (p = strstr(p, "<polyline")); p++) lines++;
+  for (const char *p = svg; (p = strstr(p, "<circle")); p++) circles++;
+  assert_int_equal(lines, 3);
+  assert_int_equal(circles, 6);
+  assert_non_null(strstr(svg, "ref:0 causal D=64"));
+  assert_false(strstr(svg, "nan") || strstr(svg, "inf"));
+  assert_false(temp_left());
+
+  /* A directory that does not exist: exit 1, one line, nothing written. */
+  snprintf(path, sizeof path, "%s/no/such/dir/plot.svg", dir);
+  RUN(&r, "bench", "--quick", "--device", "ref", "--seq", "32", "--repeat", "1", "--svg", path);
+  expect_status(&r, 1);
+  expect_error_line(&r, "--svg");
+  assert_int_equal(access(path, F_OK), -1);
+}
+
+static void bad_options(void **state) {
+  (void)state;
+  static const struct {
+    const char *args[6];
+    const char *msg;
+  } cases[] = {
+      {{"--bogus"}, "unknown option '--bogus'"},
+      {{"--repeat", "0"}, "--repeat"},
+      {{"--repeat", "x"}, "--repeat"},
+      {{"--seq", "64,,128"}, "--seq"},
+      {{"--seq", "64,"}, "--seq"},
+      {{"--dim", "-4"}, "--dim"},
+      {{"--json", "--csv"}, "exclude each other"},
+      {{"--device", "ref,"}, "--device"},
+      {{"--ref-limit", "-1"}, "--ref-limit"},
+      {{"--svg"}, "needs an argument"},
+      {{"stray"}, "unexpected argument 'stray'"},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    const char *argv[8] = {"bench"};
+    int n = 1;
+    for (int j = 0; cases[i].args[j]; j++) argv[n++] = cases[i].args[j];
+    argv[n] = NULL;
+    result r;
+    run_cli(&r, argv);
+    expect_status(&r, 2);
+    expect_error_line(&r, cases[i].msg);
+    assert_string_equal(r.out, "");
+  }
+  /* A device that does not exist is a failure (1), not a usage error. */
+  result r;
+  RUN(&r, "bench", "--quick", "--device", "ref,nosuchbackend");
+  expect_status(&r, 1);
+  expect_error_line(&r, "nosuchbackend");
+  /* --help is not an error */
+  RUN(&r, "bench", "--help");
+  expect_status(&r, 0);
+  assert_non_null(strstr(r.out, "Usage: attn bench"));
+}
+
+/* attn_device_peaks_get on every device the library finds. */
+static void peaks_every_device(void **state) {
+  (void)state;
+  attn_device_list *list;
+  assert_int_equal(attn_list_devices(&list), ATTN_OK);
+  size_t n = attn_device_list_count(list), measured = 0;
+  for (size_t i = 0; i < n; i++) {
+    const attn_device_info *info = attn_device_list_get(list, i);
+    attn_context *ctx;
+    assert_int_equal(attn_open(info->selector, &ctx), ATTN_OK);
+    attn_device_peaks p = {0, 0}, again = {0, 0}, fresh = {0, 0};
+    attn_status s = attn_device_peaks_get(ctx, false, &p);
+    if (!strcmp(info->backend, "tp_good")) {
+      /* the test plugin has no peaks slot */
+      assert_int_equal(s, ATTN_ERR_UNSUPPORTED);
+      assert_non_null(strstr(attn_last_error(), "attn_device_peaks_get"));
+      assert_non_null(strstr(attn_last_error(), "tp_good"));
+      attn_close(ctx);
+      continue;
+    }
+    if (s != ATTN_OK) print_error("%s: %s\n", info->selector, attn_last_error());
+    assert_int_equal(s, ATTN_OK);
+    assert_true(isfinite(p.gflops) && p.gflops > 0.1 && p.gflops < 1e6);
+    assert_true(isfinite(p.gbps) && p.gbps > 0.1 && p.gbps < 1e5);
+    /* the cache (disk or memory) answers the same figures */
+    assert_int_equal(attn_device_peaks_get(ctx, false, &again), ATTN_OK);
+    assert_true(again.gflops == p.gflops && again.gbps == p.gbps);
+    /* refresh measures again: a plausible figure, not necessarily the same */
+    assert_int_equal(attn_device_peaks_get(ctx, true, &fresh), ATTN_OK);
+    assert_true(isfinite(fresh.gflops) && fresh.gflops > 0.1);
+    assert_true(isfinite(fresh.gbps) && fresh.gbps > 0.1);
+    /* NULL arguments are refused with a message naming them */
+    assert_int_equal(attn_device_peaks_get(ctx, false, NULL), ATTN_ERR_INVALID_ARG);
+    assert_non_null(strstr(attn_last_error(), "attn_device_peaks_get: p"));
+    measured++;
+    attn_close(ctx);
+  }
+  attn_device_list_free(list);
+  assert_true(measured >= 1); /* ref at least */
+  attn_device_peaks p;
+  assert_int_equal(attn_device_peaks_get(NULL, false, &p), ATTN_ERR_INVALID_ARG);
+  assert_non_null(strstr(attn_last_error(), "attn_device_peaks_get: ctx"));
+}
+
+int main(void) {
+  bin = getenv("ATTN_ATTN_BIN");
+  if (!bin || !*bin) {
+    fprintf(stderr, "test_bench: ATTN_ATTN_BIN is not set (run through make check)\n");
+    return 1;
+  }
+  snprintf(dir, sizeof dir, "/tmp/attn_test_bench.XXXXXX");
+  if (!mkdtemp(dir)) {
+    perror("mkdtemp");
+    return 1;
+  }
+  /* The tp_good test plugin joins the real backends, as a backend without
+   * the peaks slot; the spawned CLI sees the same path (harmless there). */
+  const char *plugins = getenv("ATTN_TEST_PLUGIN_DIR");
+  const char *path = getenv("ATTN_BACKEND_PATH");
+  if (plugins && path) {
+    static char both[4096];
+    snprintf(both, sizeof both, "%s:%s/attn_tp_good.so", path, plugins);
+    setenv("ATTN_BACKEND_PATH", both, 1);
+  }
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(json_ref),        cmocka_unit_test(json_pocl),
+      cmocka_unit_test(two_devices_csv), cmocka_unit_test(svg_file),
+      cmocka_unit_test(bad_options),     cmocka_unit_test(peaks_every_device),
+  };
+  int rc = cmocka_run_group_tests(tests, NULL, NULL);
+  char cmd[300];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+  if (system(cmd) != 0) fprintf(stderr, "test_bench: could not remove %s\n", dir);
+  return rc;
+}
