@@ -1,0 +1,132 @@
+#!/bin/sh
+# The hardening checks of issue 5, run from the source root after the normal
+# build (it needs only a configured source tree: autoreconf done):
+#   (a) the whole suite under AddressSanitizer + UndefinedBehaviorSanitizer:
+#       ./configure --enable-sanitizers in ./_asan, make check;
+#   (b) test_threads under ThreadSanitizer, in ./_tsan;
+#   (c) the libFuzzer harnesses of tests/fuzz, built with clang straight from
+#       the sources in ./_fuzz, each run for FUZZ_SECONDS (default 20) from
+#       its committed seed corpus; the executions reached are printed.
+# Exits nonzero on the first failure. Prints the time of each step.
+#
+# Environment: FUZZ_SECONDS (per harness), HARDENING_JOBS (make -j, default
+# 2), HARDENING_STEPS (any of "asan tsan fuzz", default all three),
+# FUZZ_TARGETS (any of "npy selector desc", default all three).
+# A crash found by a fuzzer is left as _fuzz/<name>/crash-*: minimise it
+# (./_fuzz/fuzz_<name> -minimize_crash=1 FILE), add it to
+# tests/fuzz/corpus/<name>/ so that make check replays it, and fix the bug.
+set -eu
+
+SRC=$(pwd)
+if [ ! -f "$SRC/include/attn.h" ] || [ ! -x "$SRC/configure" ]; then
+  echo "ci-hardening: run from the source root after autoreconf -fi" >&2
+  exit 2
+fi
+JOBS=${HARDENING_JOBS:-2}
+FUZZ_SECONDS=${FUZZ_SECONDS:-20}
+STEPS=${HARDENING_STEPS:-asan tsan fuzz}
+T_ALL=$(date +%s)
+
+step_start() {
+  T0=$(date +%s)
+  echo "=== ci-hardening: $1"
+}
+step_end() {
+  echo "=== ci-hardening: $1 took $(( $(date +%s) - T0 )) s"
+}
+fail() {
+  echo "ci-hardening: FAILED: $*" >&2
+  exit 1
+}
+# Show the logs of the tests that did not pass.
+show_failed_logs() {
+  for log in $(find "$1" -name '*.log' -newer "$1/Makefile" 2>/dev/null); do
+    case $log in */config.log) continue ;; esac
+    if grep -q '^:test-result: \(FAIL\|ERROR\|XPASS\)' "${log%.log}.trs" 2>/dev/null; then
+      echo "----- $log"
+      tail -n 60 "$log"
+    fi
+  done
+}
+
+case " $STEPS " in *" asan "*)
+  # (a) ASan + UBSan over the whole suite. LSan suppressions and UBSan's
+  # halt_on_error come from AM_TESTS_ENVIRONMENT (Makefile.am).
+  step_start "ASan+UBSan build and make check in _asan"
+  mkdir -p _asan
+  (cd _asan && "$SRC/configure" -q --enable-sanitizers CFLAGS="-g -O1") ||
+    fail "configure --enable-sanitizers"
+  make -C _asan -s -j"$JOBS" >/dev/null || fail "sanitizer build"
+  if ! ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 make -C _asan -s -j"$JOBS" check; then
+    show_failed_logs _asan
+    fail "make check under ASan+UBSan"
+  fi
+  step_end "ASan+UBSan"
+;; esac
+
+case " $STEPS " in *" tsan "*)
+  # (b) ThreadSanitizer: only what test_threads needs (the library, the ref
+  # module and, when OpenCL is there, pocl). TSan sees races in libattn and
+  # the ref module, which are instrumented; POCL and the OpenCL loader are
+  # not, so their internal synchronisation is invisible to it and the pocl
+  # device is left out here (it runs in the normal and ASan suites).
+  step_start "ThreadSanitizer build of test_threads in _tsan"
+  mkdir -p _tsan
+  (cd _tsan && "$SRC/configure" -q --without-opencl CFLAGS="-g -O1 -fsanitize=thread" \
+     LDFLAGS="-fsanitize=thread") || fail "configure for TSan"
+  make -C _tsan -s -j"$JOBS" libattn.la attn_ref.la tests/test_threads >/dev/null ||
+    fail "TSan build"
+  if ! (cd _tsan && ATTN_BACKEND_PATH="$(pwd)/.libs" ATTN_TEST_DEVICES=ref \
+        TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" \
+        ./tests/test_threads > test_threads.tsan.log 2>&1); then
+    tail -n 80 _tsan/test_threads.tsan.log
+    fail "test_threads under TSan"
+  fi
+  grep -E '^\[  (PASSED|FAILED) \]' _tsan/test_threads.tsan.log || true
+  step_end "TSan"
+;; esac
+
+case " $STEPS " in *" fuzz "*)
+  # (c) libFuzzer. Built directly from the sources: the harness and what it
+  # tests, instrumented; the ref module as a separate instrumented .so that
+  # the desc harness dlopens through ATTN_BACKEND_PATH, like the library does.
+  step_start "libFuzzer harnesses in _fuzz"
+  command -v clang >/dev/null 2>&1 || fail "clang not found (needed for libFuzzer)"
+  F="$SRC/_fuzz"
+  mkdir -p "$F/mods"
+  CORE="core/status.c core/selector.c core/loader.c core/context.c core/tensor.c core/sdpa.c core/graph.c"
+  INC="-Iinclude -Iplugins -Icore -Itools -Itests"
+  CF="-g -O1 -std=c11 -D_GNU_SOURCE $INC -Wall -Wextra -Wno-unused-parameter"
+  SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined"
+  clang $CF $SAN -fsanitize=fuzzer tests/fuzz/fuzz_npy.c tools/npy.c -o "$F/fuzz_npy" ||
+    fail "building fuzz_npy"
+  # shellcheck disable=SC2086
+  clang $CF $SAN -fsanitize=fuzzer tests/fuzz/fuzz_selector.c $CORE -ldl -lpthread -lm \
+    -o "$F/fuzz_selector" || fail "building fuzz_selector"
+  # shellcheck disable=SC2086
+  clang $CF $SAN -fsanitize=fuzzer tests/fuzz/fuzz_desc.c tests/testutil.c $CORE \
+    -ldl -lpthread -lm -o "$F/fuzz_desc" || fail "building fuzz_desc"
+  clang $CF $SAN -fsanitize=fuzzer-no-link -fPIC -shared backends/ref/ref.c -lm \
+    -o "$F/mods/attn_ref.so" || fail "building the instrumented ref module"
+  step_end "fuzz build"
+  for name in ${FUZZ_TARGETS:-npy selector desc}; do
+    T0=$(date +%s)
+    # A scratch corpus that grows during the run; the committed one is read-only input.
+    mkdir -p "$F/$name/corpus"
+    log="$F/$name/fuzz.log"
+    if ! (cd "$F/$name" && ATTN_BACKEND_PATH="$F/mods" \
+          ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+          "$F/fuzz_$name" -max_total_time="$FUZZ_SECONDS" -timeout=10 -rss_limit_mb=2048 \
+            -print_final_stats=1 corpus "$SRC/tests/fuzz/corpus/$name" > "$log" 2>&1); then
+      tail -n 60 "$log"
+      ls "$F/$name"/crash-* "$F/$name"/leak-* "$F/$name"/timeout-* 2>/dev/null || true
+      fail "fuzz_$name found a crash (input kept in $F/$name)"
+    fi
+    execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")
+    cov=$(grep -o 'cov: [0-9]*' "$log" | tail -n 1)
+    echo "fuzz_$name: ${execs:-?} executions in $(( $(date +%s) - T0 )) s, $cov, no crash"
+  done
+  step_end "fuzzing"
+;; esac
+
+echo "=== ci-hardening: all passed in $(( $(date +%s) - T_ALL )) s"
