@@ -108,7 +108,11 @@ static attn_status clb_device_info(int index, attn_device_info *info) {
   if (index < 0 || index >= clb_probe())
     return host->error(ATTN_ERR_INVALID_ARG, "device index %d out of range [0, %d)", index,
                        clb_probe());
-  return clrt_device_info(&devices[index], info);
+  attn_status st = clrt_device_info(&devices[index], info);
+  if (st != ATTN_OK) return st;
+  snprintf(info->backend, sizeof info->backend, "clblast");
+  info->index = index;
+  return ATTN_OK;
 }
 
 static attn_status clb_open(int index, attn_backend_ctx **out) {
