@@ -193,9 +193,9 @@ __kernel void sdpa_flash(__global const float *q, long q_off, long4 q_st,
 
 /* Second pass, only when the weights are requested: w[b,h,i,j] =
  * exp(scale * q.k + mask - lse[b,h,i]) for visible keys, else 0, with lse
- * from the first pass (-inf for a row with no visible key gives zeros). One
- * work-item per weight: simple, and only run when the caller asked for the
- * full Sq x Skv matrix anyway. */
+ * from the first pass (-inf for a row with no visible key gives zeros).
+ * Same layout as sdpa_flash (8 rows in float8 lanes, keys in blocks of 8),
+ * over every key, since hidden ones must be written as zeros too. */
 __kernel void sdpa_weights(__global const float *q, long q_off, long4 q_st,
                            __global const float *k, long k_off, long4 k_st,
                            __global const float *mask, long m_off, long4 m_st, int mask_kind,
@@ -203,29 +203,63 @@ __kernel void sdpa_weights(__global const float *q, long q_off, long4 q_st,
                            __global const float *lse, long l_off, long4 l_st,
                            __global float *w, long w_off, long4 w_st,
                            int Hq, int Hkv, int Sq, int Skv, int D, int causal, float scale) {
-  const int j = get_global_id(0);
-  const int i = get_global_id(1);
-  const int bh = get_global_id(2);
-  if (j >= Skv || i >= Sq) return;
-  const int b = bh / Hq, h = bh % Hq;
+  const int i0 = get_global_id(0) * R;
+  const int h = get_global_id(1);
+  const int b = get_global_id(2);
+  if (i0 >= Sq) return;
   const int hk = h / (Hq / Hkv);
-  __global float *wp = w + w_off + b * w_st.s0 + h * w_st.s1 + (long)i * w_st.s2 + (long)j * w_st.s3;
-  const float rl = lse[l_off + b * l_st.s0 + h * l_st.s1 + (long)i * l_st.s2];
+  const __global float *qb = q + q_off + b * q_st.s0 + h * q_st.s1;
+  const __global float *kb = k + k_off + b * k_st.s0 + hk * k_st.s1;
+
   int kvl = has_kv_lens ? clamp(kv_lens[b], 0, Skv) : Skv;
-  int visible = j < kvl && (!causal || j <= i + Skv - Sq) && rl != -INFINITY;
-  float s = 0.0f;
-  if (visible && mask_kind != 0) {
-    const float mv = mask[m_off + b * m_st.s0 + h * m_st.s1 + (long)i * m_st.s2 + (long)j * m_st.s3];
-    if (mask_kind == 1) visible = mv != 0.0f;
-    else s = mv;
+  const int8 rows = (int8)(i0) + (int8)(0, 1, 2, 3, 4, 5, 6, 7);
+  int8 lim = (int8)(kvl);
+  if (causal) lim = min(lim, rows + (int8)(Skv - Sq + 1));
+  lim = max(lim, (int8)(0));
+
+  REP8(QROW)
+  const float qscale = scale * LOG2E;
+  float8 qT[HD];
+  for (int d = 0; d < DQ; d++) {
+    const long o = d * QS3;
+    qT[d] = (float8)(qr0[o], qr1[o], qr2[o], qr3[o], qr4[o], qr5[o], qr6[o], qr7[o]) * qscale;
   }
-  if (!visible) {
-    *wp = 0.0f;
-    return;
+  const __global float *lb = lse + l_off + b * l_st.s0 + h * l_st.s1;
+#define LROW(r) lb[(long)min(i0 + r, Sq - 1) * l_st.s2]
+  const float8 lse2 = (float8)(LROW(0), LROW(1), LROW(2), LROW(3), LROW(4), LROW(5), LROW(6),
+                               LROW(7)) * LOG2E;
+  /* A row with no visible key: every weight 0 (and no -inf - -inf). */
+  const int8 empty = lse2 == (float8)(-INFINITY);
+
+  const __global float *mb = mask + m_off + b * m_st.s0 + h * m_st.s1;
+  if (mask_kind == 0) mb = q; /* never dereferenced */
+  REP8(MROW)
+  __global float *wb = w + w_off + b * w_st.s0 + h * w_st.s1;
+#define WROW(r) __global float *wr##r = wb + (long)(i0 + r) * w_st.s2;
+  REP8(WROW)
+
+  for (int j0 = 0; j0 < Skv; j0 += KB) {
+#define KROWW(t)                                                                            \
+  const __global float *kr##t = kb + (long)min(j0 + t, Skv - 1) * k_st.s2;                   \
+  float8 s##t = (float8)(0.0f);
+    REP8(KROWW)
+    for (int d = 0; d < DQ; d++) {
+      const float8 qd = qT[d];
+      const long o = d * KS3;
+      REP8(DOT)
+    }
+    if (mask_kind != 0) {
+      REP8(MASK)
+    }
+    REP8(LIMIT)
+#define WPROB(t)                                                                            \
+  s##t = select(exp2(s##t - lse2), (float8)(0.0f), empty);                                  \
+  if (j0 + t < Skv) {                                                                       \
+    const long o = (long)(j0 + t) * w_st.s3;                                                \
+    WSTORE(t, 0) WSTORE(t, 1) WSTORE(t, 2) WSTORE(t, 3)                                     \
+    WSTORE(t, 4) WSTORE(t, 5) WSTORE(t, 6) WSTORE(t, 7)                                     \
   }
-  const __global float *qr = q + q_off + b * q_st.s0 + h * q_st.s1 + (long)i * q_st.s2;
-  const __global float *kr = k + k_off + b * k_st.s0 + hk * k_st.s1 + (long)j * k_st.s2;
-  float dot = 0.0f;
-  for (int d = 0; d < D; d++) dot = fma(qr[d * q_st.s3], kr[d * k_st.s3], dot);
-  *wp = exp(scale * dot + s - rl);
+#define WSTORE(t, r) if (i0 + r < Sq) wr##r[o] = s##t.s##r;
+    REP8(WPROB)
+  }
 }

@@ -238,8 +238,9 @@ static attn_status pocl_sdpa(attn_backend_ctx *c, const attn_sdpa_desc *d) {
                       CLRT_ARG(w_off), CLRT_ARG(w_st), CLRT_ARG(Hq), CLRT_ARG(Hkv), CLRT_ARG(Sq),
                       CLRT_ARG(Skv), CLRT_ARG(D), CLRT_ARG(causal), CLRT_ARG(scale));
     if (s == ATTN_OK) {
-      size_t global[3] = {(size_t)Skv, (size_t)Sq, (size_t)B * Hq};
-      s = clrt_enqueue(&c->cl, kw, 3, global, NULL);
+      size_t global[3] = {((size_t)Sq + 7) / 8, (size_t)Hq, (size_t)B};
+      size_t local[3] = {1, 1, 1};
+      s = clrt_enqueue(&c->cl, kw, 3, global, local);
     }
   }
   /* Released now, freed by the driver when the queued kernels are done. */
