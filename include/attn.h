@@ -8,8 +8,10 @@
  * failures < 0). On failure attn_last_error() returns a message for the calling
  * thread that names the function and the argument at fault, for example
  *   "attn_sdpa: k: head dim 63 != q head dim 64".
- * A failed call changes nothing the caller can see (outputs may have been
- * partly written only where documented) and leaves the context usable.
+ * A failed call leaks nothing and leaves the context usable. Argument errors
+ * are found before anything runs, so they change nothing; if the device fails
+ * in the middle of a call, that call's output tensors may be partly written
+ * (never its inputs).
  *
  * Threading: a context and everything created on it (tensors, graphs, caches)
  * may be used by one thread at a time. Separate contexts may be used from
