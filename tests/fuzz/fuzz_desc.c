@@ -476,6 +476,33 @@ static void fuzz_mha(reader *r) {
                want);
     FUZZ_CHECK(tu_check_close("fuzz mha out", got, want, (size_t)(xB * xS * E), NULL),
                "attn_mha_run differs from the oracle");
+    if (!kvx && g && (d.d_kv == 0 || d.d_kv == d.d_model)) {
+      /* Self attention: the first run through an empty KV cache is the same
+       * computation; one that would overflow the capacity changes nothing. */
+      attn_kv_cache *c = NULL;
+      const int64_t cap = xS + take(r) % 3;
+      attn_status cs = attn_kv_cache_create(g, xB, cap, &c);
+      FUZZ_CHECK(cs == ATTN_OK, "kv_cache_create(%lld, %lld): %s", (long long)xB,
+                 (long long)cap, attn_last_error());
+      attn_tensor *o2 = NULL;
+      const int64_t os[3] = {xB, xS, E};
+      FUZZ_CHECK(attn_tensor_create(ctx, 3, os, &o2) == ATTN_OK, "%s", attn_last_error());
+      keep(&s, o2);
+      cs = attn_mha_run_cached(g, c, x, o2);
+      FUZZ_CHECK(cs == ATTN_OK, "run_cached: %s", attn_last_error());
+      FUZZ_CHECK(attn_kv_cache_length(c) == xS, "cache length %lld", (long long)attn_kv_cache_length(c));
+      float *got2 = read_all(o2);
+      FUZZ_CHECK(tu_check_close("fuzz mha cached", got2, want, (size_t)(xB * xS * E), NULL),
+                 "attn_mha_run_cached differs from the oracle");
+      free(got2);
+      if (cap - xS < xS) {
+        cs = attn_mha_run_cached(g, c, x, o2);
+        FUZZ_CHECK(cs == ATTN_ERR_CAPACITY, "over capacity: status %d: %s", (int)cs,
+                   attn_last_error());
+        FUZZ_CHECK(attn_kv_cache_length(c) == xS, "a refused run moved the cache length");
+      }
+      attn_kv_cache_free(c);
+    }
     free(want);
     free(got);
     if (kvh != xh) free(kvh);

@@ -47,6 +47,24 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       for (size_t i = 0; i < a.count * dtype_size(a.dtype); i++)
         sum ^= ((const uint8_t *)a.data)[i];
       (void)sum;
+      if (a.dtype == NPY_F32) {
+        /* What we accept, we write back the same: encode and parse again. */
+        void *img = NULL;
+        size_t len = 0;
+        FUZZ_CHECK(npy_encode_f32(a.ndim, a.shape, a.data, &img, &len, err, sizeof err) ==
+                       ATTN_OK,
+                   "cannot encode what was parsed: %s", err);
+        const npy_want any = {NPY_F32, 1, NPY_MAX_DIMS};
+        npy_array b;
+        FUZZ_CHECK(npy_parse(img, len, "again.npy", &any, &b, err, sizeof err) == ATTN_OK,
+                   "our own encoding is refused: %s", err);
+        FUZZ_CHECK(b.ndim == a.ndim && b.count == a.count &&
+                       memcmp(b.shape, a.shape, (size_t)a.ndim * sizeof a.shape[0]) == 0 &&
+                       memcmp(b.data, a.data, a.count * sizeof(float)) == 0,
+                   "the round trip changed the array");
+        npy_free(&b);
+        free(img);
+      }
       npy_free(&a);
     } else {
       FUZZ_CHECK(s == ATTN_ERR_FORMAT, "status %d, want ATTN_ERR_FORMAT: %.*s", (int)s,
