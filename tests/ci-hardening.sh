@@ -27,6 +27,23 @@ FUZZ_SECONDS=${FUZZ_SECONDS:-20}
 STEPS=${HARDENING_STEPS:-asan tsan fuzz}
 T_ALL=$(date +%s)
 
+# The sources the sanitizer builds configure from. The README's build
+# configures the source root in place, and autoconf then refuses a second,
+# out-of-tree configure of it; so in that case the builds use a clean copy
+# of the sources (the tracked files plus the autoreconf outputs, mtimes kept
+# so that nothing is regenerated) in ./_hsrc.
+BSRC=$SRC
+if [ -f "$SRC/config.status" ]; then
+  command -v git >/dev/null 2>&1 && git -C "$SRC" rev-parse >/dev/null 2>&1 ||
+    { echo "ci-hardening: the source root is configured in place and is not a git checkout;" \
+        "run make distclean first" >&2; exit 2; }
+  rm -rf _hsrc && mkdir _hsrc
+  { git ls-files; ls configure Makefile.in aclocal.m4 config.h.in; find autotools -type f; } |
+    sort -u | while read -r f; do [ -e "$f" ] && echo "$f"; done |
+    tar -cf - -T - | tar -xf - -C _hsrc || { echo "ci-hardening: copying the sources failed" >&2; exit 1; }
+  BSRC=$SRC/_hsrc
+fi
+
 step_start() {
   T0=$(date +%s)
   echo "=== ci-hardening: $1"
@@ -54,7 +71,7 @@ case " $STEPS " in *" asan "*)
   # halt_on_error come from AM_TESTS_ENVIRONMENT (Makefile.am).
   step_start "ASan+UBSan build and make check in _asan"
   mkdir -p _asan
-  (cd _asan && "$SRC/configure" -q --enable-sanitizers CFLAGS="-g -O1") ||
+  (cd _asan && "$BSRC/configure" -q --enable-sanitizers CFLAGS="-g -O1") ||
     fail "configure --enable-sanitizers"
   make -C _asan -s -j"$JOBS" >/dev/null || fail "sanitizer build"
   if ! ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 make -C _asan -s -j"$JOBS" check; then
@@ -73,7 +90,7 @@ case " $STEPS " in *" tsan "*)
   # far: no report on either device.)
   step_start "ThreadSanitizer build of test_threads in _tsan"
   mkdir -p _tsan
-  (cd _tsan && "$SRC/configure" -q CFLAGS="-g -O1 -fsanitize=thread" \
+  (cd _tsan && "$BSRC/configure" -q CFLAGS="-g -O1 -fsanitize=thread" \
      LDFLAGS="-fsanitize=thread") || fail "configure for TSan"
   targets="libattn.la attn_ref.la tests/test_threads"
   # configure found OpenCL (automake conditionals live in config.status).
