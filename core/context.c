@@ -213,7 +213,12 @@ attn_status attn_open(const char *selector, attn_context **ctx) {
     p = comma ? comma + 1 : p + len;
   }
   mb_add_inventory(&m, reg);
-  return attn__error(res[0].st, "%s", m.s);
+  /* Except that running out of host memory is never "no device": a caller
+   * must be able to tell a transient failure from a wrong selector. */
+  attn_status st = res[0].st;
+  for (int a = 0; a < sel.n; a++)
+    if (res[a].st == ATTN_ERR_NOMEM) st = ATTN_ERR_NOMEM;
+  return attn__error(st, "%s", m.s);
 }
 
 void attn_close(attn_context *ctx) {
