@@ -453,7 +453,7 @@ static attn_status open_scenario(attn_context *unused, open_result *r, const cha
   attn_device_list *l = NULL;
   attn_status s;
   *step = "open";
-  if ((s = keep_msg(attn_open("ref", &c)))) return s;
+  if ((s = keep_msg(attn_open("nosuch,ref", &c)))) return s; /* an alternative fails first */
   attn_device_info info;
   *step = "context_info";
   if ((s = keep_msg(attn_context_info(c, &info)))) goto done;
