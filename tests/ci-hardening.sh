@@ -1,6 +1,6 @@
 #!/bin/sh
 # The hardening checks of issue 5, run from the source root after the normal
-# build (it needs only a configured source tree: autoreconf done):
+# build (it needs autoreconf -fi done; the root may be configured in place):
 #   (a) the whole suite under AddressSanitizer + UndefinedBehaviorSanitizer:
 #       ./configure --enable-sanitizers in ./_asan, make check;
 #   (b) test_threads under ThreadSanitizer, in ./_tsan;
