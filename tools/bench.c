@@ -25,6 +25,7 @@
 #include "bench.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <math.h>
@@ -503,14 +504,20 @@ static void print_result(const options *o, const result *r, bool first_of_device
 /* Write the text to path atomically: a temporary file in the same directory,
  * flushed to disk, renamed over path; on any failure path is left as it was. */
 static int write_atomic(const char *path, const char *text, size_t len) {
-  size_t plen = strlen(path);
-  char *tmp = malloc(plen + 16);
+  size_t cap = strlen(path) + 64;
+  char *tmp = malloc(cap);
   if (!tmp) {
     errline("--svg: out of host memory");
     return EXIT_FAIL;
   }
-  snprintf(tmp, plen + 16, "%s.tmp.XXXXXX", path);
-  int fd = mkstemp(tmp);
+  /* O_EXCL never clobbers anything; mode 0666 lets the umask decide, as for
+   * any new file (mkstemp would make it 0600), as tools/npy.c does. */
+  int fd = -1;
+  for (unsigned i = 0; i < 100 && fd < 0; i++) {
+    snprintf(tmp, cap, "%s.tmp.%ld.%u", path, (long)getpid(), i);
+    fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+    if (fd < 0 && errno != EEXIST) break;
+  }
   if (fd < 0) {
     errline("--svg: cannot create a temporary file next to %s: %s", path, strerror(errno));
     free(tmp);
@@ -804,6 +811,19 @@ int bench_main(int argc, char **argv, const char *default_device) {
   o.ref_limit = REF_LIMIT_DEFAULT;
   int rc = parse_options(argc, argv, &o);
   if (rc) return rc < 0 ? 0 : rc;
+
+  /* An --svg that cannot be written should fail now, not after minutes of
+   * measuring: its directory must exist and be writable. */
+  if (o.svg) {
+    char svgdir[4096];
+    const char *slash = strrchr(o.svg, '/');
+    if (!slash) snprintf(svgdir, sizeof svgdir, ".");
+    else snprintf(svgdir, sizeof svgdir, "%.*s", (int)(slash == o.svg ? 1 : slash - o.svg), o.svg);
+    if (access(svgdir, W_OK) != 0) {
+      errline("--svg: cannot write %s: %s: %s", o.svg, svgdir, strerror(errno));
+      return EXIT_FAIL;
+    }
+  }
 
   /* Open every device first: a selector that matches nothing fails the run
    * before any time is spent. NULL: the default, as the other commands. */
