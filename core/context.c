@@ -173,7 +173,8 @@ attn_status attn_open(const char *selector, attn_context **ctx) {
     }
   }
 
-  const attn_registry *reg = attn__registry();
+  const attn_registry *reg;
+  if (attn__registry_get(&reg) != ATTN_OK) return ATTN_ERR_NOMEM;
   /* The registry scan runs module code that may leave messages behind. */
   ATTN_ENTER("attn_open");
 
@@ -262,7 +263,8 @@ attn_status attn_list_devices(attn_device_list **list) {
   ATTN_ENTER("attn_list_devices");
   if (!list) return attn__error(ATTN_ERR_INVALID_ARG, "list: is NULL");
   *list = NULL;
-  const attn_registry *reg = attn__registry();
+  const attn_registry *reg;
+  if (attn__registry_get(&reg) != ATTN_OK) return ATTN_ERR_NOMEM;
   ATTN_ENTER("attn_list_devices");
 
   attn_device_list *l = calloc(1, sizeof *l);

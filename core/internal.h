@@ -85,8 +85,9 @@ typedef struct attn_registry {
   attn_load_failure *failures;
 } attn_registry;
 
-/* The process-wide registry, scanned once (thread-safe) on first use. */
-ATTN_INTERNAL const attn_registry *attn__registry(void);
+/* The process-wide registry, scanned (thread-safe) on first use; a scan that
+ * ran out of memory is retried on the next call (ATTN_ERR_NOMEM, *reg NULL). */
+ATTN_INTERNAL attn_status attn__registry_get(const attn_registry **reg);
 /* Scan a search path into a fresh registry (for tests and the global one).
  * search: ':'-separated entries; NULL means the default search. */
 ATTN_INTERNAL attn_status attn__registry_scan(const char *search, attn_registry *reg);

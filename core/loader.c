@@ -21,6 +21,7 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdatomic.h>
 #include <string.h>
 #include <sys/stat.h>
 
@@ -420,16 +421,28 @@ void attn__registry_free(attn_registry *reg) {
 
 /* ---- the process-wide registry -------------------------------------------- */
 
-static pthread_once_t g_once = PTHREAD_ONCE_INIT;
+/* The process-wide registry. Scanned under a lock on first use; a scan that
+ * runs out of memory is not kept, so a later call tries again instead of
+ * living with an empty registry for the rest of the process. */
+static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
+static atomic_int g_ready;
 static attn_registry g_registry;
 
-static void scan_global(void) {
-  /* Out of memory leaves an empty registry; attn_open then reports that
-   * nothing was found, which is the truth we can still tell. */
-  if (attn__registry_scan(NULL, &g_registry) != ATTN_OK) memset(&g_registry, 0, sizeof g_registry);
-}
-
-const attn_registry *attn__registry(void) {
-  pthread_once(&g_once, scan_global);
-  return &g_registry;
+attn_status attn__registry_get(const attn_registry **out) {
+  if (!atomic_load_explicit(&g_ready, memory_order_acquire)) {
+    pthread_mutex_lock(&g_lock);
+    if (!atomic_load_explicit(&g_ready, memory_order_relaxed)) {
+      attn_registry reg;
+      if (attn__registry_scan(NULL, &reg) != ATTN_OK) {
+        pthread_mutex_unlock(&g_lock);
+        *out = NULL;
+        return attn__error(ATTN_ERR_NOMEM, "out of host memory while loading backend modules");
+      }
+      g_registry = reg;
+      atomic_store_explicit(&g_ready, 1, memory_order_release);
+    }
+    pthread_mutex_unlock(&g_lock);
+  }
+  *out = &g_registry;
+  return ATTN_OK;
 }
