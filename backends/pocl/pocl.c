@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "clrt.h"
+#include "decode.h"
 
 #define POCL_MAX_DEVICES 16
 /* Largest D and Dv the fused kernel holds in private memory. */
@@ -169,6 +170,8 @@ static void sdpa_options(const attn_sdpa_desc *d, char *buf, size_t len) {
 }
 
 static attn_status pocl_sdpa(attn_backend_ctx *c, const attn_sdpa_desc *d) {
+  /* Few query rows over many keys: split the keys (decode.c). */
+  if (pocl_decode_wants(d)) return pocl_decode_sdpa(&c->cl, d);
   char opts[96];
   sdpa_options(d, opts, sizeof opts);
   cl_kernel kf, kw = NULL;

@@ -1,0 +1,144 @@
+/* The pocl backend's decode path: split-key attention (kernels/decode.cl)
+ * for few query rows over a long KV cache. See decode.h. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "decode.h"
+
+/* Largest D and Dv (as the fused kernel), and the most chunks the reduce
+ * kernel combines (MAX_CHUNKS in kernels/decode.cl). */
+#define DECODE_MAX_HEAD_DIM 256
+#define DECODE_MAX_CHUNKS 64
+/* Keys per chunk at least: below this the partials cost more than they save. */
+#define DECODE_MIN_CHUNK 128
+/* Work-groups to aim for per compute unit, so that both cores stay busy to
+ * the end even when chunks finish unevenly (measured, see the commit). */
+#define DECODE_GROUPS_PER_CU 8
+/* Default routing: up to this many query rows (Sq) the flash kernel, which
+ * holds 8 rows per work-item, leaves most of its lanes empty. */
+#define DECODE_MAX_SQ 4
+
+static int env_mode(void) {
+  const char *e = getenv("ATTN_POCL_DECODE");
+  if (!e || !*e) return -1;
+  return strcmp(e, "0") != 0;
+}
+
+bool pocl_decode_wants(const attn_sdpa_desc *d) {
+  const int mode = env_mode();
+  if (mode == 0) return false;
+  const int64_t D = d->q.shape[3], Dv = d->v.shape[3];
+  /* Vector loads along the head dim of k and v; the weights pass stays with
+   * the flash kernel's program. */
+  if (D % 8 != 0 || Dv % 8 != 0 || D > DECODE_MAX_HEAD_DIM || Dv > DECODE_MAX_HEAD_DIM)
+    return false;
+  if (d->k.strides[3] != 1 || d->v.strides[3] != 1 || d->weights.buf) return false;
+  if (mode == 1) return true;
+  return d->q.shape[2] <= DECODE_MAX_SQ;
+}
+
+static cl_long4 strides4(const attn_view *v) {
+  cl_long4 s;
+  for (int i = 0; i < 4; i++) s.s[i] = v->strides[i];
+  return s;
+}
+
+static cl_mem mem_of(const attn_view *v) { return v->buf ? v->buf->mem : NULL; }
+
+attn_status pocl_decode_sdpa(clrt_ctx *c, const attn_sdpa_desc *d) {
+  cl_int B = (cl_int)d->q.shape[0], Hq = (cl_int)d->q.shape[1], Hkv = (cl_int)d->k.shape[1];
+  cl_int Sq = (cl_int)d->q.shape[2], Skv = (cl_int)d->k.shape[2];
+  cl_int D = (cl_int)d->q.shape[3], Dv = (cl_int)d->v.shape[3];
+
+  /* Variants: vector width, private array size, rows per work-item. */
+  const int vw = D % 16 == 0 && Dv % 16 == 0 ? 16 : 8;
+  const int m = D > Dv ? D : Dv;
+  int hd = 16;
+  while (hd < m) hd *= 2;
+  const int rows = Hq / Hkv * Sq;
+  int rb = 1;
+  while (rb < rows && rb < 8) rb *= 2;
+  char opts[96];
+  snprintf(opts, sizeof opts, "-DVW=%d -DHD=%d -DEXACT=%d -DRB=%d", vw, hd,
+           D == hd && Dv == hd, rb);
+  cl_kernel kp, kr;
+  attn_status s = clrt_kernel_get(c, "decode", opts, "decode_partial", &kp);
+  if (s == ATTN_OK) s = clrt_kernel_get(c, "decode", opts, "decode_reduce", &kr);
+  if (s != ATTN_OK) return s;
+
+  /* Split the keys so that the work-groups number about DECODE_GROUPS_PER_CU
+   * per compute unit, in chunks of at least DECODE_MIN_CHUNK keys. */
+  cl_uint cus = 1;
+  if (clGetDeviceInfo(c->dev.id, CL_DEVICE_MAX_COMPUTE_UNITS, sizeof cus, &cus, NULL) !=
+          CL_SUCCESS ||
+      cus == 0)
+    cus = 1;
+  const int nrb = (rows + rb - 1) / rb;
+  const long base = (long)B * Hkv * nrb;
+  long want = ((long)DECODE_GROUPS_PER_CU * cus + base - 1) / base;
+  const char *split = getenv("ATTN_POCL_DECODE_SPLIT"); /* measurement knob */
+  if (split && atoi(split) > 0) want = atoi(split);
+  long maxc = (Skv + DECODE_MIN_CHUNK - 1) / DECODE_MIN_CHUNK;
+  if (want > maxc) want = maxc;
+  if (want > DECODE_MAX_CHUNKS) want = DECODE_MAX_CHUNKS;
+  if (want < 1) want = 1;
+  cl_int chunk = (cl_int)clrt_round_up((size_t)((Skv + want - 1) / want), 8);
+  if (chunk < 8) chunk = 8;
+  cl_int nchunks = (Skv + chunk - 1) / chunk;
+  if (nchunks < 1) nchunks = 1;
+
+  cl_int err;
+  const size_t part_bytes =
+      (size_t)B * Hq * Sq * (size_t)nchunks * (size_t)(Dv + 2) * sizeof(cl_float);
+  cl_mem part = clCreateBuffer(c->context, CL_MEM_READ_WRITE, part_bytes, NULL, &err);
+  if (err != CL_SUCCESS) return clrt_fail(err, "pocl: clCreateBuffer for the decode partials");
+  cl_mem kvl = NULL;
+  cl_int has_kvl = d->kv_lens != NULL;
+  if (has_kvl) {
+    /* kv_lens is host memory the caller may reuse once we return: copy it. */
+    kvl = clCreateBuffer(c->context, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR,
+                         (size_t)B * sizeof(cl_int), (void *)d->kv_lens, &err);
+    if (err != CL_SUCCESS) {
+      clReleaseMemObject(part);
+      return clrt_fail(err, "pocl: clCreateBuffer for kv_lens");
+    }
+  }
+
+  cl_mem q = mem_of(&d->q), k = mem_of(&d->k), v = mem_of(&d->v), out = mem_of(&d->out);
+  cl_mem mask = mem_of(&d->mask), lse = mem_of(&d->lse);
+  cl_long q_off = d->q.offset, k_off = d->k.offset, v_off = d->v.offset, o_off = d->out.offset;
+  cl_long m_off = d->mask.offset, l_off = d->lse.offset;
+  cl_long4 q_st = strides4(&d->q), k_st = strides4(&d->k), v_st = strides4(&d->v),
+           o_st = strides4(&d->out), m_st = strides4(&d->mask), l_st = strides4(&d->lse);
+  cl_int mask_kind = d->mask.buf ? (cl_int)d->mask_kind : 0, causal = d->causal;
+  cl_int has_lse = lse != NULL;
+  cl_float scale = d->scale;
+
+  s = clrt_set_args(kp, 26, CLRT_ARG(q), CLRT_ARG(q_off), CLRT_ARG(q_st), CLRT_ARG(k),
+                    CLRT_ARG(k_off), CLRT_ARG(k_st), CLRT_ARG(v), CLRT_ARG(v_off), CLRT_ARG(v_st),
+                    CLRT_ARG(mask), CLRT_ARG(m_off), CLRT_ARG(m_st), CLRT_ARG(mask_kind),
+                    CLRT_ARG(kvl), CLRT_ARG(has_kvl), CLRT_ARG(part), CLRT_ARG(nchunks),
+                    CLRT_ARG(chunk), CLRT_ARG(Hq), CLRT_ARG(Hkv), CLRT_ARG(Sq), CLRT_ARG(Skv),
+                    CLRT_ARG(D), CLRT_ARG(Dv), CLRT_ARG(causal), CLRT_ARG(scale));
+  if (s == ATTN_OK) {
+    /* One work-item per group, as the flash kernel: each holds RB rows of q
+     * and acc in private memory, which POCL would replicate per work-item. */
+    size_t global[3] = {(size_t)nchunks, (size_t)Hkv * nrb, (size_t)B};
+    size_t local[3] = {1, 1, 1};
+    s = clrt_enqueue(c, kp, 3, global, local);
+  }
+  if (s == ATTN_OK)
+    s = clrt_set_args(kr, 12, CLRT_ARG(part), CLRT_ARG(nchunks), CLRT_ARG(out), CLRT_ARG(o_off),
+                      CLRT_ARG(o_st), CLRT_ARG(lse), CLRT_ARG(l_off), CLRT_ARG(l_st),
+                      CLRT_ARG(has_lse), CLRT_ARG(Hq), CLRT_ARG(Sq), CLRT_ARG(Dv));
+  if (s == ATTN_OK) {
+    size_t global[3] = {(size_t)Sq, (size_t)Hq, (size_t)B};
+    s = clrt_enqueue(c, kr, 3, global, NULL);
+  }
+  clrt_host()->debug("pocl decode: RB=%d VW=%d chunks=%d x %d keys", rb, vw, nchunks, chunk);
+  /* Released now, freed by the driver when the queued kernels are done. */
+  clReleaseMemObject(part);
+  if (kvl) clReleaseMemObject(kvl);
+  return s;
+}

@@ -1,0 +1,267 @@
+/* Split-key ("flash-decoding") attention for few query rows over a long KV
+ * cache, on OpenCL CPU devices (POCL). The fused flash kernel (sdpa.cl) puts
+ * 8 query rows of one head in the lanes of float8 vectors and reads the whole
+ * K/V of its head: with Sq = 1 it uses 1 lane of 8, reads K/V once per
+ * query head (4x for a GQA group of 4) and has only Hq work-items. Here:
+ *
+ *   decode_partial: one work-item per (key chunk, row block, batch). The rows
+ *     of a kv head are the (query head of its GQA group, query index) pairs;
+ *     a row block holds RB of them, so K/V are read once per kv head for
+ *     groups of up to RB rows. Vectors run along the head dim (VW floats per
+ *     load); each key's scores are RB dot products. Softmax is online within
+ *     the chunk (base 2, q pre-scaled by scale*log2(e)), and the chunk writes
+ *     its partial (max, sum, unnormalised acc[Dv]) per row to a scratch.
+ *   decode_reduce: one work-item per row combines the chunks' partials,
+ *     writes out and lse.
+ *
+ * Visibility of key j for query row i (as sdpa.cl):
+ *   j < kv_len[b]  and  (!causal or j <= i + Skv - Sq)  and  mask allows it.
+ * Hidden keys contribute nothing even when their values are NaN; a row that
+ * sees no key gets zeros and lse = -inf.
+ *
+ * Build options (the host keeps the variants few):
+ *   -DVW=8|16   vector width along the head dim (D and Dv are multiples)
+ *   -DHD=n      max(D, Dv) rounded up to 16..256: private array size
+ *   -DEXACT=1   D == Dv == HD: constant loop bounds
+ *   -DRB=n      rows per work-item (1, 2, 4 or 8)
+ * k and v have unit stride along the head dim (the host checks); q, out and
+ * lse may have any strides.
+ */
+
+#ifndef VW
+#define VW 16
+#endif
+#ifndef HD
+#define HD 128
+#endif
+#ifndef EXACT
+#define EXACT 0
+#endif
+#ifndef RB
+#define RB 4
+#endif
+
+#define KB 8 /* keys per softmax block */
+#define MAX_CHUNKS 64 /* the host never splits the keys further */
+#define NX (HD / VW) /* vectors per row, at most */
+#define LOG2E 1.4426950408889634f
+#define LN2 0.6931471805599453f
+
+#if VW == 16
+#define VEC float16
+#define VLOAD vload16
+#define VSTORE vstore16
+#else
+#define VEC float8
+#define VLOAD vload8
+#define VSTORE vstore8
+#endif
+
+#if EXACT
+#define NQ NX
+#define NV NX
+#else
+#define NQ (D / VW)
+#define NV (Dv / VW)
+#endif
+
+static inline float hsum(VEC a) {
+#if VW == 16
+  const float8 b = a.lo + a.hi;
+#else
+  const float8 b = a;
+#endif
+  const float4 c = b.lo + b.hi;
+  const float2 d = c.lo + c.hi;
+  return d.x + d.y;
+}
+
+/* Partials: for row id ((b*Hq + h)*Sq + i) and chunk c, PSTRIDE = Dv + 2
+ * floats at (row*nchunks + c) * PSTRIDE: m (base-2 max, -inf if the chunk
+ * saw no key), l (sum of 2^(s - m)), then acc[Dv]. */
+
+__kernel void decode_partial(__global const float *q, long q_off, long4 q_st,
+                             __global const float *k, long k_off, long4 k_st,
+                             __global const float *v, long v_off, long4 v_st,
+                             __global const float *mask, long m_off, long4 m_st, int mask_kind,
+                             __global const int *kv_lens, int has_kv_lens,
+                             __global float *part, int nchunks, int chunk,
+                             int Hq, int Hkv, int Sq, int Skv, int D, int Dv, int causal,
+                             float scale) {
+  const int c = get_global_id(0);
+  const int G = Hq / Hkv, nrows = G * Sq, nrb = (nrows + RB - 1) / RB;
+  const int hk = get_global_id(1) / nrb;
+  const int r0 = get_global_id(1) % nrb * RB;
+  const int b = get_global_id(2);
+
+  const int kvl = has_kv_lens ? clamp(kv_lens[b], 0, Skv) : Skv;
+  const __global float *kb = k + k_off + b * k_st.s0 + hk * k_st.s1;
+  const __global float *vb = v + v_off + b * v_st.s0 + hk * v_st.s1;
+  if (mask_kind == 0) mask = q; /* never dereferenced; keeps the pointers valid */
+
+  /* Rows past nrows (the tail of the last block) repeat the last row with a
+   * limit of 0: they extend no loop and are never written. */
+  int lim[RB], hrow[RB], irow[RB];
+  const __global float *mrow[RB];
+  VEC qv[RB][NX];
+  const float qscale = scale * LOG2E;
+  int kend = 0;
+  #pragma unroll
+  for (int r = 0; r < RB; r++) {
+    const int row = min(r0 + r, nrows - 1);
+    const int g = row / Sq, i = row % Sq, h = hk * G + g;
+    hrow[r] = h, irow[r] = i;
+    int l = kvl;
+    if (causal) l = min(l, i + Skv - Sq + 1);
+    l = max(l, 0);
+    if (r0 + r >= nrows) l = 0;
+    lim[r] = l;
+    kend = max(kend, l);
+    mrow[r] = mask + m_off + b * m_st.s0 + h * m_st.s1 + (long)i * m_st.s2;
+    const __global float *qr = q + q_off + b * q_st.s0 + h * q_st.s1 + (long)i * q_st.s2;
+    #pragma unroll
+    for (int x = 0; x < NQ; x++) {
+      float t[VW];
+      #pragma unroll
+      for (int e = 0; e < VW; e++) t[e] = qr[(long)(x * VW + e) * q_st.s3] * qscale;
+      qv[r][x] = VLOAD(0, t);
+    }
+  }
+
+  const int jb = c * chunk, je = min(jb + chunk, kend);
+  float m[RB], l[RB];
+  VEC acc[RB][NX];
+  #pragma unroll
+  for (int r = 0; r < RB; r++) {
+    m[r] = -INFINITY, l[r] = 0.0f;
+    #pragma unroll
+    for (int x = 0; x < NV; x++) acc[r][x] = (VEC)(0.0f);
+  }
+
+  for (int j0 = jb; j0 < je; j0 += KB) {
+    float s[RB][KB];
+    /* Keys past je read key je-1 (in bounds); the limit hides them. */
+    #pragma unroll
+    for (int t = 0; t < KB; t++) {
+      const __global float *kr = kb + (long)min(j0 + t, je - 1) * k_st.s2;
+      VEC sa[RB];
+      #pragma unroll
+      for (int r = 0; r < RB; r++) sa[r] = (VEC)(0.0f);
+      #pragma unroll
+      for (int x = 0; x < NQ; x++) {
+        const VEC kx = VLOAD(x, kr);
+        #pragma unroll
+        for (int r = 0; r < RB; r++) sa[r] = fma(qv[r][x], kx, sa[r]);
+      }
+      #pragma unroll
+      for (int r = 0; r < RB; r++) {
+        const int j = j0 + t;
+        float sc = hsum(sa[r]);
+        if (mask_kind != 0) {
+          const float mv = mrow[r][(long)min(j, Skv - 1) * m_st.s3];
+          if (mask_kind == 1) sc = mv == 0.0f ? -INFINITY : sc;
+          else sc += mv * LOG2E;
+        }
+        s[r][t] = j < je && j < lim[r] ? sc : -INFINITY;
+      }
+    }
+    float p[RB][KB], corr[RB];
+    int hidden = 0;
+    #pragma unroll
+    for (int r = 0; r < RB; r++) {
+      float bm = m[r];
+      #pragma unroll
+      for (int t = 0; t < KB; t++) bm = max(bm, s[r][t]);
+      /* A row that has seen only hidden keys keeps m = -inf; subtracting 0
+       * instead gives exp2(-inf) = 0 rather than NaN. */
+      const float ms = bm == -INFINITY ? 0.0f : bm;
+      corr[r] = exp2(m[r] - ms);
+      float sum = 0.0f;
+      #pragma unroll
+      for (int t = 0; t < KB; t++) {
+        p[r][t] = exp2(s[r][t] - ms);
+        sum += p[r][t];
+        hidden |= p[r][t] == 0.0f;
+      }
+      l[r] = l[r] * corr[r] + sum;
+      m[r] = bm;
+    }
+    if (!hidden) {
+      #pragma unroll
+      for (int x = 0; x < NV; x++) {
+        VEC a[RB];
+        #pragma unroll
+        for (int r = 0; r < RB; r++) a[r] = acc[r][x] * corr[r];
+        #pragma unroll
+        for (int t = 0; t < KB; t++) {
+          const VEC vx = VLOAD(x, vb + (long)min(j0 + t, je - 1) * v_st.s2);
+          #pragma unroll
+          for (int r = 0; r < RB; r++) a[r] = fma((VEC)(p[r][t]), vx, a[r]);
+        }
+        #pragma unroll
+        for (int r = 0; r < RB; r++) acc[r][x] = a[r];
+      }
+    } else {
+      /* A hidden key must contribute nothing even when its value is NaN or
+       * inf (0 * NaN = NaN): skip every (row, key) whose probability is 0. */
+      #pragma unroll
+      for (int x = 0; x < NV; x++) {
+        VEC a[RB];
+        #pragma unroll
+        for (int r = 0; r < RB; r++) a[r] = acc[r][x] * corr[r];
+        #pragma unroll
+        for (int t = 0; t < KB; t++) {
+          const VEC vx = VLOAD(x, vb + (long)min(j0 + t, je - 1) * v_st.s2);
+          #pragma unroll
+          for (int r = 0; r < RB; r++)
+            if (p[r][t] != 0.0f) a[r] = fma((VEC)(p[r][t]), vx, a[r]);
+        }
+        #pragma unroll
+        for (int r = 0; r < RB; r++) acc[r][x] = a[r];
+      }
+    }
+  }
+
+  const int pstride = Dv + 2;
+  #pragma unroll
+  for (int r = 0; r < RB; r++) {
+    if (r0 + r >= nrows) break;
+    const long row = ((long)b * Hq + hrow[r]) * Sq + irow[r];
+    __global float *pp = part + (row * nchunks + c) * pstride;
+    pp[0] = m[r];
+    pp[1] = l[r];
+    #pragma unroll
+    for (int x = 0; x < NV; x++) VSTORE(acc[r][x], x, pp + 2);
+  }
+}
+
+/* One work-item per row (i, h, b): combine the nchunks partials. A chunk
+ * that saw no key has m = -inf, l = 0, acc = 0 and weight 2^(-inf) = 0; a
+ * NaN in a chunk's l or acc still reaches the row (0 * NaN = NaN). */
+__kernel void decode_reduce(__global const float *part, int nchunks,
+                            __global float *out, long o_off, long4 o_st,
+                            __global float *lse, long l_off, long4 l_st, int has_lse,
+                            int Hq, int Sq, int Dv) {
+  const int i = get_global_id(0), h = get_global_id(1), b = get_global_id(2);
+  const long row = ((long)b * Hq + h) * Sq + i;
+  const int pstride = Dv + 2;
+  const __global float *pp = part + row * nchunks * pstride;
+  float M = -INFINITY;
+  for (int c = 0; c < nchunks; c++) M = max(M, pp[c * pstride]);
+  const float Ms = M == -INFINITY ? 0.0f : M;
+  float w[MAX_CHUNKS], L = 0.0f;
+  for (int c = 0; c < nchunks; c++) {
+    w[c] = exp2(pp[c * pstride] - Ms);
+    L += pp[c * pstride + 1] * w[c];
+  }
+  const float inv = L == 0.0f ? 0.0f : 1.0f / L;
+  __global float *orow = out + o_off + b * o_st.s0 + h * o_st.s1 + (long)i * o_st.s2;
+  for (int e = 0; e < Dv; e++) {
+    float a = 0.0f;
+    for (int c = 0; c < nchunks; c++) a += pp[c * pstride + 2 + e] * w[c];
+    orow[(long)e * o_st.s3] = a * inv;
+  }
+  if (has_lse)
+    lse[l_off + b * l_st.s0 + h * l_st.s1 + (long)i * l_st.s2] =
+        L == 0.0f ? -INFINITY : (M + log2(L)) * LN2;
+}
