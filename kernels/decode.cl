@@ -65,15 +65,23 @@
 #define NV (Dv / VW)
 #endif
 
-static inline float hsum(VEC a) {
+
+/* A VEC folded to a float8 of partial sums. */
 #if VW == 16
-  const float8 b = a.lo + a.hi;
+#define FOLD8(a) ((a).lo + (a).hi)
 #else
-  const float8 b = a;
+#define FOLD8(a) (a)
 #endif
-  const float4 c = b.lo + b.hi;
-  const float2 d = c.lo + c.hi;
-  return d.x + d.y;
+
+/* Lane t of the result: the sum of the 8 lanes of b[t]. */
+static inline float8 sum8x8(const float8 b[8]) {
+  const float8 c01 = (float8)(b[0].even + b[0].odd, b[1].even + b[1].odd);
+  const float8 c23 = (float8)(b[2].even + b[2].odd, b[3].even + b[3].odd);
+  const float8 c45 = (float8)(b[4].even + b[4].odd, b[5].even + b[5].odd);
+  const float8 c67 = (float8)(b[6].even + b[6].odd, b[7].even + b[7].odd);
+  const float8 d0 = (float8)(c01.even + c01.odd, c23.even + c23.odd);
+  const float8 d1 = (float8)(c45.even + c45.odd, c67.even + c67.odd);
+  return (float8)(d0.even + d0.odd, d1.even + d1.odd);
 }
 
 /* Partials: for row id ((b*Hq + h)*Sq + i) and chunk c, PSTRIDE = Dv + 2
@@ -138,8 +146,13 @@ __kernel void decode_partial(__global const float *q, long q_off, long4 q_st,
     for (int x = 0; x < NV; x++) acc[r][x] = (VEC)(0.0f);
   }
 
+  const int8 lane = (int8)(0, 1, 2, 3, 4, 5, 6, 7);
   for (int j0 = jb; j0 < je; j0 += KB) {
-    float s[RB][KB];
+    /* Scores of KB = 8 keys per row: per key and row a VEC of products,
+     * folded to a float8 of partial sums, then the 8 keys' partials reduced
+     * together into one float8 (key t in lane t): fewer shuffles than 8
+     * separate horizontal sums, and the softmax below runs on vectors. */
+    float8 fold[RB][KB];
     /* Keys past je read key je-1 (in bounds); the limit hides them. */
     #pragma unroll
     for (int t = 0; t < KB; t++) {
@@ -154,37 +167,36 @@ __kernel void decode_partial(__global const float *q, long q_off, long4 q_st,
         for (int r = 0; r < RB; r++) sa[r] = fma(qv[r][x], kx, sa[r]);
       }
       #pragma unroll
-      for (int r = 0; r < RB; r++) {
-        const int j = j0 + t;
-        float sc = hsum(sa[r]);
-        if (mask_kind != 0) {
-          const float mv = mrow[r][(long)min(j, Skv - 1) * m_st.s3];
-          if (mask_kind == 1) sc = mv == 0.0f ? -INFINITY : sc;
-          else sc += mv * LOG2E;
-        }
-        s[r][t] = j < je && j < lim[r] ? sc : -INFINITY;
-      }
+      for (int r = 0; r < RB; r++) fold[r][t] = FOLD8(sa[r]);
     }
-    float p[RB][KB], corr[RB];
+    float pt[RB][KB], corr[RB];
     int hidden = 0;
     #pragma unroll
     for (int r = 0; r < RB; r++) {
-      float bm = m[r];
-      #pragma unroll
-      for (int t = 0; t < KB; t++) bm = max(bm, s[r][t]);
+      float8 sc = sum8x8(fold[r]);
+      if (mask_kind != 0) {
+        float mt[KB];
+        #pragma unroll
+        for (int t = 0; t < KB; t++) mt[t] = mrow[r][(long)min(j0 + t, Skv - 1) * m_st.s3];
+        const float8 mv = vload8(0, mt);
+        if (mask_kind == 1) sc = select(sc, (float8)(-INFINITY), mv == (float8)(0.0f));
+        else sc += mv * LOG2E;
+      }
+      sc = select(sc, (float8)(-INFINITY), (int8)(j0) + lane >= (int8)(min(lim[r], je)));
+      const float4 m4 = max(sc.lo, sc.hi);
+      const float2 m2 = max(m4.lo, m4.hi);
+      const float bm = max(m[r], max(m2.x, m2.y));
       /* A row that has seen only hidden keys keeps m = -inf; subtracting 0
        * instead gives exp2(-inf) = 0 rather than NaN. */
       const float ms = bm == -INFINITY ? 0.0f : bm;
       corr[r] = exp2(m[r] - ms);
-      float sum = 0.0f;
-      #pragma unroll
-      for (int t = 0; t < KB; t++) {
-        p[r][t] = exp2(s[r][t] - ms);
-        sum += p[r][t];
-        hidden |= p[r][t] == 0.0f;
-      }
-      l[r] = l[r] * corr[r] + sum;
+      const float8 pv = exp2(sc - ms);
+      hidden |= any(pv == (float8)(0.0f));
+      const float4 p4 = pv.lo + pv.hi;
+      const float2 p2 = p4.lo + p4.hi;
+      l[r] = l[r] * corr[r] + (p2.x + p2.y);
       m[r] = bm;
+      vstore8(pv, 0, pt[r]);
     }
     if (!hidden) {
       #pragma unroll
@@ -196,7 +208,7 @@ __kernel void decode_partial(__global const float *q, long q_off, long4 q_st,
         for (int t = 0; t < KB; t++) {
           const VEC vx = VLOAD(x, vb + (long)min(j0 + t, je - 1) * v_st.s2);
           #pragma unroll
-          for (int r = 0; r < RB; r++) a[r] = fma((VEC)(p[r][t]), vx, a[r]);
+          for (int r = 0; r < RB; r++) a[r] = fma((VEC)(pt[r][t]), vx, a[r]);
         }
         #pragma unroll
         for (int r = 0; r < RB; r++) acc[r][x] = a[r];
@@ -214,7 +226,7 @@ __kernel void decode_partial(__global const float *q, long q_off, long4 q_st,
           const VEC vx = VLOAD(x, vb + (long)min(j0 + t, je - 1) * v_st.s2);
           #pragma unroll
           for (int r = 0; r < RB; r++)
-            if (p[r][t] != 0.0f) a[r] = fma((VEC)(p[r][t]), vx, a[r]);
+            if (pt[r][t] != 0.0f) a[r] = fma((VEC)(pt[r][t]), vx, a[r]);
         }
         #pragma unroll
         for (int r = 0; r < RB; r++) acc[r][x] = a[r];
