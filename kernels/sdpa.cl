@@ -6,11 +6,12 @@
  *   -DEXACT=1  D == Dv == HD: loop bounds become constants (unrolled, faster)
  *   -DUNIT=1   q, k, v and out have unit stride along the head dimension
  *
- * Design (measured on POCL, see /work/shared/peers/README.md): each work-item
- * carries R = 16 query rows in the 16 lanes of float16 vectors (one AVX-512
- * register; 8 rows in float8 ran at half the rate since LLVM then used only
- * 256-bit registers). Its queries are held transposed in private memory
- * (qT[d] = the d-th element of the 16 rows), keys are visited in blocks of
+ * Design (measured on POCL 3.1, LLVM 15, AVX-512; see the commit log): query
+ * rows sit in the 16 lanes of float16 vectors, one AVX-512 register (float8
+ * ran at half the rate: LLVM then used only 256-bit registers). A work-item
+ * of sdpa_flash carries two such halves (RF = 32 rows), so each broadcast key
+ * or value element feeds two FMAs. Its queries are held transposed in private
+ * memory (qT[d] = the d-th element of 16 rows), keys are visited in blocks of
  * KB = 8, each key element broadcast into a vector, so the inner loops are
  * pure vector FMAs. Softmax is online (running max m and sum l per row, in
  * base 2: q is pre-scaled by scale*log2(e)), so no Sq x Skv score matrix ever
@@ -32,7 +33,7 @@
 #define UNIT 0
 #endif
 
-#define R 16
+#define R 16 /* rows of a sdpa_weights work-item */
 #define KB 8
 #define LOG2E 1.4426950408889634f
 #define LN2 0.6931471805599453f
@@ -85,6 +86,7 @@ typedef int16 vi;
     else                                                                                    \
       s##t += mv * LOG2E;                                                                   \
   }
+#define VZ(t) z = fma(vload16(0, vr##t + d), (vf)(0.0f), z);
 #define LIMIT(t) s##t = select(s##t, (vf)(-INFINITY), (vi)(j0 + t) >= lim);
 
 /* Per-row limits: key j is visible (mask aside) iff j < lim. */
@@ -97,6 +99,39 @@ static inline vi row_limits(__global const int *kv_lens, int has_kv_lens, int b,
   return max(lim, (vi)(0));
 }
 
+/* 2^x for x <= 0 or NaN (all the softmax needs), as 2^round(x) * p(frac)
+ * with a degree-6 polynomial (relative error 1e-7, at float rounding), and 0
+ * below -126 so that hidden keys give exactly 0 (dropping probabilities
+ * under 2^-126 of the row max, invisible next to it in float). About 14
+ * vector operations where POCL's exp2 takes about 22. */
+static inline vf exp2_nonpos(vf x) {
+  const vf magic = (vf)(12582912.0f); /* 1.5 * 2^23: x + magic rounds x to an integer */
+  const vf t = x + magic;
+  const vf f = x - (t - magic); /* in [-0.5, 0.5] */
+  vf p = fma((vf)(1.546974027e-04f), f, (vf)(1.340044171e-03f));
+  p = fma(p, f, (vf)(9.618025577e-03f));
+  p = fma(p, f, (vf)(5.550327190e-02f));
+  p = fma(p, f, (vf)(2.402265121e-01f));
+  p = fma(p, f, (vf)(6.931472067e-01f));
+  p = fma(p, f, (vf)(1.0f));
+  const vi e = (as_int16(t) - as_int16(magic)) << 23;
+  return select(as_float16(as_int16(p) + e), (vf)(0.0f), x < (vf)(-126.0f));
+}
+
+/* 16 rows' values at offset o of rows i0 .. i0+15 (rows past Sq read row Sq-1). */
+static inline vf gather16(const __global float *base, int i0, int Sq, long rs, long o) {
+#define G(r, n) base[(long)min(i0 + r, Sq - 1) * rs + o]
+  return (vf)(G(0, 0), G(1, 1), G(2, 2), G(3, 3), G(4, 4), G(5, 5), G(6, 6), G(7, 7), G(8, 8),
+              G(9, 9), G(10, a), G(11, b), G(12, c), G(13, d), G(14, e), G(15, f));
+#undef G
+}
+
+/* Each work-item of sdpa_flash carries two halves of 16 rows (RF = 32): every
+ * broadcast key or value element then feeds two FMAs, which halves the loads
+ * per FMA (with one half, loads and FMAs were one to one). */
+#define RF 32
+#define HALVES(X) X(0) X(1)
+
 __kernel void sdpa_flash(__global const float *q, long q_off, long4 q_st,
                          __global const float *k, long k_off, long4 k_st,
                          __global const float *v, long v_off, long4 v_st,
@@ -106,7 +141,7 @@ __kernel void sdpa_flash(__global const float *q, long q_off, long4 q_st,
                          __global float *lse, long l_off, long4 l_st, int has_lse,
                          int Hq, int Hkv, int Sq, int Skv, int D, int Dv, int causal,
                          float scale) {
-  const int i0 = get_global_id(0) * R;
+  const int i0 = get_global_id(0) * RF;
   const int h = get_global_id(1);
   const int b = get_global_id(2);
   if (i0 >= Sq) return;
@@ -115,80 +150,109 @@ __kernel void sdpa_flash(__global const float *q, long q_off, long4 q_st,
   const __global float *qb = q + q_off + b * q_st.s0 + h * q_st.s1;
   const __global float *kb = k + k_off + b * k_st.s0 + hk * k_st.s1;
   const __global float *vb = v + v_off + b * v_st.s0 + hk * v_st.s1;
+  const __global float *mb = mask + m_off + b * m_st.s0 + h * m_st.s1;
+  if (mask_kind == 0) mb = q; /* never dereferenced; keeps the pointers valid */
 
   /* Rows past Sq (the tail of the last group) get limit 0 so they do not
    * extend the loop. */
-  vi lim = row_limits(kv_lens, has_kv_lens, b, i0, Sq, Skv, causal);
-  lim = select(lim, (vi)(0),
-               (vi)(i0) + (vi)(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15) >= (vi)(Sq));
-  const int8 l8 = max(lim.lo, lim.hi);
+  const vi lane = (vi)(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+#define LIM(x)                                                                              \
+  vi lim##x = row_limits(kv_lens, has_kv_lens, b, i0 + 16 * x, Sq, Skv, causal);             \
+  lim##x = select(lim##x, (vi)(0), (vi)(i0 + 16 * x) + lane >= (vi)(Sq));
+  HALVES(LIM)
+  const vi lmax = max(lim0, lim1);
+  const int8 l8 = max(lmax.lo, lmax.hi);
   const int4 l4 = max(l8.lo, l8.hi);
   const int kend = max(max(l4.s0, l4.s1), max(l4.s2, l4.s3));
+  /* Blocks below every row's limit need no limit selects. */
+  const vi lmn = min(lim0, lim1);
+  const int8 n8 = min(lmn.lo, lmn.hi);
+  const int4 n4 = min(n8.lo, n8.hi);
+  const int kmin = min(min(n4.s0, n4.s1), min(n4.s2, n4.s3));
 
-  REPR(QROW)
   const float qscale = scale * LOG2E;
-  vf qT[HD];
+  vf qT0[HD], qT1[HD], acc0[HD], acc1[HD];
   for (int d = 0; d < DQ; d++) {
-    const long o = d * QS3;
-    qT[d] = GATHER(qr, o) * qscale;
+    qT0[d] = gather16(qb, i0, Sq, q_st.s2, d * QS3) * qscale;
+    qT1[d] = gather16(qb, i0 + 16, Sq, q_st.s2, d * QS3) * qscale;
   }
-
-  vf acc[HD];
-  for (int d = 0; d < DVV; d++) acc[d] = (vf)(0.0f);
-  vf m = (vf)(-INFINITY), l = (vf)(0.0f);
-
-  const __global float *mb = mask + m_off + b * m_st.s0 + h * m_st.s1;
-  if (mask_kind == 0) mb = q; /* never dereferenced; keeps the pointers valid */
-  REPR(MROW)
+  for (int d = 0; d < DVV; d++) acc0[d] = acc1[d] = (vf)(0.0f);
+  vf m0 = (vf)(-INFINITY), m1 = m0, l0 = (vf)(0.0f), l1 = l0;
+  /* ms = m, but 0 where m = -inf (a row that has seen only hidden keys):
+   * exp2(s - ms) is then exp2(-inf) = 0 rather than NaN. */
+  vf ms0 = (vf)(0.0f), ms1 = ms0;
 
   for (int j0 = 0; j0 < kend; j0 += KB) {
     /* Keys past kend read key kend-1 (in bounds); the limit masks them. */
-#define KROW(t)                                                                             \
+#define KROW2(t)                                                                            \
   const __global float *kr##t = kb + (long)min(j0 + t, kend - 1) * k_st.s2;                  \
   const __global float *vr##t = vb + (long)min(j0 + t, kend - 1) * v_st.s2;                  \
-  vf s##t = (vf)(0.0f);
-    REPK(KROW)
+  vf s##t##_0 = (vf)(0.0f), s##t##_1 = (vf)(0.0f);
+    REPK(KROW2)
     for (int d = 0; d < DQ; d++) {
-      const vf qd = qT[d];
+      const vf qa = qT0[d], qc = qT1[d];
       const long o = d * KS3;
-      REPK(DOT)
+#define DOT2(t)                                                                             \
+  {                                                                                         \
+    const vf kv = (vf)(kr##t[o]);                                                           \
+    s##t##_0 = fma(qa, kv, s##t##_0);                                                       \
+    s##t##_1 = fma(qc, kv, s##t##_1);                                                       \
+  }
+      REPK(DOT2)
     }
     if (mask_kind != 0) {
-      REPK(MASK)
+#define MASK2X(t, x)                                                                        \
+  {                                                                                         \
+    const vf mv = gather16(mb, i0 + 16 * x, Sq, m_st.s2, (long)min(j0 + t, Skv - 1) * m_st.s3); \
+    if (mask_kind == 1)                                                                     \
+      s##t##_##x = select(s##t##_##x, (vf)(-INFINITY), mv == (vf)(0.0f));                   \
+    else                                                                                    \
+      s##t##_##x += mv * LOG2E;                                                             \
+  }
+#define MASK2(t) MASK2X(t, 0) MASK2X(t, 1)
+      REPK(MASK2)
     }
-    REPK(LIMIT)
+#define LIMIT2(t)                                                                           \
+  s##t##_0 = select(s##t##_0, (vf)(-INFINITY), (vi)(j0 + t) >= lim0);                       \
+  s##t##_1 = select(s##t##_1, (vf)(-INFINITY), (vi)(j0 + t) >= lim1);
+    if (j0 + KB > kmin) {
+      REPK(LIMIT2)
+    }
 
-    const vf bm = max(max(max(s0, s1), max(s2, s3)), max(max(s4, s5), max(s6, s7)));
-    const vf mn = max(m, bm);
-    /* A row that has seen only masked keys keeps m = -inf; subtracting 0
-     * instead gives exp2(-inf) = 0 rather than NaN. */
-    const vf ms = select(mn, (vf)(0.0f), mn == (vf)(-INFINITY));
-    const vf corr = exp2(m - ms);
-#define PROB(t) const vf p##t = exp2(s##t - ms);
-    REPK(PROB)
-    l = l * corr + (((p0 + p1) + (p2 + p3)) + ((p4 + p5) + (p6 + p7)));
-    m = mn;
-    /* Once the running maxima settle, corr is exactly 1 in every lane and
-     * the rescale of the accumulators (a load, multiply and store of each)
-     * is skipped. */
-    if (any(corr != (vf)(1.0f)))
-      for (int d = 0; d < DVV; d++) acc[d] *= corr;
+    /* Online softmax of each half; see sdpa_weights for the base-2 scores. */
+#define SOFTMAX(x)                                                                          \
+  const vf bm##x = max(max(max(s0_##x, s1_##x), max(s2_##x, s3_##x)),                       \
+                       max(max(s4_##x, s5_##x), max(s6_##x, s7_##x)));                      \
+  /* The running max, the correction of l and acc only when it grows; once */              \
+  /* the maxima settle most blocks skip all of it.                          */              \
+  if (any(bm##x > m##x)) {                                                                  \
+    const vf mn = max(m##x, bm##x);                                                         \
+    const vf msn = select(mn, (vf)(0.0f), mn == (vf)(-INFINITY));                           \
+    const vf corr = exp2_nonpos(m##x - msn);                                                \
+    l##x *= corr;                                                                           \
+    for (int d = 0; d < DVV; d++) acc##x[d] *= corr;                                        \
+    m##x = mn;                                                                              \
+    ms##x = msn;                                                                            \
+  }                                                                                         \
+  REPK(PROB##x)                                                                             \
+  l##x += ((p0_##x + p1_##x) + (p2_##x + p3_##x)) + ((p4_##x + p5_##x) + (p6_##x + p7_##x));
+#define PROB0(t) const vf p##t##_0 = exp2_nonpos(s##t##_0 - ms0);
+#define PROB1(t) const vf p##t##_1 = exp2_nonpos(s##t##_1 - ms1);
+    HALVES(SOFTMAX)
+
     /* A hidden key must contribute nothing even when its value is NaN or
-     * inf (0 * NaN = NaN): where some lane's probability is 0 the slower
-     * path keeps those lanes unchanged. Blocks where every row sees every
-     * key (most of a non-causal unmasked problem) take plain FMAs. */
-#define PZERO(t) | (p##t == (vf)(0.0f))
-    const vi pz = (vi)(0) REPK(PZERO);
+     * inf (0 * NaN = NaN). Blocks where every row sees every key take plain
+     * FMAs; so do other blocks whose value rows are all finite, since 0 * v
+     * adds exactly 0 then. The rest keep each lane whose p is 0 unchanged. */
+#define PZERO2(t) | (p##t##_0 == (vf)(0.0f)) | (p##t##_1 == (vf)(0.0f))
+    const vi pz = (vi)(0) REPK(PZERO2);
     bool plain = !any(pz);
 #if EXACT && UNIT
-    /* 0 * v adds exactly 0 for a finite v, so plain FMAs stay exact unless a
-     * value row of the block holds an inf or NaN: fma(v, 0, z) turns those
-     * into NaN. Masked and diagonal blocks check (3% of the block's work)
-     * instead of paying the selects (masked runs ran 1.5-2x slower). */
+    /* fma(v, 0, z) is NaN iff v is inf or NaN: 3% of the block's work,
+     * where the selects made masked runs 1.5-2x slower. */
     if (!plain) {
       vf z = (vf)(0.0f);
       for (int d = 0; d < HD; d += 16) {
-#define VZ(t) z = fma(vload16(0, vr##t + d), (vf)(0.0f), z);
         REPK(VZ)
       }
       plain = !any(isnan(z));
@@ -197,37 +261,54 @@ __kernel void sdpa_flash(__global const float *q, long q_off, long4 q_st,
     if (plain) {
       for (int d = 0; d < DVV; d++) {
         const long o = d * VS3;
-        vf a = acc[d];
-#define PV(t) a = fma(p##t, (vf)(vr##t[o]), a);
-        REPK(PV)
-        acc[d] = a;
+        vf a0 = acc0[d], a1 = acc1[d];
+#define PV2(t)                                                                              \
+  {                                                                                         \
+    const vf vv = (vf)(vr##t[o]);                                                           \
+    a0 = fma(p##t##_0, vv, a0);                                                             \
+    a1 = fma(p##t##_1, vv, a1);                                                             \
+  }
+        REPK(PV2)
+        acc0[d] = a0;
+        acc1[d] = a1;
       }
     } else {
-#define PZ(t) const vi pz##t = p##t == (vf)(0.0f);
-      REPK(PZ)
+#define PZ2(t)                                                                              \
+  const vi pz##t##_0 = p##t##_0 == (vf)(0.0f), pz##t##_1 = p##t##_1 == (vf)(0.0f);
+      REPK(PZ2)
       for (int d = 0; d < DVV; d++) {
         const long o = d * VS3;
-        vf a = acc[d];
-#define PVZ(t) a = select(fma(p##t, (vf)(vr##t[o]), a), a, pz##t);
-        REPK(PVZ)
-        acc[d] = a;
+        vf a0 = acc0[d], a1 = acc1[d];
+#define PVZ2(t)                                                                             \
+  {                                                                                         \
+    const vf vv = (vf)(vr##t[o]);                                                           \
+    a0 = select(fma(p##t##_0, vv, a0), a0, pz##t##_0);                                      \
+    a1 = select(fma(p##t##_1, vv, a1), a1, pz##t##_1);                                      \
+  }
+        REPK(PVZ2)
+        acc0[d] = a0;
+        acc1[d] = a1;
       }
     }
   }
 
-  const vf inv = select((vf)(1.0f) / l, (vf)(0.0f), l == (vf)(0.0f));
   __global float *ob = out + o_off + b * o_st.s0 + h * o_st.s1;
   __global float *lb = lse + l_off + b * l_st.s0 + h * l_st.s1;
   if (!has_lse) lb = out; /* never dereferenced */
-  const vf lsev = select((m + log2(l)) * LN2, (vf)(-INFINITY), l == (vf)(0.0f));
-#define STORE(r, n)                                                                         \
-  if (i0 + r < Sq) {                                                                        \
-    __global float *orow = ob + (long)(i0 + r) * o_st.s2;                                   \
-    const float sc = inv.s##n;                                                              \
-    for (int d = 0; d < DVV; d++) orow[d * OS3] = acc[d].s##n * sc;                         \
-    if (has_lse) lb[(long)(i0 + r) * l_st.s2] = lsev.s##n;                                  \
+#define STOREX(x, r, n)                                                                     \
+  if (i0 + 16 * x + r < Sq) {                                                               \
+    __global float *orow = ob + (long)(i0 + 16 * x + r) * o_st.s2;                          \
+    const float sc = inv##x.s##n;                                                           \
+    for (int d = 0; d < DVV; d++) orow[d * OS3] = acc##x[d].s##n * sc;                      \
+    if (has_lse) lb[(long)(i0 + 16 * x + r) * l_st.s2] = lsev##x.s##n;                      \
   }
-  REPR(STORE)
+#define STORE0(r, n) STOREX(0, r, n)
+#define STORE1(r, n) STOREX(1, r, n)
+#define FINISH(x)                                                                           \
+  const vf inv##x = select((vf)(1.0f) / l##x, (vf)(0.0f), l##x == (vf)(0.0f));              \
+  const vf lsev##x = select((m##x + log2(l##x)) * LN2, (vf)(-INFINITY), l##x == (vf)(0.0f)); \
+  REPR(STORE##x)
+  HALVES(FINISH)
 }
 
 /* Second pass, only when the weights are requested: w[b,h,i,j] =

@@ -13,8 +13,10 @@
 #define POCL_MAX_DEVICES 16
 /* Largest D and Dv the fused kernel holds in private memory. */
 #define POCL_MAX_HEAD_DIM 256
-/* Query rows per work-item of sdpa_flash and sdpa_weights (R in kernels/sdpa.cl). */
-#define SDPA_ROWS 16
+/* Query rows per work-item of sdpa_flash (RF in kernels/sdpa.cl) and of
+ * sdpa_weights (R there). */
+#define SDPA_FLASH_ROWS 32
+#define SDPA_WEIGHTS_ROWS 16
 
 static const attn_host *host;
 static clrt_device devices[POCL_MAX_DEVICES];
@@ -151,8 +153,8 @@ static attn_status pocl_linear(attn_backend_ctx *c, const attn_linear_desc *d) {
                     CLRT_ARG(b_st), CLRT_ARG(has_bias), CLRT_ARG(y), CLRT_ARG(y_off),
                     CLRT_ARG(y_st), CLRT_ARG(M), CLRT_ARG(N), CLRT_ARG(K));
   if (s != ATTN_OK) return s;
-  /* 8 x 8 tiles of y per work-item (kernels/linear.cl). */
-  size_t global[3] = {((size_t)N + 7) / 8, ((size_t)M + 7) / 8, (size_t)d->x.shape[1]};
+  /* MR x NR = 4 x 4 tiles of y per work-item (kernels/linear.cl). */
+  size_t global[3] = {((size_t)N + 3) / 4, ((size_t)M + 3) / 4, (size_t)d->x.shape[1]};
   return clrt_enqueue(&c->cl, k, 3, global, NULL);
 }
 
@@ -224,11 +226,12 @@ static attn_status pocl_sdpa(attn_backend_ctx *c, const attn_sdpa_desc *d) {
                     CLRT_ARG(D), CLRT_ARG(Dv), CLRT_ARG(causal), CLRT_ARG(scale));
   /* 30 above counts the pairs: keep it equal to the kernel's parameter count. */
   if (s == ATTN_OK) {
-    /* One work-item per work-group: each carries 16 rows and 2 x HD float16
+    /* One work-item per work-group: each carries 32 rows and 4 x HD float16
      * of private state, which POCL would otherwise replicate for every
      * work-item of a large group (a 2048-item group overflowed its stack at
      * Sq = 32768); measured at least as fast as groups of 2 to 16. */
-    size_t global[3] = {((size_t)Sq + SDPA_ROWS - 1) / SDPA_ROWS, (size_t)Hq, (size_t)B};
+    size_t global[3] = {((size_t)Sq + SDPA_FLASH_ROWS - 1) / SDPA_FLASH_ROWS, (size_t)Hq,
+                        (size_t)B};
     size_t local[3] = {1, 1, 1};
     s = clrt_enqueue(&c->cl, kf, 3, global, local);
   }
@@ -243,7 +246,8 @@ static attn_status pocl_sdpa(attn_backend_ctx *c, const attn_sdpa_desc *d) {
                       CLRT_ARG(w_off), CLRT_ARG(w_st), CLRT_ARG(Hq), CLRT_ARG(Hkv), CLRT_ARG(Sq),
                       CLRT_ARG(Skv), CLRT_ARG(D), CLRT_ARG(causal), CLRT_ARG(scale));
     if (s == ATTN_OK) {
-      size_t global[3] = {((size_t)Sq + SDPA_ROWS - 1) / SDPA_ROWS, (size_t)Hq, (size_t)B};
+      size_t global[3] = {((size_t)Sq + SDPA_WEIGHTS_ROWS - 1) / SDPA_WEIGHTS_ROWS,
+                          (size_t)Hq, (size_t)B};
       size_t local[3] = {1, 1, 1};
       s = clrt_enqueue(&c->cl, kw, 3, global, local);
     }
