@@ -8,7 +8,8 @@
  * several row blocks), masks of both kinds with every broadcast, causal,
  * kv_lens (0, partial, full), D != Dv, D up to 256, row-strided layouts,
  * NaN confinement, and every problem also through the flash kernel
- * (ATTN_POCL_DECODE=0), both compared with tu_sdpa_double.
+ * (ATTN_POCL_DECODE=0), both compared with tu_sdpa_double. And the
+ * backend's linear stage (kernels/linear.cl) through one-head MHA graphs.
  *
  * Runs on the pocl devices only; exits 77 when there is none. */
 #include <setjmp.h>
@@ -194,6 +195,78 @@ static void decode_case(void **state) {
   run(c, "0");                    /* the flash kernel, same problem */
 }
 
+/* ---- the linear stage (kernels/linear.cl) through a one-head MHA graph ----
+ * With H = 1 the heads need no splitting, so the double reference is
+ * tu_linear_double, tu_sdpa_double, tu_linear_double. E = 136 is 8 blocks of
+ * 16 along k plus a tail of 8; S = 3 and 45 are not multiples of the 4-row
+ * tile; N = E = 136 is, E = 243 is not (and its k tail is 3; its D
+ * leaves the SDPA to the flash kernel). The SDPA runs
+ * on the decode path (ATTN_POCL_DECODE=1) where D allows it. */
+static void mha_one_head(int64_t E, int64_t S) {
+  uint64_t rng = 0x11EA0000u + (uint64_t)(E * 1000 + S);
+  const size_t ee = (size_t)(E * E), se = (size_t)(S * E);
+  float *w[4], *bias[4], *x = tu_alloc_uniform(se, &rng, -1, 1);
+  attn_tensor *tw[4], *tb[4];
+  const int64_t ws[2] = {E, E};
+  for (int i = 0; i < 4; i++) {
+    w[i] = tu_alloc_uniform(ee, &rng, -0.1f, 0.1f);
+    bias[i] = tu_alloc_uniform((size_t)E, &rng, -0.5f, 0.5f);
+    CHECK_OK(attn_tensor_create(g_ctx, 2, ws, &tw[i]));
+    CHECK_OK(attn_tensor_write(tw[i], w[i], ee));
+    CHECK_OK(attn_tensor_create(g_ctx, 1, &E, &tb[i]));
+    CHECK_OK(attn_tensor_write(tb[i], bias[i], (size_t)E));
+  }
+  attn_mha_desc d = {.d_model = E, .n_heads = 1, .bias = true, .max_batch = 1, .max_seq = S};
+  attn_mha_weights mw = {.wq = tw[0], .wk = tw[1], .wv = tw[2], .wo = tw[3],
+                         .bq = tb[0], .bk = tb[1], .bv = tb[2], .bo = tb[3]};
+  attn_mha *g;
+  CHECK_OK(attn_mha_create(g_ctx, &d, &mw, &g));
+  const int64_t xs[3] = {1, S, E};
+  attn_tensor *tx, *to;
+  CHECK_OK(attn_tensor_create(g_ctx, 3, xs, &tx));
+  CHECK_OK(attn_tensor_write(tx, x, se));
+  CHECK_OK(attn_tensor_create(g_ctx, 3, xs, &to));
+  float *got = malloc(se * sizeof *got);
+  assert_non_null(got);
+  tu_fill_nan(got, se);
+  CHECK_OK(attn_tensor_write(to, got, se));
+  setenv("ATTN_POCL_DECODE", "1", 1);
+  CHECK_OK(attn_mha_run(g, tx, NULL, to));
+  unsetenv("ATTN_POCL_DECODE");
+  CHECK_OK(attn_tensor_read(to, got, se));
+
+  double *y = malloc(se * sizeof *y);
+  float *qkv[3], *o = malloc(se * sizeof *o);
+  assert_true(y && o);
+  for (int i = 0; i < 3; i++) {
+    tu_linear_double(x, S, E, w[i], bias[i], E, y);
+    qkv[i] = malloc(se * sizeof *qkv[i]);
+    assert_non_null(qkv[i]);
+    for (size_t j = 0; j < se; j++) qkv[i][j] = (float)y[j]; /* the device rounds too */
+  }
+  tu_sdpa_problem p = {.B = 1, .Hq = 1, .Hkv = 1, .Sq = S, .Skv = S, .D = E, .Dv = E,
+                       .q = qkv[0], .k = qkv[1], .v = qkv[2],
+                       .scale = (double)(float)(1.0 / sqrt((double)E))};
+  tu_sdpa_double(&p, y, NULL, NULL);
+  for (size_t j = 0; j < se; j++) o[j] = (float)y[j];
+  tu_linear_double(o, S, E, w[3], bias[3], E, y);
+  char what[64];
+  snprintf(what, sizeof what, "mha E=%lld S=%lld", (long long)E, (long long)S);
+  assert_true(tu_check_close(what, got, y, se, NULL));
+
+  free(got), free(y), free(o), free(x);
+  for (int i = 0; i < 3; i++) free(qkv[i]);
+  for (int i = 0; i < 4; i++) {
+    free(w[i]), free(bias[i]);
+    attn_tensor_free(tw[i]), attn_tensor_free(tb[i]);
+  }
+  attn_tensor_free(tx), attn_tensor_free(to);
+  attn_mha_free(g);
+}
+static void linear_E136_S3(void **state) { (void)state; mha_one_head(136, 3); }
+static void linear_E136_S45(void **state) { (void)state; mha_one_head(136, 45); }
+static void linear_E243_S9(void **state) { (void)state; mha_one_head(243, 9); }
+
 static int open_device(void **state) {
   (void)state;
   if (attn_open(g_dev, &g_ctx) != ATTN_OK) {
@@ -210,7 +283,10 @@ static int close_device(void **state) {
 }
 
 int main(void) {
-  struct CMUnitTest tests[NCASES];
+  struct CMUnitTest tests[NCASES + 3];
+  tests[NCASES] = (struct CMUnitTest)cmocka_unit_test(linear_E136_S3);
+  tests[NCASES + 1] = (struct CMUnitTest)cmocka_unit_test(linear_E136_S45);
+  tests[NCASES + 2] = (struct CMUnitTest)cmocka_unit_test(linear_E243_S9);
   for (size_t i = 0; i < NCASES; i++) {
     const dcase *c = &cases[i];
     snprintf(names[i], sizeof names[i], "B%lld_Hq%lld_Hkv%lld_Sq%lld_Skv%lld_D%lld_Dv%lld%s%s%s%s%s",
@@ -229,7 +305,7 @@ int main(void) {
     snprintf(g_dev, sizeof g_dev, "%.63s", sel[d]);
     char group[128];
     snprintf(group, sizeof group, "pocl_decode on %s", g_dev);
-    failed += _cmocka_run_group_tests(group, tests, NCASES, open_device, close_device);
+    failed += _cmocka_run_group_tests(group, tests, NCASES + 3, open_device, close_device);
     ran++;
   }
   if (!ran) {
