@@ -17,9 +17,12 @@
  * chunks per kv head measured the same within the noise of a shared 2-core
  * machine (decode Hq=32 Hkv=8 Skv=8192: 4.7-12 ms for each). */
 #define DECODE_GROUPS_PER_CU 16
-/* Default routing: up to this many query rows (Sq) the flash kernel, which
- * holds 8 rows per work-item, leaves most of its lanes empty. */
+/* Default routing, measured against the flash kernel (32 query rows per
+ * work-item) at Skv = 4096: without GQA decode wins up to Sq = 4 (3x at 1
+ * and 4) and ties at Sq = 8; with a GQA group of 4 (D = 128), whose rows
+ * share each K/V read here, it wins up to Sq = 8 (1.5x) and ties at 16. */
 #define DECODE_MAX_SQ 4
+#define DECODE_MAX_SQ_GQA 8
 
 static int env_mode(void) {
   const char *e = getenv("ATTN_POCL_DECODE");
@@ -37,7 +40,8 @@ bool pocl_decode_wants(const attn_sdpa_desc *d) {
     return false;
   if (d->k.strides[3] != 1 || d->v.strides[3] != 1 || d->weights.buf) return false;
   if (mode == 1) return true;
-  return d->q.shape[2] <= DECODE_MAX_SQ;
+  const int64_t Sq = d->q.shape[2], group = d->q.shape[1] / d->k.shape[1];
+  return Sq <= DECODE_MAX_SQ || (group > 1 && Sq <= DECODE_MAX_SQ_GQA);
 }
 
 static cl_long4 strides4(const attn_view *v) {

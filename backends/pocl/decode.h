@@ -5,7 +5,7 @@
  *
  * ATTN_POCL_DECODE=0 never takes the decode path, =1 takes it for every
  * problem it can handle (the tests use this to run whole suites through it);
- * unset, it takes it where it measured faster (few query rows). */
+ * unset, it takes it where it measured faster (few query rows, see decode.c). */
 #ifndef ATTN_POCL_DECODE_H
 #define ATTN_POCL_DECODE_H
 
