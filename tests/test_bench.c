@@ -178,8 +178,11 @@ static int check_json(const char *out, const char *backend) {
     double ms = positive(line, "median_ms"), gflops = positive(line, "gflops");
     double gbps = positive(line, "gbps"), frac = num(line, "peak_fraction");
     assert_true(num(line, "min_ms") <= ms && ms <= num(line, "max_ms"));
-    if (!(frac > 0 && frac < 1.5)) {
-      print_error("peak_fraction %g outside (0, 1.5) in %s\n", frac, line);
+    /* No upper bound: the device peak is a measurement too, cached from
+     * whenever it was taken, and on a shared machine it can come out below
+     * what a later kernel reaches. Its consistency is checked below. */
+    if (!(frac > 0 && isfinite(frac))) {
+      print_error("peak_fraction %g is not a positive number in %s\n", frac, line);
       fail();
     }
     const char *kind = field(line, "case");
