@@ -198,10 +198,10 @@ static void decode_case(void **state) {
 /* ---- the linear stage (kernels/linear.cl) through a one-head MHA graph ----
  * With H = 1 the heads need no splitting, so the double reference is
  * tu_linear_double, tu_sdpa_double, tu_linear_double. E = 136 is 8 blocks of
- * 16 along k plus a tail of 8; S = 3 and 45 are not multiples of the 4-row
- * tile; N = E = 136 is, E = 243 is not (and its k tail is 3; its D
- * leaves the SDPA to the flash kernel). The SDPA runs
- * on the decode path (ATTN_POCL_DECODE=1) where D allows it. */
+ * 16 along k plus a tail of 8, E = 243 has a tail of 3; S = 3, 9, 45 and
+ * N = 136 are not multiples of the 8 x 3 tile, N = 243 is. The SDPA runs on
+ * the decode path (ATTN_POCL_DECODE=1) where D allows it (E = 243 leaves it
+ * to the flash kernel). */
 static void mha_one_head(int64_t E, int64_t S) {
   uint64_t rng = 0x11EA0000u + (uint64_t)(E * 1000 + S);
   const size_t ee = (size_t)(E * E), se = (size_t)(S * E);

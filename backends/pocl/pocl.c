@@ -140,7 +140,11 @@ static cl_mem mem_of(const attn_view *v) { return v->buf ? v->buf->mem : NULL; }
 
 static attn_status pocl_linear(attn_backend_ctx *c, const attn_linear_desc *d) {
   cl_kernel k;
-  attn_status s = clrt_kernel_get(&c->cl, "linear", "", "linear", &k);
+  /* The tile of y per work-item (MR x NR in kernels/linear.cl), measured. */
+  enum { LINEAR_MR = 8, LINEAR_NR = 3 };
+  char opts[32];
+  snprintf(opts, sizeof opts, "-DMR=%d -DNR=%d", LINEAR_MR, LINEAR_NR);
+  attn_status s = clrt_kernel_get(&c->cl, "linear", opts, "linear", &k);
   if (s != ATTN_OK) return s;
   cl_mem x = mem_of(&d->x), w = mem_of(&d->w), bias = mem_of(&d->bias), y = mem_of(&d->y);
   cl_long x_off = d->x.offset, w_off = d->w.offset, b_off = d->bias.offset, y_off = d->y.offset;
@@ -153,8 +157,8 @@ static attn_status pocl_linear(attn_backend_ctx *c, const attn_linear_desc *d) {
                     CLRT_ARG(b_st), CLRT_ARG(has_bias), CLRT_ARG(y), CLRT_ARG(y_off),
                     CLRT_ARG(y_st), CLRT_ARG(M), CLRT_ARG(N), CLRT_ARG(K));
   if (s != ATTN_OK) return s;
-  /* MR x NR = 4 x 4 tiles of y per work-item (kernels/linear.cl). */
-  size_t global[3] = {((size_t)N + 3) / 4, ((size_t)M + 3) / 4, (size_t)d->x.shape[1]};
+  size_t global[3] = {((size_t)N + LINEAR_NR - 1) / LINEAR_NR,
+                      ((size_t)M + LINEAR_MR - 1) / LINEAR_MR, (size_t)d->x.shape[1]};
   return clrt_enqueue(&c->cl, k, 3, global, NULL);
 }
 
