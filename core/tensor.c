@@ -163,6 +163,12 @@ attn_status attn_tensor_view(const attn_tensor *base, int64_t offset, int ndim,
   if (!strides) return attn__error(ATTN_ERR_INVALID_ARG, "strides: NULL");
   if (offset < 0)
     return attn__error(ATTN_ERR_INVALID_ARG, "offset: %lld < 0", (long long)offset);
+  /* Checked before the extent so that an offset past the storage is named
+   * as such, not as an overflowing or too long shape. */
+  const int64_t nel = (int64_t)(base->st->bytes / sizeof(float));
+  if (offset >= nel)
+    return attn__error(ATTN_ERR_SHAPE, "offset: %lld is past the storage's %lld elements",
+                       (long long)offset, (long long)nel);
   for (int i = 0; i < ndim; i++)
     if (strides[i] < 0)
       return attn__error(ATTN_ERR_INVALID_ARG, "strides[%d]: %lld < 0", i,
@@ -178,7 +184,6 @@ attn_status attn_tensor_view(const attn_tensor *base, int64_t offset, int ndim,
   int64_t last;
   if (view_last(offset, ndim, shape, strides, &last))
     return attn__error(ATTN_ERR_OVERFLOW, "strides: the view's extent overflows");
-  int64_t nel = (int64_t)(base->st->bytes / sizeof(float));
   if (last >= nel)
     return attn__error(ATTN_ERR_SHAPE,
                        "shape: the view reaches element %lld but the storage has %lld",
