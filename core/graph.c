@@ -225,6 +225,25 @@ static attn_status check_desc(const attn_mha_desc *d) {
   return ATTN_OK;
 }
 
+/* A buffer of rows x seq x width floats: its byte count must neither
+ * overflow nor exceed the device's largest allocation; `name` is the
+ * argument blamed (desc.max_seq, capacity). */
+static attn_status check_plan(const attn_context *ctx, int64_t rows, int64_t seq, int64_t width,
+                              const char *name) {
+  int64_t n;
+  if (attn__mul_overflow(rows, seq, &n) || attn__mul_overflow(n, width, &n) ||
+      attn__mul_overflow(n, (int64_t)sizeof(float), &n))
+    return attn__error(ATTN_ERR_OVERFLOW, "%s: a [%lld, %lld, %lld] buffer's byte count overflows",
+                       name, (long long)rows, (long long)seq, (long long)width);
+  if (ctx->info.max_alloc && (uint64_t)n > ctx->info.max_alloc)
+    return attn__error(ATTN_ERR_DEVICE_MEMORY,
+                       "%s: a [%lld, %lld, %lld] buffer of %lld bytes exceeds the device's largest "
+                       "allocation (%llu bytes on %s)",
+                       name, (long long)rows, (long long)seq, (long long)width, (long long)n,
+                       (unsigned long long)ctx->info.max_alloc, ctx->info.selector);
+  return ATTN_OK;
+}
+
 /* Resolve and check the weights into g->w / g->user_w. */
 static attn_status setup_weights(attn_mha *g, const attn_mha_weights *w, bool bias) {
   attn_status s;
@@ -341,6 +360,15 @@ attn_status attn_mha_create(attn_context *ctx, const attn_mha_desc *desc, const 
     return attn__error(ATTN_ERR_OVERFLOW, "desc.head_dim: n_heads * head_dim overflows");
   }
 
+  /* The plan's buffers, checked here so that a size too large is blamed on
+   * the desc field that made it, not on an anonymous tensor shape. */
+  if ((s = check_plan(ctx, g->max_b, g->max_s, HqD, "desc.max_seq")) ||
+      (s = check_plan(ctx, g->max_b, kv_rows, HkvD,
+                      g->max_kv > g->max_s ? "desc.max_kv_seq" : "desc.max_seq"))) {
+    free(g);
+    return s;
+  }
+
   if ((s = setup_weights(g, w, desc->bias))) {
     free(g);
     return s;
@@ -441,11 +469,7 @@ attn_status attn_kv_cache_create(attn_mha *g, int64_t batch, int64_t capacity,
     return attn__error(ATTN_ERR_INVALID_ARG,
                        "graph: a KV cache needs self attention, but d_kv %lld != d_model %lld",
                        (long long)g->Ekv, (long long)g->E);
-  int64_t n;
-  if (attn__mul_overflow(batch, capacity, &n) || attn__mul_overflow(n, g->Hkv * g->D, &n) ||
-      attn__mul_overflow(n, (int64_t)sizeof(float), &n))
-    return attn__error(ATTN_ERR_OVERFLOW, "capacity: %lld tokens x %lld sequences overflow",
-                       (long long)capacity, (long long)batch);
+  if ((s = check_plan(g->ctx, batch, capacity, g->Hkv * g->D, "capacity"))) return s;
   attn_kv_cache *c = calloc(1, sizeof *c);
   if (!c) return attn__error(ATTN_ERR_NOMEM, "out of host memory for the cache");
   const int64_t shape[3] = {batch, capacity, g->Hkv * g->D};
