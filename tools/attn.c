@@ -14,19 +14,15 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "attn.h"
 #include "bench.h"
+#include "cli.h"
 #include "npy.h"
-
-#define EXIT_FAIL 1
-#define EXIT_USAGE 2
 
 /* --check: every output must satisfy max|got - ref| <= CHECK_ATOL + CHECK_RTOL * max|ref|
  * (relative to the size of the values, as fp32 against the double-accumulating
@@ -34,53 +30,7 @@
 #define CHECK_ATOL 1e-5
 #define CHECK_RTOL 1e-4
 
-static const char *g_cmd = NULL; /* the running subcommand, for messages */
 static const char *g_device = NULL; /* "attn --device SEL COMMAND": default for every command */
-
-/* ---- messages ------------------------------------------------------------------ */
-
-/* One line on stderr: "attn: <cmd>: <message>", newlines in the message
- * (a library message listing devices, say) folded into "; ". */
-static void errline(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void errline(const char *fmt, ...) {
-  char msg[2048];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(msg, sizeof msg, fmt, ap);
-  va_end(ap);
-  fputs("attn: ", stderr);
-  if (g_cmd) fprintf(stderr, "%s: ", g_cmd);
-  for (const char *p = msg; *p; p++) {
-    if (*p == '\n') {
-      if (p[1]) fputs("; ", stderr);
-    } else {
-      fputc(*p, stderr);
-    }
-  }
-  fputc('\n', stderr);
-}
-
-/* A failed libattn call: its thread-local message names the function and the
- * argument; `where` says which part of the run (e.g. "--check"). */
-static int lib_fail(attn_status s, const char *where) {
-  const char *m = attn_last_error();
-  if (!m || !*m) m = attn_status_str(s);
-  if (where && *where) errline("%s: %s", where, m);
-  else errline("%s", m);
-  return EXIT_FAIL;
-}
-
-static int usage_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int usage_fail(const char *fmt, ...) {
-  char msg[1024];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(msg, sizeof msg, fmt, ap);
-  va_end(ap);
-  if (g_cmd) errline("%s (see 'attn %s --help')", msg, g_cmd);
-  else errline("%s (see 'attn --help')", msg);
-  return EXIT_USAGE;
-}
 
 /* ---- small helpers ----------------------------------------------------------------- */
 
@@ -89,7 +39,7 @@ static bool parse_int(const char *opt, const char *s, int64_t min, int64_t *out)
   errno = 0;
   long long v = strtoll(s, &end, 10);
   if (errno || end == s || *end || v < min) {
-    usage_fail("%s: '%s' is not an integer >= %" PRId64, opt, s, min);
+    cli_usage_fail("%s: '%s' is not an integer >= %" PRId64, opt, s, min);
     return false;
   }
   *out = v;
@@ -101,7 +51,7 @@ static bool parse_float(const char *opt, const char *s, float *out) {
   errno = 0;
   float v = strtof(s, &end);
   if (errno || end == s || *end || !isfinite(v)) {
-    usage_fail("%s: '%s' is not a finite number", opt, s);
+    cli_usage_fail("%s: '%s' is not a finite number", opt, s);
     return false;
   }
   *out = v;
@@ -131,37 +81,13 @@ static void shape_fmt(char *buf, size_t cap, int n, const int64_t *s) {
   if (k < cap) snprintf(buf + k, cap - k, "]");
 }
 
-static double now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
-
-static uint64_t rng_next(uint64_t *s) {
-  /* xorshift64*: deterministic for a --seed on every platform */
-  uint64_t x = *s;
-  x ^= x >> 12;
-  x ^= x << 25;
-  x ^= x >> 27;
-  *s = x;
-  return x * 2685821657736338717ULL;
-}
-
-static float *random_floats(int64_t n, uint64_t *state) {
-  float *p = malloc((size_t)n * sizeof(float));
-  if (!p) return NULL;
-  for (int64_t i = 0; i < n; i++)
-    p[i] = (float)((double)(rng_next(state) >> 11) / 9007199254740992.0 * 2.0 - 1.0);
-  return p;
-}
-
 /* Read a .npy file given to option opt. */
 static bool load_npy(const char *opt, const char *path, unsigned dtypes, int min_rank,
                      int max_rank, npy_array *a) {
   npy_want w = {dtypes, min_rank, max_rank};
   char err[NPY_ERR_MAX];
   if (npy_read_file(path, &w, a, err, sizeof err) != ATTN_OK) {
-    errline("%s: %s", opt, err);
+    cli_errline("%s: %s", opt, err);
     return false;
   }
   return true;
@@ -200,7 +126,7 @@ static bool check_close(const char *what, const float *got, const float *ref, si
   printf("check %-8s vs ref: max abs err %.3g, max rel err %.3g (tolerance %.3g): %s\n", what,
          max_abs, rel, tol, ok ? "ok" : "FAILED");
   if (!ok)
-    errline("--check: %s differs from the ref backend: max abs err %.3g > tolerance %.3g", what,
+    cli_errline("--check: %s differs from the ref backend: max abs err %.3g > tolerance %.3g", what,
             max_abs, tol);
   return ok;
 }
@@ -229,7 +155,7 @@ static int write_outputs(const out_file *f, int n) {
     if (npy_write_prepare(f[i].path, f[i].ndim, f[i].shape, f[i].data, &p[i], err, sizeof err) !=
         ATTN_OK) {
       for (int j = 0; j < i; j++) npy_write_abort(&p[j]);
-      errline("%s", err);
+      cli_errline("%s", err);
       return EXIT_FAIL;
     }
   }
@@ -237,7 +163,7 @@ static int write_outputs(const out_file *f, int n) {
     if (!f[i].path) continue;
     if (npy_write_commit(&p[i], err, sizeof err) != ATTN_OK) {
       for (int j = i + 1; j < n; j++) npy_write_abort(&p[j]);
-      errline("%s", err);
+      cli_errline("%s", err);
       return EXIT_FAIL;
     }
   }
@@ -276,15 +202,15 @@ static int cmd_devices(int argc, char **argv) {
     switch (c) {
     case 'd': sel = optarg; break;
     case 'h': help_devices(stdout); return 0;
-    case ':': return usage_fail("option '%s' needs an argument", argv[optind - 1]);
-    default: return usage_fail("unknown option '%s'", argv[optind - 1]);
+    case ':': return cli_usage_fail("option '%s' needs an argument", argv[optind - 1]);
+    default: return cli_usage_fail("unknown option '%s'", argv[optind - 1]);
     }
   }
-  if (optind < argc) return usage_fail("unexpected argument '%s'", argv[optind]);
+  if (optind < argc) return cli_usage_fail("unexpected argument '%s'", argv[optind]);
 
   attn_device_list *list;
   attn_status s = attn_list_devices(&list);
-  if (s != ATTN_OK) return lib_fail(s, NULL);
+  if (s != ATTN_OK) return cli_lib_fail(s, NULL);
   size_t n = attn_device_list_count(list);
   for (size_t i = 0; i < n; i++) {
     const attn_device_info *d = attn_device_list_get(list, i);
@@ -306,12 +232,12 @@ static int cmd_devices(int argc, char **argv) {
   if (sel) {
     attn_context *ctx;
     s = attn_open(sel, &ctx);
-    if (s != ATTN_OK) return lib_fail(s, NULL);
+    if (s != ATTN_OK) return cli_lib_fail(s, NULL);
     attn_device_info info;
     s = attn_context_info(ctx, &info);
     if (s == ATTN_OK) printf("selected by '%s': %s (%s)\n", sel, info.selector, info.name);
     attn_close(ctx);
-    if (s != ATTN_OK) return lib_fail(s, NULL);
+    if (s != ATTN_OK) return cli_lib_fail(s, NULL);
   }
   return 0;
 }
@@ -383,7 +309,7 @@ static float *alloc_for(int n, const int64_t *shape, const char *what) {
   char sh[96];
   shape_fmt(sh, sizeof sh, n, shape);
   float *p = c > 0 ? malloc((size_t)c * sizeof(float)) : NULL;
-  if (!p) errline("%s %s: too large for host memory", what, sh);
+  if (!p) cli_errline("%s %s: too large for host memory", what, sh);
   return p;
 }
 
@@ -400,7 +326,7 @@ static int run_sdpa_on(attn_context *ctx, const sdpa_job *j, int64_t warmup, con
       (s = attn_tensor_create(ctx, 4, j->out_shape, &o)) ||
       (j->want_weights && (s = attn_tensor_create(ctx, 4, j->w_shape, &w))) ||
       (j->want_lse && (s = attn_tensor_create(ctx, 3, j->lse_shape, &l)))) {
-    lib_fail(s, where);
+    cli_lib_fail(s, where);
     goto done;
   }
   attn_sdpa_args a = {0};
@@ -417,12 +343,12 @@ static int run_sdpa_on(attn_context *ctx, const sdpa_job *j, int64_t warmup, con
   a.weights = w;
   a.lse = l;
   for (int64_t i = 0; i <= warmup; i++) {
-    double t0 = now_ms();
+    double t0 = cli_now_ms();
     if ((s = attn_sdpa(ctx, &a)) || (s = attn_synchronize(ctx))) {
-      lib_fail(s, where);
+      cli_lib_fail(s, where);
       goto done;
     }
-    r->ms = now_ms() - t0;
+    r->ms = cli_now_ms() - t0;
   }
   if (!(r->out = alloc_for(4, j->out_shape, "out")) ||
       (w && !(r->weights = alloc_for(4, j->w_shape, "weights"))) ||
@@ -431,7 +357,7 @@ static int run_sdpa_on(attn_context *ctx, const sdpa_job *j, int64_t warmup, con
   if ((s = attn_tensor_read(o, r->out, (size_t)attn_tensor_numel(o))) ||
       (w && (s = attn_tensor_read(w, r->weights, (size_t)attn_tensor_numel(w)))) ||
       (l && (s = attn_tensor_read(l, r->lse, (size_t)attn_tensor_numel(l))))) {
-    lib_fail(s, where);
+    cli_lib_fail(s, where);
     goto done;
   }
   rc = 0;
@@ -509,18 +435,18 @@ static int cmd_run(int argc, char **argv) {
     case O_WARMUP: ok = parse_int("--warmup", optarg, 0, &warmup); break;
     case O_DEVICE: dev = optarg; break;
     case 'h': help_run(stdout); return 0;
-    case ':': return usage_fail("option '%s' needs an argument", argv[optind - 1]);
-    default: return usage_fail("unknown option '%s'", argv[optind - 1]);
+    case ':': return cli_usage_fail("option '%s' needs an argument", argv[optind - 1]);
+    default: return cli_usage_fail("unknown option '%s'", argv[optind - 1]);
     }
     if (!ok) return EXIT_USAGE;
     if (random_name) random_opt = true;
   }
-  if (optind < argc) return usage_fail("unexpected argument '%s'", argv[optind]);
+  if (optind < argc) return cli_usage_fail("unexpected argument '%s'", argv[optind]);
   bool from_files = fq || fk || fv;
   if (from_files && !(fq && fk && fv))
-    return usage_fail("--q, --k and --v go together (missing %s)", !fq ? "--q" : !fk ? "--k" : "--v");
+    return cli_usage_fail("--q, --k and --v go together (missing %s)", !fq ? "--q" : !fk ? "--k" : "--v");
   if (from_files && random_opt)
-    return usage_fail("%s sets a random input's shape; it cannot be combined with --q/--k/--v",
+    return cli_usage_fail("%s sets a random input's shape; it cannot be combined with --q/--k/--v",
                       random_name);
 
   int rc = EXIT_FAIL;
@@ -549,9 +475,9 @@ static int cmd_run(int argc, char **argv) {
     memcpy(j.vs, vs, sizeof vs);
     int64_t nq = numel_of(4, qs), nk = numel_of(4, ks), nv = numel_of(4, vs);
     uint64_t state = (uint64_t)seed * 0x9E3779B97F4A7C15ULL + 1; /* never 0 */
-    if (nq < 0 || nk < 0 || nv < 0 || !(rq = random_floats(nq, &state)) ||
-        !(rk = random_floats(nk, &state)) || !(rv = random_floats(nv, &state))) {
-      errline("random inputs q [%" PRId64 ", %" PRId64 ", %" PRId64 ", %" PRId64
+    if (nq < 0 || nk < 0 || nv < 0 || !(rq = cli_random_floats(nq, &state)) ||
+        !(rk = cli_random_floats(nk, &state)) || !(rv = cli_random_floats(nv, &state))) {
+      cli_errline("random inputs q [%" PRId64 ", %" PRId64 ", %" PRId64 ", %" PRId64
               "] etc. are too large for host memory",
               B, H, S, D);
       goto done;
@@ -576,7 +502,7 @@ static int cmd_run(int argc, char **argv) {
     for (int i = 0; i < 4; i++) j.ms[i] = i < pad ? 1 : am.shape[i - pad];
     if (am.dtype == NPY_BOOL) {
       if (!(mask_f = malloc(am.count * sizeof(float)))) {
-        errline("--mask: %s: out of memory", fmask);
+        cli_errline("--mask: %s: out of memory", fmask);
         goto done;
       }
       const uint8_t *b = am.data;
@@ -591,7 +517,7 @@ static int cmd_run(int argc, char **argv) {
   if (flens) {
     if (!load_npy("--kv-lens", flens, NPY_I32, 1, 1, &al)) goto done;
     if (al.shape[0] != Bq) {
-      errline("--kv-lens: %s has %" PRId64 " entries; expected one per batch item, B = %" PRId64,
+      cli_errline("--kv-lens: %s has %" PRId64 " entries; expected one per batch item, B = %" PRId64,
               flens, al.shape[0], Bq);
       goto done;
     }
@@ -600,7 +526,7 @@ static int cmd_run(int argc, char **argv) {
 
   attn_status s = attn_open(dev, &ctx);
   if (s != ATTN_OK) {
-    lib_fail(s, NULL);
+    cli_lib_fail(s, NULL);
     goto done;
   }
   if (run_sdpa_on(ctx, &j, warmup, NULL, &res)) goto done;
@@ -625,7 +551,7 @@ static int cmd_run(int argc, char **argv) {
 
   if (check) {
     if ((s = attn_open("ref", &ref)) != ATTN_OK) {
-      lib_fail(s, "--check");
+      cli_lib_fail(s, "--check");
       goto done;
     }
     if (run_sdpa_on(ref, &j, 0, "--check", &chk)) goto done;
@@ -723,14 +649,14 @@ static int run_mha_on(attn_context *ctx, const mha_job *j, int64_t warmup, const
                         wt[W_BK], wt[W_BV], wt[W_BO], wt[W_IN], wt[W_INB]};
   if ((s = attn_mha_create(ctx, &j->desc, &w, &g))) goto fail;
   for (int64_t i = 0; i <= warmup; i++) {
-    double t0 = now_ms();
+    double t0 = cli_now_ms();
     if ((s = attn_mha_run(g, x, kvx, o)) || (s = attn_synchronize(ctx))) goto fail;
-    *ms = now_ms() - t0;
+    *ms = cli_now_ms() - t0;
   }
   if ((s = attn_tensor_read(o, out, (size_t)attn_tensor_numel(o)))) goto fail;
   rc = 0;
 fail:
-  if (rc) lib_fail(s, where);
+  if (rc) cli_lib_fail(s, where);
   attn_mha_free(g);
   for (int i = 0; i < W_COUNT; i++) attn_tensor_free(wt[i]);
   attn_tensor_free(x);
@@ -750,7 +676,7 @@ static bool want_shape(const mha_job *j, int which, const char *path, int64_t ro
     shape_fmt(got, sizeof got, a->ndim, a->shape);
     int64_t e[2] = {rows, cols};
     shape_fmt(exp, sizeof exp, cols ? 2 : 1, e);
-    errline("%s: %s is %s; expected %s (%s)", w_opt[which], path, got, exp, why);
+    cli_errline("%s: %s is %s; expected %s (%s)", w_opt[which], path, got, exp, why);
   }
   return ok;
 }
@@ -797,39 +723,39 @@ static int cmd_mha(int argc, char **argv) {
     case O_WARMUP: ok = parse_int("--warmup", optarg, 0, &warmup); break;
     case O_DEVICE: dev = optarg; break;
     case 'h': help_mha(stdout); return 0;
-    case ':': return usage_fail("option '%s' needs an argument", argv[optind - 1]);
+    case ':': return cli_usage_fail("option '%s' needs an argument", argv[optind - 1]);
     default:
       if (c >= O_W0 && c < O_W0 + W_COUNT) {
         fw[c - O_W0] = optarg;
         break;
       }
-      return usage_fail("unknown option '%s'", argv[optind - 1]);
+      return cli_usage_fail("unknown option '%s'", argv[optind - 1]);
     }
     if (!ok) return EXIT_USAGE;
   }
-  if (optind < argc) return usage_fail("unexpected argument '%s'", argv[optind]);
-  if (!fx) return usage_fail("--x is required");
-  if (!Hq) return usage_fail("--heads is required");
+  if (optind < argc) return cli_usage_fail("unexpected argument '%s'", argv[optind]);
+  if (!fx) return cli_usage_fail("--x is required");
+  if (!Hq) return cli_usage_fail("--heads is required");
   if (!Hkv) Hkv = Hq;
   bool packed = fw[W_IN] != NULL;
   if (packed && (fw[W_WQ] || fw[W_WK] || fw[W_WV] || fw[W_BQ] || fw[W_BK] || fw[W_BV]))
-    return usage_fail("--in-proj replaces --wq/--wk/--wv and --bq/--bk/--bv; give one form");
-  if (!packed && fw[W_INB]) return usage_fail("--in-bias goes with --in-proj");
+    return cli_usage_fail("--in-proj replaces --wq/--wk/--wv and --bq/--bk/--bv; give one form");
+  if (!packed && fw[W_INB]) return cli_usage_fail("--in-bias goes with --in-proj");
   if (!packed && !(fw[W_WQ] && fw[W_WK] && fw[W_WV]))
-    return usage_fail("give --wq, --wk and --wv, or --in-proj");
-  if (!fw[W_WO]) return usage_fail("--wo is required");
+    return cli_usage_fail("give --wq, --wk and --wv, or --in-proj");
+  if (!fw[W_WO]) return cli_usage_fail("--wo is required");
   bool bias;
   if (packed) {
     bias = fw[W_INB] || fw[W_BO];
     if (bias && !(fw[W_INB] && fw[W_BO]))
-      return usage_fail("biases are all or none: %s given without %s",
+      return cli_usage_fail("biases are all or none: %s given without %s",
                         fw[W_INB] ? "--in-bias" : "--bo", fw[W_INB] ? "--bo" : "--in-bias");
   } else {
     int nb = !!fw[W_BQ] + !!fw[W_BK] + !!fw[W_BV] + !!fw[W_BO];
     bias = nb > 0;
     if (nb && nb != 4) {
       int miss = !fw[W_BQ] ? W_BQ : !fw[W_BK] ? W_BK : !fw[W_BV] ? W_BV : W_BO;
-      return usage_fail("biases are all or none: %s is missing", w_opt[miss]);
+      return cli_usage_fail("biases are all or none: %s is missing", w_opt[miss]);
     }
   }
 
@@ -855,7 +781,7 @@ static int cmd_mha(int argc, char **argv) {
       char a[96], b[96];
       shape_fmt(a, sizeof a, ax.ndim, ax.shape);
       shape_fmt(b, sizeof b, akv.ndim, akv.shape);
-      errline("--kv-x: %s is %s but --x %s is %s: the batch must agree", fkvx, b, fx, a);
+      cli_errline("--kv-x: %s is %s but --x %s is %s: the batch must agree", fkvx, b, fx, a);
       goto done;
     }
     j.Skv = akv.shape[akv.ndim - 2];
@@ -874,7 +800,7 @@ static int cmd_mha(int argc, char **argv) {
   if (packed) {
     int64_t rows = j.w[W_IN].shape[0], parts = Hq + 2 * Hkv;
     if (rows % parts) {
-      errline("--in-proj: %s has %" PRId64 " rows, not a multiple of Hq + 2*Hkv = %" PRId64
+      cli_errline("--in-proj: %s has %" PRId64 " rows, not a multiple of Hq + 2*Hkv = %" PRId64
               " (--heads %" PRId64 ", --kv-heads %" PRId64 ")",
               fw[W_IN], rows, parts, Hq, Hkv);
       goto done;
@@ -887,7 +813,7 @@ static int cmd_mha(int argc, char **argv) {
   } else {
     int64_t rows = j.w[W_WQ].shape[0];
     if (rows % Hq) {
-      errline("--wq: %s has %" PRId64 " rows, not a multiple of --heads %" PRId64, fw[W_WQ], rows,
+      cli_errline("--wq: %s has %" PRId64 " rows, not a multiple of --heads %" PRId64, fw[W_WQ], rows,
               Hq);
       goto done;
     }
@@ -922,7 +848,7 @@ static int cmd_mha(int argc, char **argv) {
   if (!(out = alloc_for(3, os, "out"))) goto done;
   attn_status s = attn_open(dev, &ctx);
   if (s != ATTN_OK) {
-    lib_fail(s, NULL);
+    cli_lib_fail(s, NULL);
     goto done;
   }
   double ms = 0;
@@ -946,7 +872,7 @@ static int cmd_mha(int argc, char **argv) {
   if (check) {
     if (!(ref_out = alloc_for(3, os, "out"))) goto done;
     if ((s = attn_open("ref", &ref)) != ATTN_OK) {
-      lib_fail(s, "--check");
+      cli_lib_fail(s, "--check");
       goto done;
     }
     double rms;
@@ -1022,12 +948,12 @@ int main(int argc, char **argv) {
       argc -= 2;
       argv += 2;
     } else {
-      errline("option '--device' needs an argument (see 'attn --help')");
+      cli_errline("option '--device' needs an argument (see 'attn --help')");
       return EXIT_USAGE;
     }
   }
   if (argc < 2) {
-    errline("no command given (commands: devices, run, mha, bench; see 'attn --help')");
+    cli_errline("no command given (commands: devices, run, mha, bench; see 'attn --help')");
     return EXIT_USAGE;
   }
   const char *cmd = argv[1];
@@ -1041,16 +967,16 @@ int main(int argc, char **argv) {
   }
   for (size_t i = 0; i < N_COMMANDS; i++) {
     if (strcmp(cmd, commands[i].name) == 0) {
-      g_cmd = commands[i].name;
+      cli_cmd = commands[i].name;
       int rc = commands[i].run(argc - 1, argv + 1);
       if (fflush(stdout) != 0 && rc == 0) {
-        errline("cannot write to standard output: %s", strerror(errno));
+        cli_errline("cannot write to standard output: %s", strerror(errno));
         rc = EXIT_FAIL;
       }
       return rc;
     }
   }
-  if (cmd[0] == '-') errline("unknown option '%s' (see 'attn --help')", cmd);
-  else errline("unknown command '%s' (commands: devices, run, mha, bench; see 'attn --help')", cmd);
+  if (cmd[0] == '-') cli_errline("unknown option '%s' (see 'attn --help')", cmd);
+  else cli_errline("unknown command '%s' (commands: devices, run, mha, bench; see 'attn --help')", cmd);
   return EXIT_USAGE;
 }

@@ -35,56 +35,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "attn.h"
-
-#define EXIT_FAIL 1
-#define EXIT_USAGE 2
+#include "cli.h"
 
 #define MAX_LIST 32     /* entries of --seq / --dim */
 #define MAX_DEVICES 16  /* alternatives of --device */
 #define REF_LIMIT_DEFAULT 2.5 /* GFLOP per run above which ref is skipped */
-
-/* ---- messages (the attn command's conventions: one line, "attn: bench: ") ---- */
-
-static void errline(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void errline(const char *fmt, ...) {
-  char msg[2048];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(msg, sizeof msg, fmt, ap);
-  va_end(ap);
-  fputs("attn: bench: ", stderr);
-  /* Library messages may list devices on several lines: keep to one. */
-  for (const char *p = msg; *p; p++) {
-    if (*p == '\n') {
-      if (p[1]) fputs("; ", stderr);
-    } else {
-      fputc(*p, stderr);
-    }
-  }
-  fputc('\n', stderr);
-}
-
-static int lib_fail(attn_status s, const char *where) {
-  const char *m = attn_last_error();
-  if (!m || !*m) m = attn_status_str(s);
-  errline("%s: %s", where, m);
-  return EXIT_FAIL;
-}
-
-static int usage_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int usage_fail(const char *fmt, ...) {
-  char msg[1024];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(msg, sizeof msg, fmt, ap);
-  va_end(ap);
-  errline("%s (see 'attn bench --help')", msg);
-  return EXIT_USAGE;
-}
 
 void bench_help(FILE *f) {
   fprintf(f,
@@ -182,7 +140,7 @@ static bool parse_i64(const char *opt, const char *s, int64_t min, int64_t max, 
   errno = 0;
   long long v = strtoll(s, &end, 10);
   if (errno || end == s || *end || v < min || v > max) {
-    usage_fail("%s: '%s' is not an integer in [%" PRId64 ", %" PRId64 "]", opt, s, min, max);
+    cli_usage_fail("%s: '%s' is not an integer in [%" PRId64 ", %" PRId64 "]", opt, s, min, max);
     return false;
   }
   *out = v;
@@ -193,7 +151,7 @@ static bool parse_i64(const char *opt, const char *s, int64_t min, int64_t max, 
 static bool parse_list(const char *opt, const char *s, int64_t max, int64_t *list, int *n) {
   char buf[512];
   if (strlen(s) >= sizeof buf) {
-    usage_fail("%s: list too long", opt);
+    cli_usage_fail("%s: list too long", opt);
     return false;
   }
   strcpy(buf, s);
@@ -201,14 +159,14 @@ static bool parse_list(const char *opt, const char *s, int64_t max, int64_t *lis
   char *save = NULL;
   for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
     if (*n == MAX_LIST) {
-      usage_fail("%s: more than %d values", opt, MAX_LIST);
+      cli_usage_fail("%s: more than %d values", opt, MAX_LIST);
       return false;
     }
     if (!parse_i64(opt, tok, 1, max, &list[*n])) return false;
     (*n)++;
   }
   if (*n == 0 || s[0] == ',' || s[strlen(s) - 1] == ',' || strstr(s, ",,")) {
-    usage_fail("%s: '%s' is not a ',' separated list of integers", opt, s);
+    cli_usage_fail("%s: '%s' is not a ',' separated list of integers", opt, s);
     return false;
   }
   return true;
@@ -255,12 +213,6 @@ typedef struct result {
   double proj_gflops;    /* mha: the four projections together */
 } result;
 
-static double now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
-
 static int cmp_double(const void *a, const void *b) {
   double x = *(const double *)a, y = *(const double *)b;
   return (x > y) - (x < y);
@@ -276,18 +228,10 @@ static attn_status random_tensor(attn_context *ctx, int n, const int64_t *dims, 
                                  attn_tensor **t) {
   int64_t count = 1;
   for (int i = 0; i < n; i++) count *= dims[i];
-  float *p = malloc((size_t)count * sizeof *p);
+  float *p = cli_random_floats(count, state);
   if (!p) {
-    errline("out of host memory for a tensor of %" PRId64 " floats", count);
+    cli_errline("out of host memory for a tensor of %" PRId64 " floats", count);
     return ATTN_ERR_NOMEM;
-  }
-  for (int64_t i = 0; i < count; i++) {
-    uint64_t x = *state; /* xorshift64* */
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    *state = x;
-    p[i] = (float)((double)((x * 2685821657736338717ULL) >> 11) / 9007199254740992.0 * 2 - 1);
   }
   attn_status s = attn_tensor_create(ctx, n, dims, t);
   if (s == ATTN_OK) s = attn_tensor_write(*t, p, (size_t)count);
@@ -329,9 +273,9 @@ static attn_status run_sdpa_shape(attn_context *ctx, const options *o, const ben
   int n = 0;
   double spent = 0;
   while (n < 256 && more_runs(o, n, spent)) {
-    double t0 = now_ms();
+    double t0 = cli_now_ms();
     if ((s = attn_sdpa(ctx, &a)) || (s = attn_synchronize(ctx))) goto done;
-    times[n] = now_ms() - t0;
+    times[n] = cli_now_ms() - t0;
     spent += times[n++];
   }
   r->repeats = n;
@@ -377,12 +321,12 @@ static attn_status run_mha_shape(attn_context *ctx, const options *o, const benc
   int n = 0;
   double spent = 0;
   while (n < 256 && more_runs(o, n, spent)) {
-    double t0 = now_ms();
+    double t0 = cli_now_ms();
     attn_mha_profile p;
     if ((s = attn_mha_run(g, x, NULL, out)) || (s = attn_synchronize(ctx)) ||
         (s = attn_mha_profile_get(g, &p)))
       goto done;
-    times[n] = now_ms() - t0;
+    times[n] = cli_now_ms() - t0;
     node[0][n] = p.project_q_ms;
     node[1][n] = p.project_k_ms;
     node[2][n] = p.project_v_ms;
@@ -507,7 +451,7 @@ static int write_atomic(const char *path, const char *text, size_t len) {
   size_t cap = strlen(path) + 64;
   char *tmp = malloc(cap);
   if (!tmp) {
-    errline("--svg: out of host memory");
+    cli_errline("--svg: out of host memory");
     return EXIT_FAIL;
   }
   /* O_EXCL never clobbers anything; mode 0666 lets the umask decide, as for
@@ -519,7 +463,7 @@ static int write_atomic(const char *path, const char *text, size_t len) {
     if (fd < 0 && errno != EEXIST) break;
   }
   if (fd < 0) {
-    errline("--svg: cannot create a temporary file next to %s: %s", path, strerror(errno));
+    cli_errline("--svg: cannot create a temporary file next to %s: %s", path, strerror(errno));
     free(tmp);
     return EXIT_FAIL;
   }
@@ -540,7 +484,7 @@ static int write_atomic(const char *path, const char *text, size_t len) {
   if (!err && rename(tmp, path) != 0) err = errno;
   if (err) {
     unlink(tmp);
-    errline("--svg: cannot write %s: %s", path, strerror(err));
+    cli_errline("--svg: cannot write %s: %s", path, strerror(err));
   }
   free(tmp);
   return err ? EXIT_FAIL : 0;
@@ -691,7 +635,7 @@ static int write_svg(const char *path, const result *res, int nres) {
   sb_add(&b, "</svg>\n");
   int rc;
   if (b.oom) {
-    errline("--svg: out of host memory for the plot");
+    cli_errline("--svg: out of host memory for the plot");
     rc = EXIT_FAIL;
   } else {
     rc = write_atomic(path, b.s, b.len);
@@ -750,24 +694,24 @@ static int parse_options(int argc, char **argv, options *o) {
       errno = 0;
       o->ref_limit = strtod(optarg, &end);
       if (errno || end == optarg || *end || !isfinite(o->ref_limit) || o->ref_limit < 0)
-        return usage_fail("--ref-limit: '%s' is not a number >= 0 (GFLOP)", optarg);
+        return cli_usage_fail("--ref-limit: '%s' is not a number >= 0 (GFLOP)", optarg);
       break;
     }
     case O_REFRESH: o->refresh_peaks = true; break;
     case O_JSON: json = true; break;
     case O_CSV: csv = true; break;
     case O_SVG:
-      if (!*optarg) return usage_fail("--svg: empty file name");
+      if (!*optarg) return cli_usage_fail("--svg: empty file name");
       o->svg = optarg;
       break;
     case 'h': bench_help(stdout); return -1;
-    case ':': return usage_fail("option '%s' needs an argument", argv[optind - 1]);
-    default: return usage_fail("unknown option '%s'", argv[optind - 1]);
+    case ':': return cli_usage_fail("option '%s' needs an argument", argv[optind - 1]);
+    default: return cli_usage_fail("unknown option '%s'", argv[optind - 1]);
     }
     if (!ok) return EXIT_USAGE;
   }
-  if (optind < argc) return usage_fail("unexpected argument '%s'", argv[optind]);
-  if (json && csv) return usage_fail("--json and --csv exclude each other");
+  if (optind < argc) return cli_usage_fail("unexpected argument '%s'", argv[optind]);
+  if (json && csv) return cli_usage_fail("--json and --csv exclude each other");
   o->fmt = json ? FMT_JSON : csv ? FMT_CSV : FMT_TABLE;
   if (!seq_given) {
     static const int64_t full[] = {256, 512, 1024, 2048, 4096}, quick[] = {64, 128, 256};
@@ -793,9 +737,9 @@ static int split_devices(const char *list, char names[][64], int *n) {
   for (;;) {
     const char *comma = strchr(p, ',');
     size_t len = comma ? (size_t)(comma - p) : strlen(p);
-    if (len == 0) return usage_fail("--device: empty selector in '%s'", list);
-    if (len >= 64) return usage_fail("--device: selector '%.*s' too long", (int)len, p);
-    if (*n == MAX_DEVICES) return usage_fail("--device: more than %d selectors", MAX_DEVICES);
+    if (len == 0) return cli_usage_fail("--device: empty selector in '%s'", list);
+    if (len >= 64) return cli_usage_fail("--device: selector '%.*s' too long", (int)len, p);
+    if (*n == MAX_DEVICES) return cli_usage_fail("--device: more than %d selectors", MAX_DEVICES);
     memcpy(names[*n], p, len);
     names[*n][len] = '\0';
     (*n)++;
@@ -805,6 +749,7 @@ static int split_devices(const char *list, char names[][64], int *n) {
 }
 
 int bench_main(int argc, char **argv, const char *default_device) {
+  cli_cmd = "bench"; /* every message starts "attn: bench: ", however we were called */
   options o;
   memset(&o, 0, sizeof o);
   o.devices = default_device;
@@ -820,7 +765,7 @@ int bench_main(int argc, char **argv, const char *default_device) {
     if (!slash) snprintf(svgdir, sizeof svgdir, ".");
     else snprintf(svgdir, sizeof svgdir, "%.*s", (int)(slash == o.svg ? 1 : slash - o.svg), o.svg);
     if (access(svgdir, W_OK) != 0) {
-      errline("--svg: cannot write %s: %s: %s", o.svg, svgdir, strerror(errno));
+      cli_errline("--svg: cannot write %s: %s: %s", o.svg, svgdir, strerror(errno));
       return EXIT_FAIL;
     }
   }
@@ -842,7 +787,7 @@ int bench_main(int argc, char **argv, const char *default_device) {
   int nres = 0;
   rc = EXIT_FAIL;
   if (!res) {
-    errline("out of host memory");
+    cli_errline("out of host memory");
     return EXIT_FAIL;
   }
   for (int d = 0; d < ndev; d++) {
@@ -850,7 +795,7 @@ int bench_main(int argc, char **argv, const char *default_device) {
     attn_status s = attn_open(sel, &ctx[d]);
     if (s == ATTN_OK) s = attn_context_info(ctx[d], &info[d]);
     if (s != ATTN_OK) {
-      lib_fail(s, sel ? sel : "default device");
+      cli_lib_fail(s, sel ? sel : "default device");
       goto done;
     }
   }
@@ -866,7 +811,7 @@ int bench_main(int argc, char **argv, const char *default_device) {
     attn_status s = attn_device_peaks_get(ctx[d], o.refresh_peaks, &peaks[d]);
     if (s == ATTN_OK) have_peaks[d] = true;
     else if (s != ATTN_ERR_UNSUPPORTED) {
-      lib_fail(s, dev);
+      cli_lib_fail(s, dev);
       goto done;
     }
     if (o.fmt == FMT_TABLE) {
@@ -906,7 +851,7 @@ int bench_main(int argc, char **argv, const char *default_device) {
         char where[160];
         snprintf(where, sizeof where, "%s: %s S=%" PRId64 " D=%" PRId64, dev, sh->name, sh->Skv,
                  sh->D);
-        lib_fail(s, where);
+        cli_lib_fail(s, where);
         goto done;
       }
       r->gflops = shape_flops(sh) / (r->med_ms * 1e6);
