@@ -18,85 +18,26 @@
 #include <cmocka.h>
 
 #include <dirent.h>
-#include <fcntl.h>
 #include <math.h>
-#include <spawn.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "attn.h"
-
-extern char **environ;
+#include "spawn.h"
 
 static const char *bin;
 static char dir[256];
 
-/* ---- running the CLI (as tests/test_cli.c) ------------------------------------- */
+/* ---- running the CLI (tests/spawn.h) ------------------------------------------ */
 
-typedef struct result {
-  int status; /* exit code, or -1 if it did not exit normally */
-  char out[65536], err[4096];
-} result;
-
-static void slurp(const char *path, char *buf, size_t cap) {
-  buf[0] = '\0';
-  FILE *f = fopen(path, "rb");
-  if (!f) return;
-  size_t n = fread(buf, 1, cap - 1, f);
-  buf[n] = '\0';
-  fclose(f);
-}
-
-static void run_cli(result *r, const char *const *args) {
-  const char *argv[64];
-  int n = 0;
-  argv[n++] = bin;
-  for (; args[n - 1] && n < 63; n++) argv[n] = args[n - 1];
-  argv[n] = NULL;
-  char o[320], e[320];
-  snprintf(o, sizeof o, "%s/stdout.txt", dir);
-  snprintf(e, sizeof e, "%s/stderr.txt", dir);
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_addopen(&fa, 1, o, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-  posix_spawn_file_actions_addopen(&fa, 2, e, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-  pid_t pid;
-  int rc = posix_spawn(&pid, bin, &fa, NULL, (char *const *)argv, environ);
-  posix_spawn_file_actions_destroy(&fa);
-  assert_int_equal(rc, 0);
-  int st;
-  assert_int_equal(waitpid(pid, &st, 0), pid);
-  r->status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-  slurp(o, r->out, sizeof r->out);
-  slurp(e, r->err, sizeof r->err);
-}
-
-#define RUN(r, ...)                                              \
-  do {                                                           \
-    const char *const a_[] = {__VA_ARGS__, NULL};                \
-    run_cli((r), a_);                                            \
-  } while (0)
-
-static void expect_status(const result *r, int want) {
-  if (r->status != want) {
-    print_error("exit %d, want %d\nstdout:\n%s\nstderr:\n%s\n", r->status, want, r->out, r->err);
-    fail();
-  }
-}
+#define RUN(r, ...) SPAWN_RUN((r), bin, dir, __VA_ARGS__)
 
 /* A failure prints exactly one line, "attn: bench: ...", containing substr. */
-static void expect_error_line(const result *r, const char *substr) {
-  size_t len = strlen(r->err);
-  bool one_line = len > 0 && r->err[len - 1] == '\n' && strchr(r->err, '\n') == r->err + len - 1;
-  if (!one_line || strncmp(r->err, "attn: bench: ", 13) != 0 || !strstr(r->err, substr)) {
-    print_error("stderr \"%s\": want one line \"attn: bench: ...%s...\"\n", r->err, substr);
-    fail();
-  }
+static void expect_error_line(const spawn_result *r, const char *substr) {
+  spawn_expect_error_line(r, "attn: bench: ", substr);
 }
 
 /* ---- reading one JSON line --------------------------------------------------------- */
@@ -218,9 +159,9 @@ static int check_json(const char *out, const char *backend) {
 }
 
 static bool have_device(const char *selector) {
-  result r;
+  spawn_result r;
   RUN(&r, "devices");
-  expect_status(&r, 0);
+  spawn_expect_status(&r, 0);
   char pat[80];
   snprintf(pat, sizeof pat, "\n%s ", selector);
   return strstr(r.out, pat) || !strncmp(r.out, pat + 1, strlen(pat + 1));
@@ -230,9 +171,9 @@ static bool have_device(const char *selector) {
 
 static void json_ref(void **state) {
   (void)state;
-  result r;
+  spawn_result r;
   RUN(&r, "bench", "--quick", "--json", "--device", "ref");
-  expect_status(&r, 0);
+  spawn_expect_status(&r, 0);
   /* the quick sweep: 3 sdpa + 3 causal + 3 gqa + decode + mha */
   assert_int_equal(check_json(r.out, "ref"), 11);
 }
@@ -240,18 +181,18 @@ static void json_ref(void **state) {
 static void json_pocl(void **state) {
   (void)state;
   if (!have_device("pocl:0")) skip();
-  result r;
+  spawn_result r;
   RUN(&r, "bench", "--quick", "--json", "--device", "pocl");
-  expect_status(&r, 0);
+  spawn_expect_status(&r, 0);
   assert_int_equal(check_json(r.out, "pocl"), 11);
 }
 
 /* Two devices in one run: each alternative benchmarked apart, in order. */
 static void two_devices_csv(void **state) {
   (void)state;
-  result r;
+  spawn_result r;
   RUN(&r, "bench", "--quick", "--csv", "--device", "ref,ref:0", "--seq", "32", "--repeat", "1");
-  expect_status(&r, 0);
+  spawn_expect_status(&r, 0);
   const char *header = "device,backend,case,batch,heads,kv_heads,seq,kv_seq,dim,causal,";
   assert_int_equal(strncmp(r.out, header, strlen(header)), 0);
   int lines = 0, commas0 = -1;
@@ -285,15 +226,15 @@ static void svg_file(void **state) {
   (void)state;
   char path[320];
   snprintf(path, sizeof path, "%s/plot.svg", dir);
-  result r;
+  spawn_result r;
   RUN(&r, "bench", "--quick", "--device", "ref", "--seq", "32,64", "--repeat", "1", "--svg",
       path);
-  expect_status(&r, 0);
+  spawn_expect_status(&r, 0);
   assert_non_null(strstr(r.out, "device ref:0"));
   assert_non_null(strstr(r.out, "measured peaks:"));
   assert_non_null(strstr(r.out, "mha E="));
   static char svg[65536];
-  slurp(path, svg, sizeof svg);
+  spawn_slurp(path, svg, sizeof svg);
   size_t len = strlen(svg);
   assert_true(len > 100);
   assert_int_equal(strncmp(svg, "<svg", 4), 0);
@@ -311,7 +252,7 @@ static void svg_file(void **state) {
   /* A directory that does not exist: exit 1, one line, nothing written. */
   snprintf(path, sizeof path, "%s/no/such/dir/plot.svg", dir);
   RUN(&r, "bench", "--quick", "--device", "ref", "--seq", "32", "--repeat", "1", "--svg", path);
-  expect_status(&r, 1);
+  spawn_expect_status(&r, 1);
   expect_error_line(&r, "--svg");
   assert_int_equal(access(path, F_OK), -1);
 }
@@ -339,20 +280,20 @@ static void bad_options(void **state) {
     int n = 1;
     for (int j = 0; cases[i].args[j]; j++) argv[n++] = cases[i].args[j];
     argv[n] = NULL;
-    result r;
-    run_cli(&r, argv);
-    expect_status(&r, 2);
+    spawn_result r;
+    spawn_run(&r, bin, dir, argv);
+    spawn_expect_status(&r, 2);
     expect_error_line(&r, cases[i].msg);
     assert_string_equal(r.out, "");
   }
   /* A device that does not exist is a failure (1), not a usage error. */
-  result r;
+  spawn_result r;
   RUN(&r, "bench", "--quick", "--device", "ref,nosuchbackend");
-  expect_status(&r, 1);
+  spawn_expect_status(&r, 1);
   expect_error_line(&r, "nosuchbackend");
   /* --help is not an error */
   RUN(&r, "bench", "--help");
-  expect_status(&r, 0);
+  spawn_expect_status(&r, 0);
   assert_non_null(strstr(r.out, "Usage: attn bench"));
 }
 

@@ -9,87 +9,27 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include <fcntl.h>
 #include <math.h>
-#include <spawn.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "npy.h"
-
-extern char **environ;
+#include "spawn.h"
 
 static const char *bin;
 static char dir[256];
 
 /* ---- running the CLI ------------------------------------------------------------ */
 
-typedef struct result {
-  int status; /* exit code, or -1 if it did not exit normally */
-  char out[16384], err[4096];
-} result;
-
-static void slurp(const char *path, char *buf, size_t cap) {
-  buf[0] = '\0';
-  FILE *f = fopen(path, "rb");
-  if (!f) return;
-  size_t n = fread(buf, 1, cap - 1, f);
-  buf[n] = '\0';
-  fclose(f);
-}
-
-/* Run bin with args (NULL-terminated, without argv[0]). */
-static void run_cli(result *r, const char *const *args) {
-  const char *argv[64];
-  int n = 0;
-  argv[n++] = bin;
-  for (; args[n - 1] && n < 63; n++) argv[n] = args[n - 1];
-  argv[n] = NULL;
-  char o[320], e[320];
-  snprintf(o, sizeof o, "%s/stdout.txt", dir);
-  snprintf(e, sizeof e, "%s/stderr.txt", dir);
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_addopen(&fa, 1, o, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-  posix_spawn_file_actions_addopen(&fa, 2, e, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-  pid_t pid;
-  int rc = posix_spawn(&pid, bin, &fa, NULL, (char *const *)argv, environ);
-  posix_spawn_file_actions_destroy(&fa);
-  assert_int_equal(rc, 0);
-  int st;
-  assert_int_equal(waitpid(pid, &st, 0), pid);
-  r->status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-  slurp(o, r->out, sizeof r->out);
-  slurp(e, r->err, sizeof r->err);
-}
-
-#define RUN(r, ...)                                              \
-  do {                                                           \
-    const char *const a_[] = {__VA_ARGS__, NULL};                \
-    run_cli((r), a_);                                            \
-  } while (0)
-
-static void expect_status(const result *r, int want) {
-  if (r->status != want) {
-    print_error("exit %d, want %d\nstdout:\n%s\nstderr:\n%s\n", r->status, want, r->out, r->err);
-    fail();
-  }
-}
+#define RUN(r, ...) SPAWN_RUN((r), bin, dir, __VA_ARGS__)
 
 /* A failure prints exactly one line, "attn: ...", containing substr. */
-static void expect_error_line(const result *r, const char *substr) {
-  size_t len = strlen(r->err);
-  bool one_line = len > 0 && r->err[len - 1] == '\n' && strchr(r->err, '\n') == r->err + len - 1;
-  if (!one_line || strncmp(r->err, "attn: ", 6) != 0 || !strstr(r->err, substr)) {
-    print_error("stderr \"%s\": want one line \"attn: ...%s...\"\n", r->err, substr);
-    fail();
-  }
+static void expect_error_line(const spawn_result *r, const char *substr) {
+  spawn_expect_error_line(r, "attn: ", substr);
 }
 
 static void path_in(char *buf, size_t cap, const char *name) {
@@ -239,82 +179,82 @@ static void sdpa_ref(const prob *p, double *out, double *w, double *lse) {
 
 static void test_help_version(void **state) {
   (void)state;
-  result r;
+  spawn_result r;
   RUN(&r, "--help");
-  expect_status(&r, 0);
+  spawn_expect_status(&r, 0);
   assert_non_null(strstr(r.out, "Usage: attn"));
   assert_non_null(strstr(r.out, "devices"));
   assert_non_null(strstr(r.out, "mha"));
   RUN(&r, "--version");
-  expect_status(&r, 0);
+  spawn_expect_status(&r, 0);
   assert_non_null(strstr(r.out, "0.1.0"));
   RUN(&r, "run", "--help");
-  expect_status(&r, 0);
+  spawn_expect_status(&r, 0);
   assert_non_null(strstr(r.out, "--kv-lens"));
   assert_non_null(strstr(r.out, "GFLOP/s"));
   RUN(&r, "mha", "--help");
-  expect_status(&r, 0);
+  spawn_expect_status(&r, 0);
   assert_non_null(strstr(r.out, "--in-proj"));
   RUN(&r, "devices", "--help");
-  expect_status(&r, 0);
+  spawn_expect_status(&r, 0);
   assert_non_null(strstr(r.out, "failed"));
 }
 
 static void test_usage_errors(void **state) {
   (void)state;
-  result r;
+  spawn_result r;
   RUN(&r, "bogus");
-  expect_status(&r, 2);
+  spawn_expect_status(&r, 2);
   expect_error_line(&r, "unknown command 'bogus'");
   RUN(&r, "--frobnicate");
-  expect_status(&r, 2);
+  spawn_expect_status(&r, 2);
   expect_error_line(&r, "unknown option");
   RUN(&r, "run", "--frobnicate");
-  expect_status(&r, 2);
+  spawn_expect_status(&r, 2);
   expect_error_line(&r, "unknown option '--frobnicate'");
   RUN(&r, "run", "--seq", "abc");
-  expect_status(&r, 2);
+  spawn_expect_status(&r, 2);
   expect_error_line(&r, "--seq: 'abc'");
   RUN(&r, "run", "--seq", "0");
-  expect_status(&r, 2);
+  spawn_expect_status(&r, 2);
   expect_error_line(&r, "--seq");
   RUN(&r, "run", "--scale", "inf");
-  expect_status(&r, 2);
+  spawn_expect_status(&r, 2);
   expect_error_line(&r, "--scale");
   RUN(&r, "run", "--seq");
-  expect_status(&r, 2);
+  spawn_expect_status(&r, 2);
   expect_error_line(&r, "needs an argument");
   RUN(&r, "run", "--q", "a.npy");
-  expect_status(&r, 2);
+  spawn_expect_status(&r, 2);
   expect_error_line(&r, "missing --k");
   RUN(&r, "run", "--q", "a", "--k", "b", "--v", "c", "--seq", "4");
-  expect_status(&r, 2);
+  spawn_expect_status(&r, 2);
   expect_error_line(&r, "--seq");
   RUN(&r, "run", "stray");
-  expect_status(&r, 2);
+  spawn_expect_status(&r, 2);
   expect_error_line(&r, "unexpected argument 'stray'");
   RUN(&r, "mha", "--heads", "2");
-  expect_status(&r, 2);
+  spawn_expect_status(&r, 2);
   expect_error_line(&r, "--x is required");
   RUN(&r, "mha", "--x", "x", "--heads", "2", "--in-proj", "p", "--wq", "q", "--wo", "o");
-  expect_status(&r, 2);
+  spawn_expect_status(&r, 2);
   expect_error_line(&r, "one form");
   RUN(&r, "mha", "--x", "x", "--heads", "2", "--wq", "q", "--wk", "k", "--wv", "v", "--wo", "o",
       "--bq", "b");
-  expect_status(&r, 2);
+  spawn_expect_status(&r, 2);
   expect_error_line(&r, "all or none");
   /* No command at all */
   const char *const none[] = {NULL};
-  run_cli(&r, none);
-  expect_status(&r, 2);
+  spawn_run(&r, bin, dir, none);
+  spawn_expect_status(&r, 2);
   expect_error_line(&r, "no command");
 }
 
 static void test_devices(void **state) {
   (void)state;
-  result r;
+  spawn_result r;
   RUN(&r, "devices");
-  expect_status(&r, 0);
+  spawn_expect_status(&r, 0);
   /* a line for ref: selector first, then the backend */
   bool found = false;
   for (const char *l = r.out; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL)
@@ -322,28 +262,28 @@ static void test_devices(void **state) {
   if (!found) print_error("no ref line in:\n%s\n", r.out);
   assert_true(found);
   RUN(&r, "devices", "--device", "ref");
-  expect_status(&r, 0);
+  spawn_expect_status(&r, 0);
   assert_non_null(strstr(r.out, "selected by 'ref'"));
   /* --device before the command applies to it */
   RUN(&r, "--device", "ref", "run", "--seq", "3", "--heads", "1", "--dim", "4");
-  expect_status(&r, 0);
+  spawn_expect_status(&r, 0);
   assert_non_null(strstr(r.out, "device: ref"));
   RUN(&r, "--device", "nosuchbackend", "run", "--seq", "3");
-  expect_status(&r, 1);
+  spawn_expect_status(&r, 1);
   expect_error_line(&r, "nosuchbackend");
   RUN(&r, "devices", "--device", "nosuchbackend");
-  expect_status(&r, 1);
+  spawn_expect_status(&r, 1);
   expect_error_line(&r, "nosuchbackend");
 }
 
 static void test_run_random(void **state) {
   (void)state;
-  result r;
+  spawn_result r;
   char out[320];
   path_in(out, sizeof out, "rand_out.npy");
   RUN(&r, "run", "--batch", "2", "--heads", "4", "--kv-heads", "2", "--seq", "9", "--kv-seq", "13",
       "--dim", "8", "--vdim", "5", "--seed", "7", "--causal", "--check", "--out", out);
-  expect_status(&r, 0);
+  spawn_expect_status(&r, 0);
   assert_non_null(strstr(r.out, "device: ref"));
   assert_non_null(strstr(r.out, "GFLOP/s"));
   assert_non_null(strstr(r.out, "[2, 4, 9, 8]"));
@@ -357,7 +297,7 @@ static void test_run_random(void **state) {
   path_in(out2, sizeof out2, "rand_out2.npy");
   RUN(&r, "run", "--batch", "2", "--heads", "4", "--kv-heads", "2", "--seq", "9", "--kv-seq", "13",
       "--dim", "8", "--vdim", "5", "--seed", "7", "--causal", "--out", out2, "--warmup", "0");
-  expect_status(&r, 0);
+  spawn_expect_status(&r, 0);
   float *o2 = load_f32(out2, 4, os);
   assert_memory_equal(o, o2, sizeof(float) * 2 * 4 * 9 * 5);
   free(o);
@@ -389,10 +329,10 @@ static void test_run_files_bool_mask(void **state) {
   path_in(po, sizeof po, "o.npy");
   path_in(pw, sizeof pw, "w.npy");
   path_in(pe, sizeof pe, "lse.npy");
-  result r;
+  spawn_result r;
   RUN(&r, "run", "--q", pq, "--k", pk, "--v", pv, "--mask", pm, "--kv-lens", pl, "--causal",
       "--out", po, "--weights-out", pw, "--lse-out", pe, "--check");
-  expect_status(&r, 0);
+  spawn_expect_status(&r, 0);
   assert_non_null(strstr(r.out, "mask bool [2, 1, 5, 7]"));
 
   prob p = {B, HQ, HKV, SQ, SKV, D, DV, q, k, v, maskf, B, 1, true, true, 1 / sqrt(D), lens};
@@ -428,10 +368,10 @@ static void test_run_files_additive_mask(void **state) {
   save_f32("av.npy", 4, ks, v, pv, sizeof pv);
   save_f32("am.npy", 2, ms, m, pm, sizeof pm);
   path_in(po, sizeof po, "ao.npy");
-  result r;
+  spawn_result r;
   RUN(&r, "run", "--q", pq, "--k", pk, "--v", pv, "--mask", pm, "--scale", "0.75", "--causal",
       "--out", po);
-  expect_status(&r, 0);
+  spawn_expect_status(&r, 0);
   prob p = {B, HQ, HQ, SQ, SKV, D, D, q, k, v, m, 1, 1, false, true, 0.75, NULL};
   double out[B * HQ * SQ * D];
   sdpa_ref(&p, out, NULL, NULL);
@@ -458,36 +398,36 @@ static void test_run_failures(void **state) {
   int32_t lens[2] = {1, 1};
   save_raw("flens.npy", "<i4", 1, ls, lens, 4, pl, sizeof pl);
   path_in(po, sizeof po, "never.npy");
-  result r;
+  spawn_result r;
   /* head dims disagree: the library's message names the argument */
   RUN(&r, "run", "--q", pq, "--k", pk, "--v", pk, "--out", po);
-  expect_status(&r, 1);
+  spawn_expect_status(&r, 1);
   expect_error_line(&r, "attn_sdpa");
   assert_false(exists(po));
   /* a missing input file */
   RUN(&r, "run", "--q", pq, "--k", "/nonexistent/k.npy", "--v", pq, "--out", po);
-  expect_status(&r, 1);
+  spawn_expect_status(&r, 1);
   expect_error_line(&r, "/nonexistent/k.npy");
   assert_false(exists(po));
   /* kv lengths that do not match B */
   RUN(&r, "run", "--q", pq, "--k", pq, "--v", pq, "--kv-lens", pl, "--out", po);
-  expect_status(&r, 1);
+  spawn_expect_status(&r, 1);
   expect_error_line(&r, "--kv-lens");
   assert_false(exists(po));
   /* a malformed file: an int32 array where float32 is needed */
   RUN(&r, "run", "--q", pl, "--k", pq, "--v", pq, "--out", po);
-  expect_status(&r, 1);
+  spawn_expect_status(&r, 1);
   expect_error_line(&r, "dtype is int32");
   assert_false(exists(po));
   /* a device that does not exist */
   RUN(&r, "run", "--seq", "4", "--device", "nosuchbackend", "--out", po);
-  expect_status(&r, 1);
+  spawn_expect_status(&r, 1);
   expect_error_line(&r, "nosuchbackend");
   assert_false(exists(po));
   /* an output directory that does not exist */
   path_in(pbad, sizeof pbad, "nodir/o.npy");
   RUN(&r, "run", "--seq", "4", "--out", pbad);
-  expect_status(&r, 1);
+  spawn_expect_status(&r, 1);
   expect_error_line(&r, "nodir/o.npy");
   /* an existing file survives a failed run untouched */
   FILE *f = fopen(po, "w");
@@ -495,9 +435,9 @@ static void test_run_failures(void **state) {
   fputs("keep", f);
   fclose(f);
   RUN(&r, "run", "--q", pq, "--k", pk, "--v", pk, "--out", po);
-  expect_status(&r, 1);
+  spawn_expect_status(&r, 1);
   char buf[16];
-  slurp(po, buf, sizeof buf);
+  spawn_slurp(po, buf, sizeof buf);
   assert_string_equal(buf, "keep");
   unlink(po);
   free(q);
@@ -579,16 +519,16 @@ static void test_mha(void **state) {
       want[r * E + o] = a;
     }
 
-  result r;
+  spawn_result r;
   RUN(&r, "mha", "--x", px, "--wq", pq, "--wk", pk, "--wv", pv, "--wo", po, "--bq", pbq, "--bk",
       pbk, "--bv", pbv, "--bo", pbo, "--heads", "3", "--causal", "--out", out1, "--check");
-  expect_status(&r, 0);
+  spawn_expect_status(&r, 0);
   assert_non_null(strstr(r.out, "check out"));
   float *g1 = load_f32(out1, 3, xs);
   expect_close("mha separate", g1, want, B * S * E);
   RUN(&r, "mha", "--x", px, "--in-proj", pin, "--in-bias", pinb, "--wo", po, "--bo", pbo,
       "--heads", "3", "--causal", "--out", out2);
-  expect_status(&r, 0);
+  spawn_expect_status(&r, 0);
   float *g2 = load_f32(out2, 3, xs);
   expect_close("mha packed", g2, want, B * S * E);
 
@@ -597,10 +537,10 @@ static void test_mha(void **state) {
   path_in(o3, sizeof o3, "mha3.npy");
   RUN(&r, "mha", "--x", px, "--wq", pq, "--wk", pk, "--wv", pv, "--wo", po, "--heads", "5",
       "--out", o3);
-  expect_status(&r, 1);
+  spawn_expect_status(&r, 1);
   expect_error_line(&r, "not a multiple of --heads 5");
   RUN(&r, "mha", "--x", px, "--in-proj", pin, "--wo", pin, "--heads", "3", "--out", o3);
-  expect_status(&r, 1);
+  spawn_expect_status(&r, 1);
   expect_error_line(&r, "--wo");
   assert_false(exists(o3));
 
