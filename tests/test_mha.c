@@ -18,33 +18,6 @@
 #include "attn.h"
 #include "testutil.h"
 
-#define MAX_DEV 16
-static char g_sel[MAX_DEV][64];
-static const char *g_cur;
-
-static int setup(void **state) {
-  attn_context *ctx = NULL;
-  if (attn_open(g_cur, &ctx) != ATTN_OK) {
-    fprintf(stderr, "attn_open(%s): %s\n", g_cur, attn_last_error());
-    return -1;
-  }
-  *state = ctx;
-  return 0;
-}
-
-static int teardown(void **state) {
-  attn_close(*state);
-  return 0;
-}
-
-#define assert_fails(call, status, what)                                                    \
-  do {                                                                                      \
-    attn_status s_ = (call);                                                                \
-    if (s_ != (status) || !strstr(attn_last_error(), (what)))                               \
-      fail_msg("%s: got %d \"%s\", want %d naming \"%s\"", #call, (int)s_, attn_last_error(), \
-               (int)(status), (what));                                                      \
-  } while (0)
-
 static attn_tensor *upload(attn_context *ctx, int ndim, const int64_t *shape, const float *h) {
   attn_tensor *t = NULL;
   assert_int_equal(attn_tensor_create(ctx, ndim, shape, &t), ATTN_OK);
@@ -217,7 +190,7 @@ static void run_and_check(attn_context *ctx, attn_mha *g, const model *m, const 
   double *want = malloc((size_t)(B * S * c->E) * sizeof *want);
   reference(m, x, B, S, kvx, Skv, c->causal, want);
   char what[128];
-  snprintf(what, sizeof what, "%s on %s (B=%lld S=%lld)", c->name, g_cur, (long long)B,
+  snprintf(what, sizeof what, "%s on %s (B=%lld S=%lld)", c->name, tu_device, (long long)B,
            (long long)S);
   assert_true(tu_check_close(what, got, want, (size_t)(B * S * c->E), NULL));
   free(x), free(kvx), free(got), free(want);
@@ -280,7 +253,7 @@ static attn_status cached_step(attn_context *ctx, attn_mha *g, attn_kv_cache *c,
     double *w = rows_d(want, KB, KT, KE, t0, n);
     char what[96];
     snprintf(what, sizeof what, "cached rows %lld..%lld on %s", (long long)t0,
-             (long long)(t0 + n - 1), g_cur);
+             (long long)(t0 + n - 1), tu_device);
     assert_true(tu_check_close(what, got, w, (size_t)(KB * n * KE), NULL));
     free(got), free(w);
   }
@@ -320,7 +293,7 @@ static void test_kv_cache(void **state) {
     assert_int_equal(attn_kv_cache_length(c), t + 1);
   }
   /* Full: one more token is refused and changes nothing. */
-  assert_fails(cached_step(ctx, g, c, x, want, 0, 1), ATTN_ERR_CAPACITY, "capacity 7");
+  tu_assert_fails(cached_step(ctx, g, c, x, want, 0, 1), ATTN_ERR_CAPACITY, "capacity 7");
   assert_int_equal(attn_kv_cache_length(c), KT);
 
   attn_kv_cache_reset(c);
@@ -334,7 +307,7 @@ static void test_kv_cache(void **state) {
    * fits continues exactly where the cache was. */
   assert_int_equal(attn_kv_cache_create(g, KB, 4, &c), ATTN_OK);
   assert_int_equal(cached_step(ctx, g, c, x, want, 0, 3), ATTN_OK);
-  assert_fails(cached_step(ctx, g, c, x, want, 3, 2), ATTN_ERR_CAPACITY, "x:");
+  tu_assert_fails(cached_step(ctx, g, c, x, want, 3, 2), ATTN_ERR_CAPACITY, "x:");
   assert_int_equal(attn_kv_cache_length(c), 3);
   assert_int_equal(cached_step(ctx, g, c, x, want, 3, 1), ATTN_OK);
   assert_int_equal(attn_kv_cache_length(c), 4);
@@ -420,20 +393,20 @@ static void test_bad_descriptors(void **state) {
                (int)t[i].status, t[i].what);
     assert_null(g);
   }
-  assert_fails(attn_mha_create(NULL, &good, &gw, &g), ATTN_ERR_INVALID_ARG, "ctx: NULL");
-  assert_fails(attn_mha_create(ctx, NULL, &gw, &g), ATTN_ERR_INVALID_ARG, "desc: NULL");
-  assert_fails(attn_mha_create(ctx, &good, NULL, &g), ATTN_ERR_INVALID_ARG, "w: NULL");
-  assert_fails(attn_mha_create(ctx, &good, &gw, NULL), ATTN_ERR_INVALID_ARG, "graph: NULL");
+  tu_assert_fails(attn_mha_create(NULL, &good, &gw, &g), ATTN_ERR_INVALID_ARG, "ctx: NULL");
+  tu_assert_fails(attn_mha_create(ctx, NULL, &gw, &g), ATTN_ERR_INVALID_ARG, "desc: NULL");
+  tu_assert_fails(attn_mha_create(ctx, &good, NULL, &g), ATTN_ERR_INVALID_ARG, "w: NULL");
+  tu_assert_fails(attn_mha_create(ctx, &good, &gw, NULL), ATTN_ERR_INVALID_ARG, "graph: NULL");
 
   /* Weights from another context. */
   attn_context *other = NULL;
-  assert_int_equal(attn_open(g_cur, &other), ATTN_OK);
+  assert_int_equal(attn_open(tu_device, &other), ATTN_OK);
   const int64_t ws[2] = {16, 16};
   attn_tensor *foreign = upload(other, 2, ws, NULL);
   attn_mha_weights fw = gw;
   fw.wo = foreign;
-  assert_fails(attn_mha_create(ctx, &good, &fw, &g), ATTN_ERR_INVALID_ARG,
-               "wo: tensor belongs to another context");
+  tu_assert_fails(attn_mha_create(ctx, &good, &fw, &g), ATTN_ERR_INVALID_ARG,
+                  "wo: tensor belongs to another context");
   attn_close(other);
   model_free(&m);
   model_free(&mp);
@@ -458,39 +431,43 @@ static void test_bad_run_args(void **state) {
   float zero[48] = {0};
   assert_int_equal(attn_tensor_write(x, zero, 48), ATTN_OK);
   assert_int_equal(attn_tensor_write(kv6, zero, 36), ATTN_OK);
-  assert_fails(attn_mha_run(NULL, x, NULL, out), ATTN_ERR_INVALID_ARG, "attn_mha_run: graph");
-  assert_fails(attn_mha_run(g, NULL, NULL, out), ATTN_ERR_INVALID_ARG, "x: NULL");
-  assert_fails(attn_mha_run(g, x, NULL, NULL), ATTN_ERR_INVALID_ARG, "out: NULL");
-  assert_fails(attn_mha_run(g, x_wide, NULL, out), ATTN_ERR_SHAPE, "x: shape");
-  assert_fails(attn_mha_run(g, x_b3, NULL, out), ATTN_ERR_SHAPE, "x: batch 3 > the plan's max_batch 2");
-  assert_fails(attn_mha_run(g, x_s5, NULL, out), ATTN_ERR_SHAPE, "x: seq 5 > the plan's max_seq 4");
-  assert_fails(attn_mha_run(g, x, NULL, out_small), ATTN_ERR_SHAPE, "out: shape");
-  assert_fails(attn_mha_run(g, x, NULL, x), ATTN_ERR_INVALID_ARG, "out: overlaps x");
-  assert_fails(attn_mha_run(g, x, NULL, (attn_tensor *)m.tw[3]), ATTN_ERR_SHAPE, "out: rank");
-  assert_fails(attn_mha_run(gc, x, NULL, out), ATTN_ERR_INVALID_ARG, "kv_x: NULL");
-  assert_fails(attn_mha_run(gc, x, kv_b1, out), ATTN_ERR_SHAPE, "kv_x: shape");
-  assert_fails(attn_mha_run(gc, x, x, out), ATTN_ERR_SHAPE, "kv_x: shape");
-  assert_fails(attn_mha_run(gc, x, kv6, kv6), ATTN_ERR_SHAPE, "out: shape");
+  tu_assert_fails(attn_mha_run(NULL, x, NULL, out), ATTN_ERR_INVALID_ARG, "attn_mha_run: graph");
+  tu_assert_fails(attn_mha_run(g, NULL, NULL, out), ATTN_ERR_INVALID_ARG, "x: NULL");
+  tu_assert_fails(attn_mha_run(g, x, NULL, NULL), ATTN_ERR_INVALID_ARG, "out: NULL");
+  tu_assert_fails(attn_mha_run(g, x_wide, NULL, out), ATTN_ERR_SHAPE, "x: shape");
+  tu_assert_fails(attn_mha_run(g, x_b3, NULL, out), ATTN_ERR_SHAPE,
+                  "x: batch 3 > the plan's max_batch 2");
+  tu_assert_fails(attn_mha_run(g, x_s5, NULL, out), ATTN_ERR_SHAPE,
+                  "x: seq 5 > the plan's max_seq 4");
+  tu_assert_fails(attn_mha_run(g, x, NULL, out_small), ATTN_ERR_SHAPE, "out: shape");
+  tu_assert_fails(attn_mha_run(g, x, NULL, x), ATTN_ERR_INVALID_ARG, "out: overlaps x");
+  tu_assert_fails(attn_mha_run(g, x, NULL, (attn_tensor *)m.tw[3]), ATTN_ERR_SHAPE, "out: rank");
+  tu_assert_fails(attn_mha_run(gc, x, NULL, out), ATTN_ERR_INVALID_ARG, "kv_x: NULL");
+  tu_assert_fails(attn_mha_run(gc, x, kv_b1, out), ATTN_ERR_SHAPE, "kv_x: shape");
+  tu_assert_fails(attn_mha_run(gc, x, x, out), ATTN_ERR_SHAPE, "kv_x: shape");
+  tu_assert_fails(attn_mha_run(gc, x, kv6, kv6), ATTN_ERR_SHAPE, "out: shape");
   assert_int_equal(attn_mha_run(gc, x, kv6, out), ATTN_OK); /* and still usable */
 
   attn_kv_cache *c = NULL;
-  assert_fails(attn_kv_cache_create(NULL, 2, 4, &c), ATTN_ERR_INVALID_ARG, "graph: NULL");
-  assert_fails(attn_kv_cache_create(g, 2, 4, NULL), ATTN_ERR_INVALID_ARG, "cache: NULL");
-  assert_fails(attn_kv_cache_create(g, 3, 4, &c), ATTN_ERR_INVALID_ARG, "batch: 3");
-  assert_fails(attn_kv_cache_create(g, 2, 0, &c), ATTN_ERR_INVALID_ARG, "capacity: 0");
-  assert_fails(attn_kv_cache_create(g, 2, INT64_MAX / 4, &c), ATTN_ERR_OVERFLOW, "capacity");
-  assert_fails(attn_kv_cache_create(gc, 2, 4, &c), ATTN_ERR_INVALID_ARG, "d_kv 6 != d_model 8");
+  tu_assert_fails(attn_kv_cache_create(NULL, 2, 4, &c), ATTN_ERR_INVALID_ARG, "graph: NULL");
+  tu_assert_fails(attn_kv_cache_create(g, 2, 4, NULL), ATTN_ERR_INVALID_ARG, "cache: NULL");
+  tu_assert_fails(attn_kv_cache_create(g, 3, 4, &c), ATTN_ERR_INVALID_ARG, "batch: 3");
+  tu_assert_fails(attn_kv_cache_create(g, 2, 0, &c), ATTN_ERR_INVALID_ARG, "capacity: 0");
+  tu_assert_fails(attn_kv_cache_create(g, 2, INT64_MAX / 4, &c), ATTN_ERR_OVERFLOW, "capacity");
+  tu_assert_fails(attn_kv_cache_create(gc, 2, 4, &c), ATTN_ERR_INVALID_ARG, "d_kv 6 != d_model 8");
   assert_int_equal(attn_kv_cache_create(g, 1, 4, &c), ATTN_OK);
-  assert_fails(attn_mha_run_cached(g, NULL, x, out), ATTN_ERR_INVALID_ARG, "cache: NULL");
-  assert_fails(attn_mha_run_cached(gc, c, x, out), ATTN_ERR_INVALID_ARG, "cache: bound to another graph");
-  assert_fails(attn_mha_run_cached(g, c, x, out), ATTN_ERR_SHAPE, "x: batch 2 != the cache's batch 1");
+  tu_assert_fails(attn_mha_run_cached(g, NULL, x, out), ATTN_ERR_INVALID_ARG, "cache: NULL");
+  tu_assert_fails(attn_mha_run_cached(gc, c, x, out), ATTN_ERR_INVALID_ARG,
+                  "cache: bound to another graph");
+  tu_assert_fails(attn_mha_run_cached(g, c, x, out), ATTN_ERR_SHAPE,
+                  "x: batch 2 != the cache's batch 1");
   assert_int_equal(attn_kv_cache_length(c), 0);
   assert_int_equal(attn_kv_cache_length(NULL), 0);
 
-  assert_fails(attn_mha_set_profiling(NULL, true), ATTN_ERR_INVALID_ARG, "graph: NULL");
+  tu_assert_fails(attn_mha_set_profiling(NULL, true), ATTN_ERR_INVALID_ARG, "graph: NULL");
   attn_mha_profile p;
-  assert_fails(attn_mha_profile_get(g, NULL), ATTN_ERR_INVALID_ARG, "p: NULL");
-  assert_fails(attn_mha_profile_get(NULL, &p), ATTN_ERR_INVALID_ARG, "graph: NULL");
+  tu_assert_fails(attn_mha_profile_get(g, NULL), ATTN_ERR_INVALID_ARG, "p: NULL");
+  tu_assert_fails(attn_mha_profile_get(NULL, &p), ATTN_ERR_INVALID_ARG, "graph: NULL");
   /* Left alive on purpose: attn_close frees graphs, caches and tensors. */
   model_free(&m);
   model_free(&mc);
@@ -566,21 +543,13 @@ static void test_strided_io(void **state) {
 }
 
 int main(void) {
-  int ndev = tu_devices("mha", g_sel, MAX_DEV);
-  if (ndev == 0) return 77;
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test_setup_teardown(test_graph_vs_stages, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_kv_cache, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_bad_descriptors, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_bad_run_args, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_profiling, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_strided_io, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_graph_vs_stages, tu_open_device, tu_close_device),
+      cmocka_unit_test_setup_teardown(test_kv_cache, tu_open_device, tu_close_device),
+      cmocka_unit_test_setup_teardown(test_bad_descriptors, tu_open_device, tu_close_device),
+      cmocka_unit_test_setup_teardown(test_bad_run_args, tu_open_device, tu_close_device),
+      cmocka_unit_test_setup_teardown(test_profiling, tu_open_device, tu_close_device),
+      cmocka_unit_test_setup_teardown(test_strided_io, tu_open_device, tu_close_device),
   };
-  int failed = 0;
-  for (int i = 0; i < ndev; i++) {
-    g_cur = g_sel[i];
-    printf("== device %s\n", g_cur);
-    failed += cmocka_run_group_tests_name(g_cur, tests, NULL, NULL);
-  }
-  return failed ? 1 : 0;
+  return tu_run_per_device("mha", tests);
 }

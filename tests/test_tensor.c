@@ -17,25 +17,6 @@
 #include "attn.h"
 #include "testutil.h"
 
-#define MAX_DEV 16
-static char g_sel[MAX_DEV][64];
-static const char *g_cur; /* the device the current group runs on */
-
-static int setup(void **state) {
-  attn_context *ctx = NULL;
-  if (attn_open(g_cur, &ctx) != ATTN_OK) {
-    fprintf(stderr, "attn_open(%s): %s\n", g_cur, attn_last_error());
-    return -1;
-  }
-  *state = ctx;
-  return 0;
-}
-
-static int teardown(void **state) {
-  attn_close(*state);
-  return 0;
-}
-
 static attn_tensor *make(attn_context *ctx, int ndim, int64_t a, int64_t b, int64_t c,
                          int64_t d) {
   const int64_t shape[4] = {a, b, c, d};
@@ -44,15 +25,6 @@ static attn_tensor *make(attn_context *ctx, int ndim, int64_t a, int64_t b, int6
   assert_non_null(t);
   return t;
 }
-
-/* The call failed with exactly this status and its message names `what`. */
-#define assert_fails(call, status, what)                                                    \
-  do {                                                                                      \
-    attn_status s_ = (call);                                                                \
-    if (s_ != (status) || !strstr(attn_last_error(), (what)))                               \
-      fail_msg("%s: got %d \"%s\", want %d naming \"%s\"", #call, (int)s_, attn_last_error(), \
-               (int)(status), (what));                                                      \
-  } while (0)
 
 /* ---- round trips ------------------------------------------------------------ */
 
@@ -180,7 +152,7 @@ static void test_view_outlives_base(void **state) {
 static void test_close_frees_live(void **state) {
   (void)state;
   attn_context *ctx = NULL;
-  assert_int_equal(attn_open(g_cur, &ctx), ATTN_OK);
+  assert_int_equal(attn_open(tu_device, &ctx), ATTN_OK);
   attn_tensor *a = make(ctx, 2, 3, 3, 1, 1);
   make(ctx, 3, 2, 2, 2, 1);
   const int64_t sh[1] = {3}, st[1] = {4};
@@ -196,11 +168,11 @@ static void test_overflow_refused(void **state) {
   attn_context *ctx = *state;
   attn_tensor *t = (attn_tensor *)(uintptr_t)1;
   const int64_t elems[4] = {INT64_C(1) << 32, INT64_C(1) << 32, 2, 1};
-  assert_fails(attn_tensor_create(ctx, 4, elems, &t), ATTN_ERR_OVERFLOW, "shape");
+  tu_assert_fails(attn_tensor_create(ctx, 4, elems, &t), ATTN_ERR_OVERFLOW, "shape");
   assert_null(t);
   /* Fits int64 as elements, not as bytes. */
   const int64_t bytes[1] = {INT64_MAX / 2};
-  assert_fails(attn_tensor_create(ctx, 1, bytes, &t), ATTN_ERR_OVERFLOW, "byte count");
+  tu_assert_fails(attn_tensor_create(ctx, 1, bytes, &t), ATTN_ERR_OVERFLOW, "byte count");
   /* No overflow, but above any device's largest allocation (2^52 bytes). */
   attn_device_info info;
   assert_int_equal(attn_context_info(ctx, &info), ATTN_OK);
@@ -216,10 +188,10 @@ static void test_overflow_refused(void **state) {
   /* A view whose extent overflows. */
   attn_tensor *base = make(ctx, 1, 8, 1, 1, 1);
   const int64_t vs[2] = {3, 2}, vst[2] = {INT64_MAX / 2 + 1, 1}; /* 2 * 2^62 */
-  assert_fails(attn_tensor_view(base, 0, 2, vs, vst, &t), ATTN_ERR_OVERFLOW, "strides");
+  tu_assert_fails(attn_tensor_view(base, 0, 2, vs, vst, &t), ATTN_ERR_OVERFLOW, "strides");
   /* A broadcast view reaches one element but has too many to move. */
   const int64_t bs[2] = {INT64_C(1) << 40, INT64_C(1) << 40}, bst[2] = {0, 0};
-  assert_fails(attn_tensor_view(base, 0, 2, bs, bst, &t), ATTN_ERR_OVERFLOW, "shape");
+  tu_assert_fails(attn_tensor_view(base, 0, 2, bs, bst, &t), ATTN_ERR_OVERFLOW, "shape");
   assert_null(t);
   /* The context still works. */
   float x[8] = {1, 2, 3, 4, 5, 6, 7, 8}, y[8];
@@ -235,36 +207,38 @@ static void test_tensor_invalid_args(void **state) {
   attn_context *ctx = *state;
   attn_tensor *t = NULL;
   const int64_t ok[4] = {2, 3, 4, 5}, zero[4] = {2, 0, 4, 5}, neg[4] = {2, 3, -4, 5};
-  assert_fails(attn_tensor_create(NULL, 4, ok, &t), ATTN_ERR_INVALID_ARG, "attn_tensor_create: ctx");
-  assert_fails(attn_tensor_create(ctx, 4, ok, NULL), ATTN_ERR_INVALID_ARG, "t: NULL");
-  assert_fails(attn_tensor_create(ctx, 0, ok, &t), ATTN_ERR_INVALID_ARG, "ndim");
-  assert_fails(attn_tensor_create(ctx, 5, ok, &t), ATTN_ERR_INVALID_ARG, "ndim");
-  assert_fails(attn_tensor_create(ctx, 4, NULL, &t), ATTN_ERR_INVALID_ARG, "shape");
-  assert_fails(attn_tensor_create(ctx, 4, zero, &t), ATTN_ERR_INVALID_ARG, "shape[1]");
-  assert_fails(attn_tensor_create(ctx, 4, neg, &t), ATTN_ERR_INVALID_ARG, "shape[2]");
+  tu_assert_fails(attn_tensor_create(NULL, 4, ok, &t), ATTN_ERR_INVALID_ARG,
+                  "attn_tensor_create: ctx");
+  tu_assert_fails(attn_tensor_create(ctx, 4, ok, NULL), ATTN_ERR_INVALID_ARG, "t: NULL");
+  tu_assert_fails(attn_tensor_create(ctx, 0, ok, &t), ATTN_ERR_INVALID_ARG, "ndim");
+  tu_assert_fails(attn_tensor_create(ctx, 5, ok, &t), ATTN_ERR_INVALID_ARG, "ndim");
+  tu_assert_fails(attn_tensor_create(ctx, 4, NULL, &t), ATTN_ERR_INVALID_ARG, "shape");
+  tu_assert_fails(attn_tensor_create(ctx, 4, zero, &t), ATTN_ERR_INVALID_ARG, "shape[1]");
+  tu_assert_fails(attn_tensor_create(ctx, 4, neg, &t), ATTN_ERR_INVALID_ARG, "shape[2]");
   assert_null(t);
 
   attn_tensor *base = make(ctx, 2, 4, 6, 1, 1);
   const int64_t vs[2] = {4, 6}, vst[2] = {6, 1}, negst[2] = {6, -1};
-  assert_fails(attn_tensor_view(NULL, 0, 2, vs, vst, &t), ATTN_ERR_INVALID_ARG, "attn_tensor_view: base");
-  assert_fails(attn_tensor_view(base, 0, 2, vs, vst, NULL), ATTN_ERR_INVALID_ARG, "view: NULL");
-  assert_fails(attn_tensor_view(base, 0, 9, vs, vst, &t), ATTN_ERR_INVALID_ARG, "ndim");
-  assert_fails(attn_tensor_view(base, 0, 2, NULL, vst, &t), ATTN_ERR_INVALID_ARG, "shape");
-  assert_fails(attn_tensor_view(base, 0, 2, zero, vst, &t), ATTN_ERR_INVALID_ARG, "shape[1]");
-  assert_fails(attn_tensor_view(base, 0, 2, vs, NULL, &t), ATTN_ERR_INVALID_ARG, "strides");
-  assert_fails(attn_tensor_view(base, 0, 2, vs, negst, &t), ATTN_ERR_INVALID_ARG, "strides[1]");
-  assert_fails(attn_tensor_view(base, -1, 2, vs, vst, &t), ATTN_ERR_INVALID_ARG, "offset");
+  tu_assert_fails(attn_tensor_view(NULL, 0, 2, vs, vst, &t), ATTN_ERR_INVALID_ARG,
+                  "attn_tensor_view: base");
+  tu_assert_fails(attn_tensor_view(base, 0, 2, vs, vst, NULL), ATTN_ERR_INVALID_ARG, "view: NULL");
+  tu_assert_fails(attn_tensor_view(base, 0, 9, vs, vst, &t), ATTN_ERR_INVALID_ARG, "ndim");
+  tu_assert_fails(attn_tensor_view(base, 0, 2, NULL, vst, &t), ATTN_ERR_INVALID_ARG, "shape");
+  tu_assert_fails(attn_tensor_view(base, 0, 2, zero, vst, &t), ATTN_ERR_INVALID_ARG, "shape[1]");
+  tu_assert_fails(attn_tensor_view(base, 0, 2, vs, NULL, &t), ATTN_ERR_INVALID_ARG, "strides");
+  tu_assert_fails(attn_tensor_view(base, 0, 2, vs, negst, &t), ATTN_ERR_INVALID_ARG, "strides[1]");
+  tu_assert_fails(attn_tensor_view(base, -1, 2, vs, vst, &t), ATTN_ERR_INVALID_ARG, "offset");
   /* One element past the storage. */
-  assert_fails(attn_tensor_view(base, 1, 2, vs, vst, &t), ATTN_ERR_SHAPE, "storage");
+  tu_assert_fails(attn_tensor_view(base, 1, 2, vs, vst, &t), ATTN_ERR_SHAPE, "storage");
   assert_null(t);
 
   float buf[24] = {0};
-  assert_fails(attn_tensor_write(NULL, buf, 24), ATTN_ERR_INVALID_ARG, "attn_tensor_write: t");
-  assert_fails(attn_tensor_write(base, NULL, 24), ATTN_ERR_INVALID_ARG, "src");
-  assert_fails(attn_tensor_write(base, buf, 23), ATTN_ERR_INVALID_ARG, "count");
-  assert_fails(attn_tensor_read(NULL, buf, 24), ATTN_ERR_INVALID_ARG, "attn_tensor_read: t");
-  assert_fails(attn_tensor_read(base, NULL, 24), ATTN_ERR_INVALID_ARG, "dst");
-  assert_fails(attn_tensor_read(base, buf, 25), ATTN_ERR_INVALID_ARG, "count");
+  tu_assert_fails(attn_tensor_write(NULL, buf, 24), ATTN_ERR_INVALID_ARG, "attn_tensor_write: t");
+  tu_assert_fails(attn_tensor_write(base, NULL, 24), ATTN_ERR_INVALID_ARG, "src");
+  tu_assert_fails(attn_tensor_write(base, buf, 23), ATTN_ERR_INVALID_ARG, "count");
+  tu_assert_fails(attn_tensor_read(NULL, buf, 24), ATTN_ERR_INVALID_ARG, "attn_tensor_read: t");
+  tu_assert_fails(attn_tensor_read(base, NULL, 24), ATTN_ERR_INVALID_ARG, "dst");
+  tu_assert_fails(attn_tensor_read(base, buf, 25), ATTN_ERR_INVALID_ARG, "count");
 
   /* Queries on NULL are harmless. */
   assert_int_equal(attn_tensor_ndim(NULL), 0);
@@ -326,7 +300,7 @@ static void test_sdpa_invalid_args(void **state) {
   f.lse = filled(f.ctx, 3, ls, &rng);
   const int64_t big[1] = {4096};
   f.big = filled(f.ctx, 1, big, &rng);
-  assert_int_equal(attn_open(g_cur, &f.other), ATTN_OK);
+  assert_int_equal(attn_open(tu_device, &f.other), ATTN_OK);
   attn_tensor *foreign = filled(f.other, 4, qs, &rng);
 
   /* The baseline is valid: each case below breaks exactly one thing. */
@@ -429,23 +403,16 @@ static void test_sdpa_invalid_args(void **state) {
 }
 
 int main(void) {
-  int ndev = tu_devices("tensor", g_sel, MAX_DEV);
-  if (ndev == 0) return 77;
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test_setup_teardown(test_roundtrip, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_split_heads_view, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_strided_write_keeps_neighbours, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_view_outlives_base, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_roundtrip, tu_open_device, tu_close_device),
+      cmocka_unit_test_setup_teardown(test_split_heads_view, tu_open_device, tu_close_device),
+      cmocka_unit_test_setup_teardown(test_strided_write_keeps_neighbours, tu_open_device,
+                                      tu_close_device),
+      cmocka_unit_test_setup_teardown(test_view_outlives_base, tu_open_device, tu_close_device),
       cmocka_unit_test(test_close_frees_live),
-      cmocka_unit_test_setup_teardown(test_overflow_refused, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_tensor_invalid_args, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_sdpa_invalid_args, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_overflow_refused, tu_open_device, tu_close_device),
+      cmocka_unit_test_setup_teardown(test_tensor_invalid_args, tu_open_device, tu_close_device),
+      cmocka_unit_test_setup_teardown(test_sdpa_invalid_args, tu_open_device, tu_close_device),
   };
-  int failed = 0;
-  for (int i = 0; i < ndev; i++) {
-    g_cur = g_sel[i];
-    printf("== device %s\n", g_cur);
-    failed += cmocka_run_group_tests_name(g_cur, tests, NULL, NULL);
-  }
-  return failed ? 1 : 0;
+  return tu_run_per_device("tensor", tests);
 }

@@ -208,3 +208,22 @@ int tu_devices(const char *suite, char sel[][64], int max) {
   fflush(stdout);
   return n;
 }
+
+/* ---- cmocka suites that run once per device -------------------------------- */
+
+const char *tu_device;
+
+int tu_open_device(void **state) {
+  attn_context *ctx = NULL;
+  if (attn_open(tu_device, &ctx) != ATTN_OK) {
+    fprintf(stderr, "attn_open(%s): %s\n", tu_device, attn_last_error());
+    return -1;
+  }
+  *state = ctx;
+  return 0;
+}
+
+int tu_close_device(void **state) {
+  attn_close(*state);
+  return 0;
+}

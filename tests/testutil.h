@@ -61,4 +61,47 @@ int tu_check_close(const char *what, const float *got, const double *want, size_
  * the count, and prints "suite NAME runs on: ..." once to stdout. */
 int tu_devices(const char *suite, char sel[][64], int max);
 
+/* ---- cmocka suites that run once per device ---------------------------------
+ * The device of the group running now, and per-test fixtures that put an
+ * attn_context open on it in *state (the open failing fails the test, with
+ * the library's message on stderr). */
+extern const char *tu_device;
+int tu_open_device(void **state);
+int tu_close_device(void **state);
+
+/* Only where cmocka.h came first: testutil.c is also linked into programs
+ * without cmocka (the fuzz replays). */
+#ifdef CMOCKA_H_
+#include <stdio.h>
+#include <string.h>
+
+/* The call failed with exactly this status and its message names `what`. */
+#define tu_assert_fails(call, status, what)                                                 \
+  do {                                                                                      \
+    attn_status s_ = (call);                                                                \
+    if (s_ != (status) || !strstr(attn_last_error(), (what)))                               \
+      fail_msg("%s: got %d \"%s\", want %d naming \"%s\"", #call, (int)s_, attn_last_error(), \
+               (int)(status), (what));                                                      \
+  } while (0)
+
+/* main() of such a suite: the tests once per device of tu_devices(suite) as a
+ * group named by the selector, tu_device set to it. Returns the exit status:
+ * 77 (skipped) when there is no device, 1 when any test failed, else 0. */
+#define tu_run_per_device(suite, tests) \
+  tu_run_per_device_((suite), (tests), sizeof(tests) / sizeof((tests)[0]))
+static inline int tu_run_per_device_(const char *suite, const struct CMUnitTest *tests,
+                                     size_t n) {
+  char sel[16][64];
+  int ndev = tu_devices(suite, sel, 16);
+  if (ndev == 0) return 77;
+  int failed = 0;
+  for (int i = 0; i < ndev; i++) {
+    tu_device = sel[i];
+    printf("== device %s\n", tu_device);
+    failed += _cmocka_run_group_tests(tu_device, tests, n, NULL, NULL);
+  }
+  return failed ? 1 : 0;
+}
+#endif
+
 #endif
