@@ -227,7 +227,7 @@ static attn_status check_desc(const attn_mha_desc *d) {
 
 /* A buffer of rows x seq x width floats: its byte count must neither
  * overflow nor exceed the device's largest allocation; `name` is the
- * argument blamed (desc.max_seq, capacity). */
+ * arguments blamed ("batch x capacity"). */
 static attn_status check_plan(const attn_context *ctx, int64_t rows, int64_t seq, int64_t width,
                               const char *name) {
   int64_t n;
@@ -362,9 +362,10 @@ attn_status attn_mha_create(attn_context *ctx, const attn_mha_desc *desc, const 
 
   /* The plan's buffers, checked here so that a size too large is blamed on
    * the desc field that made it, not on an anonymous tensor shape. */
-  if ((s = check_plan(ctx, g->max_b, g->max_s, HqD, "desc.max_seq")) ||
+  if ((s = check_plan(ctx, g->max_b, g->max_s, HqD, "desc.max_batch x desc.max_seq")) ||
       (s = check_plan(ctx, g->max_b, kv_rows, HkvD,
-                      g->max_kv > g->max_s ? "desc.max_kv_seq" : "desc.max_seq"))) {
+                      g->max_kv > g->max_s ? "desc.max_batch x desc.max_kv_seq"
+                                           : "desc.max_batch x desc.max_seq"))) {
     free(g);
     return s;
   }
@@ -469,7 +470,7 @@ attn_status attn_kv_cache_create(attn_mha *g, int64_t batch, int64_t capacity,
     return attn__error(ATTN_ERR_INVALID_ARG,
                        "graph: a KV cache needs self attention, but d_kv %lld != d_model %lld",
                        (long long)g->Ekv, (long long)g->E);
-  if ((s = check_plan(g->ctx, batch, capacity, g->Hkv * g->D, "capacity"))) return s;
+  if ((s = check_plan(g->ctx, batch, capacity, g->Hkv * g->D, "batch x capacity"))) return s;
   attn_kv_cache *c = calloc(1, sizeof *c);
   if (!c) return attn__error(ATTN_ERR_NOMEM, "out of host memory for the cache");
   const int64_t shape[3] = {batch, capacity, g->Hkv * g->D};
