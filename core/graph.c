@@ -331,11 +331,11 @@ attn_status attn_mha_create(attn_context *ctx, const attn_mha_desc *desc, const 
                             attn_mha **graph) {
   ATTN_ENTER("attn_mha_create");
   attn_status s;
+  if (graph) *graph = NULL; /* first, so that no failure leaves a stale handle behind */
   if (!ctx) return attn__error(ATTN_ERR_INVALID_ARG, "ctx: NULL");
   if (!desc) return attn__error(ATTN_ERR_INVALID_ARG, "desc: NULL");
   if (!w) return attn__error(ATTN_ERR_INVALID_ARG, "w: NULL");
   if (!graph) return attn__error(ATTN_ERR_INVALID_ARG, "graph: NULL");
-  *graph = NULL;
   if ((s = check_desc(desc))) return s;
 
   attn_mha *g = calloc(1, sizeof *g);
@@ -458,9 +458,9 @@ attn_status attn_kv_cache_create(attn_mha *g, int64_t batch, int64_t capacity,
                                  attn_kv_cache **cache) {
   ATTN_ENTER("attn_kv_cache_create");
   attn_status s;
+  if (cache) *cache = NULL; /* first, so that no failure leaves a stale handle behind */
   if (!g) return attn__error(ATTN_ERR_INVALID_ARG, "graph: NULL");
   if (!cache) return attn__error(ATTN_ERR_INVALID_ARG, "cache: NULL");
-  *cache = NULL;
   if (batch < 1 || batch > g->max_b)
     return attn__error(ATTN_ERR_INVALID_ARG, "batch: %lld not in 1..max_batch %lld",
                        (long long)batch, (long long)g->max_b);

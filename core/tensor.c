@@ -134,9 +134,9 @@ attn_status attn__tensor_alloc(attn_context *ctx, int ndim, const int64_t *shape
 attn_status attn_tensor_create(attn_context *ctx, int ndim, const int64_t *shape,
                                attn_tensor **t) {
   ATTN_ENTER("attn_tensor_create");
+  if (t) *t = NULL; /* first, so that no failure leaves a stale handle behind */
   if (!ctx) return attn__error(ATTN_ERR_INVALID_ARG, "ctx: NULL");
   if (!t) return attn__error(ATTN_ERR_INVALID_ARG, "t: NULL");
-  *t = NULL;
   return attn__tensor_alloc(ctx, ndim, shape, t);
 }
 
@@ -155,9 +155,9 @@ static int view_last(int64_t offset, int ndim, const int64_t *shape, const int64
 attn_status attn_tensor_view(const attn_tensor *base, int64_t offset, int ndim,
                              const int64_t *shape, const int64_t *strides, attn_tensor **view) {
   ATTN_ENTER("attn_tensor_view");
+  if (view) *view = NULL; /* first, so that no failure leaves a stale handle behind */
   if (!base) return attn__error(ATTN_ERR_INVALID_ARG, "base: NULL");
   if (!view) return attn__error(ATTN_ERR_INVALID_ARG, "view: NULL");
-  *view = NULL;
   attn_status s = check_shape(ndim, shape);
   if (s) return s;
   if (!strides) return attn__error(ATTN_ERR_INVALID_ARG, "strides: NULL");
