@@ -169,22 +169,24 @@ static bool have_device(const char *selector) {
 
 /* ---- tests ------------------------------------------------------------------------ */
 
-static void json_ref(void **state) {
-  (void)state;
+/* attn bench --quick --json on one backend, every line checked. */
+static void quick_json_on(const char *backend) {
   spawn_result r;
-  RUN(&r, "bench", "--quick", "--json", "--device", "ref");
+  RUN(&r, "bench", "--quick", "--json", "--device", backend);
   spawn_expect_status(&r, 0);
   /* the quick sweep: 3 sdpa + 3 causal + 3 gqa + decode + mha */
-  assert_int_equal(check_json(r.out, "ref"), 11);
+  assert_int_equal(check_json(r.out, backend), 11);
+}
+
+static void json_ref(void **state) {
+  (void)state;
+  quick_json_on("ref");
 }
 
 static void json_pocl(void **state) {
   (void)state;
   if (!have_device("pocl:0")) skip();
-  spawn_result r;
-  RUN(&r, "bench", "--quick", "--json", "--device", "pocl");
-  spawn_expect_status(&r, 0);
-  assert_int_equal(check_json(r.out, "pocl"), 11);
+  quick_json_on("pocl");
 }
 
 /* Two devices in one run: each alternative benchmarked apart, in order. */
