@@ -321,6 +321,9 @@ attn_status attn_tensor_write(attn_tensor *t, const float *src, size_t count) {
   ATTN_ENTER("attn_tensor_write");
   attn_status s = check_io(t, src, "src", count);
   if (s) return s;
+  /* A view that reaches one element twice (a 0 stride, overlapping strides)
+   * is an input-only view: writing it would let one host value silently win. */
+  if ((s = attn__check_output_strides(t, "t")) != ATTN_OK) return s;
   attn_context *ctx = t->st->ctx;
   size_t off = (size_t)t->offset * sizeof(float);
   if (is_contiguous(t)) {

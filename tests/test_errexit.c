@@ -362,6 +362,17 @@ static void test_tensor_io(void **state) {
   EXPECT(attn_tensor_write(cols, buf, 24), ATTN_ERR_INVALID_ARG, "attn_tensor_write",
          "count: 24 != numel 12");
   EXPECT(attn_tensor_write(cols, NULL, 12), ATTN_ERR_INVALID_ARG, "attn_tensor_write", "src");
+  /* Views that reach an element twice are for reading only. */
+  const int64_t bs[2] = {4, 6}, bst[2] = {0, 1}, os[2] = {4, 6}, ost[2] = {3, 1};
+  attn_tensor *bcast = view(t, 0, 2, bs, bst), *overlap = view(t, 0, 2, os, ost);
+  EXPECT(attn_tensor_write(bcast, buf, 24), ATTN_ERR_INVALID_ARG, "attn_tensor_write",
+         "t: stride 0 is 0");
+  EXPECT(attn_tensor_write(overlap, buf, 24), ATTN_ERR_INVALID_ARG, "attn_tensor_write",
+         "t: strides overlap");
+  OK(attn_tensor_read(bcast, buf, 24)); /* reading them is fine */
+  for (int i = 0; i < 32; i++) buf[i] = -1.0f;
+  attn_tensor_free(bcast);
+  attn_tensor_free(overlap);
   assert_sentinel(t);
 
   EXPECT(attn_tensor_read(t, buf, 0), ATTN_ERR_INVALID_ARG, "attn_tensor_read", "count: 0");
