@@ -182,6 +182,68 @@ attn_status clrt_device_info(const clrt_device *dev, attn_device_info *info) {
   return ATTN_OK;
 }
 
+/* ---- fault injection (ATTN_FAULT, see clrt.h) ------------------------------------ */
+
+static const struct {
+  const char *name;
+  cl_int err;
+} fault_kinds[CLRT_FAULT_NKINDS] = {
+    [CLRT_FAULT_ALLOC] = {"alloc", CL_MEM_OBJECT_ALLOCATION_FAILURE},
+    [CLRT_FAULT_BUILD] = {"build", CL_BUILD_PROGRAM_FAILURE},
+    [CLRT_FAULT_ENQUEUE] = {"enqueue", CL_OUT_OF_RESOURCES},
+    [CLRT_FAULT_WRITE] = {"write", CL_OUT_OF_RESOURCES},
+    [CLRT_FAULT_READ] = {"read", CL_OUT_OF_RESOURCES},
+    [CLRT_FAULT_FINISH] = {"finish", CL_OUT_OF_RESOURCES},
+};
+
+/* The CL error code named name (CL_SUCCESS's 0 excluded); 1 if found. */
+static int error_by_name(const char *name, cl_int *err) {
+  for (cl_int e = -1; e >= -70; e--)
+    if (strcmp(clrt_error_name(e), name) == 0) {
+      *err = e;
+      return 1;
+    }
+  return 0;
+}
+
+/* Parse "KIND:N[+][:ERR]" into *f; 0 on success. */
+static int fault_parse(const char *spec, clrt_fault *f) {
+  const char *colon = strchr(spec, ':');
+  if (!colon) return -1;
+  size_t klen = (size_t)(colon - spec);
+  for (int k = 1; k < CLRT_FAULT_NKINDS; k++)
+    if (strlen(fault_kinds[k].name) == klen && strncmp(spec, fault_kinds[k].name, klen) == 0)
+      f->kind = (clrt_fault_kind)k;
+  if (f->kind == CLRT_FAULT_NONE) return -1;
+  f->err = fault_kinds[f->kind].err;
+  const char *p = colon + 1;
+  if (!isdigit((unsigned char)*p)) return -1;
+  char *end;
+  errno = 0;
+  long n = strtol(p, &end, 10);
+  if (errno || n < 1) return -1;
+  f->nth = n;
+  if (*end == '+') {
+    f->from_on = true;
+    end++;
+  }
+  if (*end == ':') return error_by_name(end + 1, &f->err) ? 0 : -1;
+  return *end == '\0' ? 0 : -1;
+}
+
+/* Count a hooked call of kind on c; the CL error to fake, or CL_SUCCESS.
+ * Callers test c->fault.kind first, so that unset this is never called. */
+static cl_int fault_hit(clrt_ctx *c, clrt_fault_kind kind) {
+  long n = ++c->fault.calls[kind];
+  if (kind != c->fault.kind || n < c->fault.nth || (n > c->fault.nth && !c->fault.from_on))
+    return CL_SUCCESS;
+  c->fault.injected++;
+  g_host->debug("opencl: ATTN_FAULT: %s call %ld fails with %s", fault_kinds[kind].name, n,
+                clrt_error_name(c->fault.err));
+  return c->fault.err;
+}
+#define FAULT(c, k) ((c)->fault.kind != CLRT_FAULT_NONE ? fault_hit((c), (k)) : CL_SUCCESS)
+
 /* ---- context ------------------------------------------------------------------ */
 
 struct clrt_program {
@@ -198,6 +260,19 @@ struct clrt_program {
 attn_status clrt_ctx_init(clrt_ctx *c, const clrt_device *dev) {
   memset(c, 0, sizeof *c);
   c->dev = *dev;
+  const char *fault = getenv("ATTN_FAULT");
+  if (fault && *fault) {
+    if (fault_parse(fault, &c->fault) != 0) {
+      memset(&c->fault, 0, sizeof c->fault);
+      return g_host->error(ATTN_ERR_INVALID_ARG,
+                           "ATTN_FAULT: \"%s\" is not KIND:N[+][:CL_ERROR_NAME] with KIND one of "
+                           "alloc, build, enqueue, write, read, finish and N >= 1",
+                           fault);
+    }
+    g_host->debug("opencl: ATTN_FAULT=%s: %s call %ld%s fails with %s", fault,
+                  fault_kinds[c->fault.kind].name, c->fault.nth, c->fault.from_on ? " and later" : "",
+                  clrt_error_name(c->fault.err));
+  }
   cl_int err;
   cl_ulong maxalloc = 0;
   err = clGetDeviceInfo(dev->id, CL_DEVICE_MAX_MEM_ALLOC_SIZE, sizeof maxalloc, &maxalloc, NULL);
@@ -239,6 +314,8 @@ void clrt_ctx_release(clrt_ctx *c) {
 
 attn_status clrt_finish(clrt_ctx *c) {
   cl_int err = clFinish(c->queue);
+  /* After the real finish, so an injected failure leaves nothing running. */
+  if (err == CL_SUCCESS) err = FAULT(c, CLRT_FAULT_FINISH);
   return CLRT_CHECK(err, "clFinish");
 }
 
@@ -253,13 +330,14 @@ attn_status clrt_buffer_alloc(clrt_ctx *c, size_t bytes, attn_buffer **buf) {
                          bytes, (unsigned long long)c->max_alloc);
   attn_buffer *b = calloc(1, sizeof *b);
   if (!b) return g_host->error(ATTN_ERR_NOMEM, "out of host memory for a buffer handle");
-  cl_int err;
-  b->mem = clCreateBuffer(c->context, CL_MEM_READ_WRITE, bytes, NULL, &err);
+  cl_int err = FAULT(c, CLRT_FAULT_ALLOC);
+  if (err == CL_SUCCESS) b->mem = clCreateBuffer(c->context, CL_MEM_READ_WRITE, bytes, NULL, &err);
   if (err != CL_SUCCESS) {
     free(b);
     return clrt_fail(err, "clCreateBuffer of %zu bytes", bytes);
   }
   b->bytes = bytes;
+  c->n_buffers++;
   b->next = c->buffers;
   if (c->buffers) c->buffers->prev = b;
   c->buffers = b;
@@ -275,6 +353,7 @@ void clrt_buffer_free(clrt_ctx *c, attn_buffer *buf) {
   /* The runtime keeps the memory alive until the queued work using it ends. */
   clReleaseMemObject(buf->mem);
   free(buf);
+  c->n_buffers--;
 }
 
 static attn_status check_range(const attn_buffer *buf, size_t offset, size_t bytes,
@@ -290,7 +369,9 @@ attn_status clrt_buffer_write(clrt_ctx *c, attn_buffer *buf, size_t offset, size
                               const void *src) {
   attn_status s = check_range(buf, offset, bytes, "write");
   if (s != ATTN_OK || bytes == 0) return s;
-  cl_int err = clEnqueueWriteBuffer(c->queue, buf->mem, CL_TRUE, offset, bytes, src, 0, NULL, NULL);
+  cl_int err = FAULT(c, CLRT_FAULT_WRITE);
+  if (err == CL_SUCCESS)
+    err = clEnqueueWriteBuffer(c->queue, buf->mem, CL_TRUE, offset, bytes, src, 0, NULL, NULL);
   return CLRT_CHECK(err, "clEnqueueWriteBuffer of %zu bytes", bytes);
 }
 
@@ -298,7 +379,9 @@ attn_status clrt_buffer_read(clrt_ctx *c, attn_buffer *buf, size_t offset, size_
                              void *dst) {
   attn_status s = check_range(buf, offset, bytes, "read");
   if (s != ATTN_OK || bytes == 0) return s;
-  cl_int err = clEnqueueReadBuffer(c->queue, buf->mem, CL_TRUE, offset, bytes, dst, 0, NULL, NULL);
+  cl_int err = FAULT(c, CLRT_FAULT_READ);
+  if (err == CL_SUCCESS)
+    err = clEnqueueReadBuffer(c->queue, buf->mem, CL_TRUE, offset, bytes, dst, 0, NULL, NULL);
   return CLRT_CHECK(err, "clEnqueueReadBuffer of %zu bytes", bytes);
 }
 
@@ -421,6 +504,13 @@ static void program_to_cache(clrt_ctx *c, cl_program prog, const char *key) {
 
 static attn_status program_build(clrt_ctx *c, const char *name, const char *options,
                                  cl_program *out) {
+  cl_int ferr = FAULT(c, CLRT_FAULT_BUILD);
+  if (ferr != CL_SUCCESS)
+    return g_host->error(clrt_status(ferr) == ATTN_ERR_BACKEND ? ATTN_ERR_BUILD : clrt_status(ferr),
+                         "building kernels/%s.cl with options \"%s\": %s (%d); compiler log:\n"
+                         "ATTN_FAULT: injected build failure (build %ld of this context)",
+                         name, options, clrt_error_name(ferr), (int)ferr,
+                         c->fault.calls[CLRT_FAULT_BUILD]);
   const char *src;
   size_t len;
   char *owned;
@@ -548,7 +638,9 @@ attn_status clrt_set_args(cl_kernel k, int n, ...) {
 
 attn_status clrt_enqueue(clrt_ctx *c, cl_kernel k, cl_uint dims, const size_t *global,
                          const size_t *local) {
-  cl_int err = clEnqueueNDRangeKernel(c->queue, k, dims, NULL, global, local, 0, NULL, NULL);
+  cl_int err = FAULT(c, CLRT_FAULT_ENQUEUE);
+  if (err == CL_SUCCESS)
+    err = clEnqueueNDRangeKernel(c->queue, k, dims, NULL, global, local, 0, NULL, NULL);
   if (err == CL_SUCCESS) return ATTN_OK;
   char name[128];
   kernel_name(k, name, sizeof name);

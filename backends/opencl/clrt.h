@@ -83,6 +83,51 @@ struct attn_buffer {
 
 typedef struct clrt_program clrt_program; /* built programs kept per context */
 
+/* ---- fault injection (a testing aid) -----------------------------------------------
+ * ATTN_FAULT, read by clrt_ctx_init (so it applies to the contexts opened
+ * while it is set; tests set it, open a context and unset it), makes one of
+ * the runtime's CL calls on that context fail as a driver would:
+ *     ATTN_FAULT=KIND:N        the Nth such call on the context fails, once
+ *     ATTN_FAULT=KIND:N+       the Nth and every later one fail
+ *     ATTN_FAULT=KIND:N[+]:ERR ... with CL error ERR (a name, e.g.
+ *                              CL_MEM_OBJECT_ALLOCATION_FAILURE) instead
+ * KIND (and its default error):
+ *     alloc    clrt_buffer_alloc's clCreateBuffer (CL_MEM_OBJECT_ALLOCATION_FAILURE)
+ *     build    a program build, from the disk cache or source
+ *              (CL_BUILD_PROGRAM_FAILURE, with a compiler log saying so)
+ *     enqueue  clrt_enqueue's clEnqueueNDRangeKernel (CL_OUT_OF_RESOURCES)
+ *     write    clrt_buffer_write (CL_OUT_OF_RESOURCES)
+ *     read     clrt_buffer_read (CL_OUT_OF_RESOURCES)
+ *     finish   clrt_finish, after the real clFinish (CL_OUT_OF_RESOURCES)
+ * N counts from 1 the calls of that kind since the context was opened. Only
+ * the calls that go through this runtime are hooked: our kernels and the
+ * buffers behind the vtable's memory slots, for pocl and clblast alike; not
+ * CLBlast's own internal buffers, builds and enqueues, nor the few scratch
+ * buffers a backend creates with clCreateBuffer itself. A malformed value
+ * fails clrt_ctx_init with ATTN_ERR_INVALID_ARG. Unset, each hooked call
+ * costs one integer compare. */
+typedef enum clrt_fault_kind {
+  CLRT_FAULT_NONE = 0,
+  CLRT_FAULT_ALLOC,
+  CLRT_FAULT_BUILD,
+  CLRT_FAULT_ENQUEUE,
+  CLRT_FAULT_WRITE,
+  CLRT_FAULT_READ,
+  CLRT_FAULT_FINISH,
+  CLRT_FAULT_NKINDS
+} clrt_fault_kind;
+
+typedef struct clrt_fault {
+  clrt_fault_kind kind; /* CLRT_FAULT_NONE: injection off */
+  long nth;             /* the call (from 1) that fails */
+  bool from_on;         /* ...and every later one ("N+") */
+  cl_int err;           /* the CL error it returns */
+  /* While kind != NONE: hooked calls so far, per kind (tests read these to
+   * size their sweeps), and faults injected. */
+  long calls[CLRT_FAULT_NKINDS];
+  long injected;
+} clrt_fault;
+
 /* One opened device: a context and one in-order queue. Backends embed it in
  * their own context struct. */
 typedef struct clrt_ctx {
@@ -96,9 +141,12 @@ typedef struct clrt_ctx {
   /* Statistics of program builds in this context (tests and debug logs). */
   int n_cache_hits;           /* programs loaded from the disk cache */
   int n_builds;               /* programs compiled from source */
+  int n_buffers;              /* live buffers from clrt_buffer_alloc (leak checks) */
+  clrt_fault fault;           /* ATTN_FAULT at clrt_ctx_init (see above) */
 } clrt_ctx;
 
-/* Create the context and queue for dev into *c (zeroed first). */
+/* Create the context and queue for dev into *c (zeroed first), with the
+ * fault injection ATTN_FAULT asks for. */
 CLRT_INTERNAL attn_status clrt_ctx_init(clrt_ctx *c, const clrt_device *dev);
 /* Finish the queue, free every live buffer, program and kernel, the queue and
  * the context. Safe on a zeroed or partly initialised ctx. */
