@@ -9,6 +9,8 @@
  *   TP_OPEN_FAIL   open fails with a message: attn_open reports it
  *   TP_ALLOC_FAIL  buffer_alloc fails with ATTN_ERR_DEVICE_MEMORY
  *   TP_NULL_SLOT   the required synchronize slot is NULL: refused
+ *   TP_PROBE_FAIL  probe fails with a negative status (a driver that breaks
+ *                  while enumerating): skipped with its reason
  *
  * Without a variant it has two devices (0: a "cpu", 1: an "accelerator") so
  * selectors by index, type and name can be tested against real modules.
@@ -43,8 +45,11 @@ static attn_status tp_init(const attn_host *h) {
 }
 
 static int tp_probe(void) {
-#ifdef TP_PROBE_ZERO
+#if defined(TP_PROBE_ZERO)
   return 0;
+#elif defined(TP_PROBE_FAIL)
+  return host->error(ATTN_ERR_BACKEND, "%s: the driver failed to enumerate its devices (test plugin)",
+                     TP_NAME);
 #else
   return 2;
 #endif

@@ -326,6 +326,108 @@ static void test_bad_paths(void **state) {
   assert_int_equal(attn__registry_scan(NULL, NULL), ATTN_ERR_INVALID_ARG);
 }
 
+/* ---- plugin faults next to good modules ------------------------------------ */
+
+/* The probe-fails plugin is built into a directory of its own
+ * (plugins/faults, see Makefile.am) so that the scans of plugin_dir above
+ * keep their counts. */
+static void probefail_dir(char *dst, size_t size) {
+  snprintf(dst, size, "%s/../faults/.libs", plugin_dir);
+}
+
+static void test_probefail(void **state) {
+  (void)state;
+  char dir[1100], path[1200];
+  probefail_dir(dir, sizeof dir);
+  snprintf(path, sizeof path, "%s/attn_tp_probefail.so", dir);
+  attn_registry reg;
+  assert_int_equal(attn__registry_scan(path, &reg), ATTN_OK);
+  assert_int_equal(reg.nbackends, 0);
+  assert_int_equal(reg.nfailures, 1);
+  assert_string_equal(reg.failures[0].name, "tp_probefail");
+  assert_string_equal(reg.failures[0].path, path);
+  /* The reason says it was the probe, with the status it returned. */
+  char status[16];
+  snprintf(status, sizeof status, "%d", (int)ATTN_ERR_BACKEND);
+  assert_contains(reg.failures[0].reason, "probe");
+  assert_contains(reg.failures[0].reason, status);
+  attn__registry_free(&reg);
+}
+
+/* Every kind of broken module in one scan (not a shared object, truncated,
+ * wrong ABI major, no entry point, a NULL required slot, a failing probe),
+ * before and after the good ones: each is skipped with its own reason and
+ * the good modules load with the same devices as when scanned alone, and
+ * work. */
+static void test_faulty_modules_affect_nothing_else(void **state) {
+  (void)state;
+  char junk[1200], trunc[1200], good[1200], fdir[1100];
+  snprintf(junk, sizeof junk, "%s/attn_junk.so", tmp_dir);
+  snprintf(trunc, sizeof trunc, "%s/attn_trunc.so", tmp_dir);
+  const char text[] = "this is not a shared object\n";
+  write_file(junk, text, sizeof text - 1);
+  plugin_path(good, sizeof good, "tp_good");
+  unsigned char head[100];
+  FILE *fp = fopen(good, "rb");
+  assert_non_null(fp);
+  assert_int_equal(fread(head, 1, sizeof head, fp), sizeof head);
+  fclose(fp);
+  write_file(trunc, head, sizeof head);
+  probefail_dir(fdir, sizeof fdir);
+
+  attn_registry alone;
+  assert_int_equal(attn__registry_scan(plugin_dir, &alone), ATTN_OK);
+  assert_int_equal(alone.nbackends, 5);
+
+  char search[2][4000];
+  snprintf(search[0], sizeof search[0], "%s:%s:%s", tmp_dir, fdir, plugin_dir);
+  snprintf(search[1], sizeof search[1], "%s:%s:%s", plugin_dir, fdir, tmp_dir);
+  for (int o = 0; o < 2; o++) {
+    attn_registry reg;
+    assert_int_equal(attn__registry_scan(search[o], &reg), ATTN_OK);
+    /* The good modules, in the same order, with the same devices. */
+    assert_int_equal(reg.nbackends, alone.nbackends);
+    for (int i = 0; i < reg.nbackends; i++) {
+      assert_string_equal(reg.backends[i].name, alone.backends[i].name);
+      assert_string_equal(reg.backends[i].path, alone.backends[i].path);
+      assert_int_equal(reg.backends[i].ndev, alone.backends[i].ndev);
+      for (int d = 0; d < reg.backends[i].ndev; d++)
+        assert_string_equal(reg.backends[i].dev[d].selector, alone.backends[i].dev[d].selector);
+    }
+    /* Each broken one skipped once, with its reason. */
+    struct {
+      const char *name, *why;
+    } bad[] = {{"junk", "dlopen failed"},   {"trunc", "dlopen failed"},
+               {"tp_probefail", "probe"},   {"tp_badabi", "ABI major 99"},
+               {"tp_noentry", "attn_backend_entry"}, {"tp_nullslot", "synchronize"}};
+    assert_int_equal(reg.nfailures, 6);
+    for (size_t b = 0; b < sizeof bad / sizeof bad[0]; b++) {
+      const attn_load_failure *f = find_fail(&reg, bad[b].name);
+      if (!f) fail_msg("%s: no failure recorded", bad[b].name);
+      assert_contains(f->reason, bad[b].why);
+    }
+    /* A good module of this registry opens and runs. */
+    const attn_backend *be = find_be(&reg, "tp_good");
+    assert_non_null(be);
+    attn_context *ctx = NULL;
+    assert_int_equal(attn__context_open(be, 1, &ctx), ATTN_OK);
+    int64_t shape[1] = {8};
+    attn_tensor *t = NULL;
+    float in[8], out[8];
+    for (int i = 0; i < 8; i++) in[i] = 1.0f + (float)i;
+    assert_int_equal(attn_tensor_create(ctx, 1, shape, &t), ATTN_OK);
+    assert_int_equal(attn_tensor_write(t, in, 8), ATTN_OK);
+    assert_int_equal(attn_tensor_read(t, out, 8), ATTN_OK);
+    assert_memory_equal(in, out, sizeof in);
+    attn_tensor_free(t);
+    attn_close(ctx);
+    attn__registry_free(&reg);
+  }
+  attn__registry_free(&alone);
+  unlink(junk);
+  unlink(trunc);
+}
+
 /* ---- the public API over the process-wide registry ------------------------- */
 
 static void test_open_good(void **state) {
@@ -665,6 +767,8 @@ int main(void) {
       cmocka_unit_test(test_first_one_wins),
       cmocka_unit_test(test_not_a_module),
       cmocka_unit_test(test_bad_paths),
+      cmocka_unit_test(test_probefail),
+      cmocka_unit_test(test_faulty_modules_affect_nothing_else),
       cmocka_unit_test(test_open_good),
       cmocka_unit_test(test_open_openfail),
       cmocka_unit_test(test_allocfail),
