@@ -208,8 +208,15 @@ static attn_status load_module(attn_registry *reg, const char *path) {
   }
   attn__enter("probe");
   int n = vt->probe();
+  if (n < 0) {
+    /* A negative probe is an attn_status; keep the module's own message. */
+    char msg[256];
+    snprintf(msg, sizeof msg, "%s", module_message("probe"));
+    attn__enter(caller);
+    return add_failure(reg, vt->name, path, "probe failed (%s, %d): %s",
+                       attn_status_str((attn_status)n), n, msg);
+  }
   attn__enter(caller);
-  if (n < 0) return add_failure(reg, vt->name, path, "probe failed with %d", n);
   if (n > MAX_DEVICES_PER_BACKEND)
     return add_failure(reg, vt->name, path, "probe reported %d devices, more than %d", n,
                        MAX_DEVICES_PER_BACKEND);

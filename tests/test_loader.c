@@ -351,6 +351,9 @@ static void test_probefail(void **state) {
   snprintf(status, sizeof status, "%d", (int)ATTN_ERR_BACKEND);
   assert_contains(reg.failures[0].reason, "probe");
   assert_contains(reg.failures[0].reason, status);
+  /* ... its name, and the module's own message. */
+  assert_contains(reg.failures[0].reason, attn_status_str(ATTN_ERR_BACKEND));
+  assert_contains(reg.failures[0].reason, "the driver failed to enumerate its devices");
   attn__registry_free(&reg);
 }
 
