@@ -356,6 +356,29 @@ void clrt_buffer_free(clrt_ctx *c, attn_buffer *buf) {
   c->n_buffers--;
 }
 
+attn_status clrt_scratch_alloc(clrt_ctx *c, cl_mem_flags flags, size_t bytes, void *host,
+                               const char *what, cl_mem *mem) {
+  *mem = NULL;
+  if (c->max_alloc && bytes > c->max_alloc)
+    return g_host->error(ATTN_ERR_DEVICE_MEMORY,
+                         "%s: %zu bytes exceed the device's largest allocation (%llu bytes)", what,
+                         bytes, (unsigned long long)c->max_alloc);
+  cl_int err = FAULT(c, CLRT_FAULT_ALLOC);
+  if (err == CL_SUCCESS) *mem = clCreateBuffer(c->context, flags, bytes, host, &err);
+  if (err != CL_SUCCESS) {
+    *mem = NULL;
+    return clrt_fail(err, "clCreateBuffer of %zu bytes for %s", bytes, what);
+  }
+  c->n_buffers++;
+  return ATTN_OK;
+}
+
+void clrt_scratch_free(clrt_ctx *c, cl_mem mem) {
+  if (!mem) return;
+  clReleaseMemObject(mem);
+  c->n_buffers--;
+}
+
 static attn_status check_range(const attn_buffer *buf, size_t offset, size_t bytes,
                                const char *what) {
   if (offset > buf->bytes || bytes > buf->bytes - offset)

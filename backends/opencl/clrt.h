@@ -92,7 +92,8 @@ typedef struct clrt_program clrt_program; /* built programs kept per context */
  *     ATTN_FAULT=KIND:N[+]:ERR ... with CL error ERR (a name, e.g.
  *                              CL_MEM_OBJECT_ALLOCATION_FAILURE) instead
  * KIND (and its default error):
- *     alloc    clrt_buffer_alloc's clCreateBuffer (CL_MEM_OBJECT_ALLOCATION_FAILURE)
+ *     alloc    clCreateBuffer in clrt_buffer_alloc and clrt_scratch_alloc
+ *              (CL_MEM_OBJECT_ALLOCATION_FAILURE)
  *     build    a program build, from the disk cache or source
  *              (CL_BUILD_PROGRAM_FAILURE, with a compiler log saying so)
  *     enqueue  clrt_enqueue's clEnqueueNDRangeKernel (CL_OUT_OF_RESOURCES)
@@ -102,8 +103,7 @@ typedef struct clrt_program clrt_program; /* built programs kept per context */
  * N counts from 1 the calls of that kind since the context was opened. Only
  * the calls that go through this runtime are hooked: our kernels and the
  * buffers behind the vtable's memory slots, for pocl and clblast alike; not
- * CLBlast's own internal buffers, builds and enqueues, nor the few scratch
- * buffers a backend creates with clCreateBuffer itself. A malformed value
+ * CLBlast's own internal buffers, builds and enqueues. A malformed value
  * fails clrt_ctx_init with ATTN_ERR_INVALID_ARG. Unset, each hooked call
  * costs one integer compare. */
 typedef enum clrt_fault_kind {
@@ -128,8 +128,10 @@ typedef struct clrt_fault {
   long injected;
 } clrt_fault;
 
-/* One opened device: a context and one in-order queue. Backends embed it in
- * their own context struct. */
+/* One opened device: a context and one in-order queue. Backends embed it as
+ * the FIRST member of their own context struct: that is a contract, relied on
+ * by clrt_peaks_slot and by tests/test_faults.c, which see an
+ * attn_backend_ctx * of an OpenCL backend as a clrt_ctx *. */
 typedef struct clrt_ctx {
   clrt_device dev;
   cl_context context;
@@ -141,7 +143,7 @@ typedef struct clrt_ctx {
   /* Statistics of program builds in this context (tests and debug logs). */
   int n_cache_hits;           /* programs loaded from the disk cache */
   int n_builds;               /* programs compiled from source */
-  int n_buffers;              /* live buffers from clrt_buffer_alloc (leak checks) */
+  int n_buffers;              /* live buffers and scratch from clrt_*_alloc (leak checks) */
   clrt_fault fault;           /* ATTN_FAULT at clrt_ctx_init (see above) */
 } clrt_ctx;
 
@@ -166,6 +168,16 @@ CLRT_INTERNAL attn_status clrt_buffer_write(clrt_ctx *c, attn_buffer *buf, size_
 /* Blocking read of bytes at byte offset into host dst, after queued work (range checked). */
 CLRT_INTERNAL attn_status clrt_buffer_read(clrt_ctx *c, attn_buffer *buf, size_t offset,
                                            size_t bytes, void *dst);
+
+/* Scratch memory one stage call needs (a copy of kv_lens, partial results):
+ * clCreateBuffer(flags, bytes, host) with the same max_alloc check, live
+ * count and ATTN_FAULT "alloc" hook as clrt_buffer_alloc, so faults reach it
+ * and leak checks see it. Release it with clrt_scratch_free once the kernels
+ * using it are enqueued (the driver frees it when they finish). */
+CLRT_INTERNAL attn_status clrt_scratch_alloc(clrt_ctx *c, cl_mem_flags flags, size_t bytes,
+                                             void *host, const char *what, cl_mem *mem);
+/* NULL is a no-op. */
+CLRT_INTERNAL void clrt_scratch_free(clrt_ctx *c, cl_mem mem);
 
 /* ---- kernel sources and programs -------------------------------------------------- */
 

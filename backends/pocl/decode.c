@@ -94,20 +94,20 @@ attn_status pocl_decode_sdpa(clrt_ctx *c, const attn_sdpa_desc *d) {
   cl_int nchunks = (Skv + chunk - 1) / chunk;
   if (nchunks < 1) nchunks = 1;
 
-  cl_int err;
   const size_t part_bytes =
       (size_t)B * Hq * Sq * (size_t)nchunks * (size_t)(Dv + 2) * sizeof(cl_float);
-  cl_mem part = clCreateBuffer(c->context, CL_MEM_READ_WRITE, part_bytes, NULL, &err);
-  if (err != CL_SUCCESS) return clrt_fail(err, "pocl: clCreateBuffer for the decode partials");
-  cl_mem kvl = NULL;
+  cl_mem part, kvl = NULL;
+  s = clrt_scratch_alloc(c, CL_MEM_READ_WRITE, part_bytes, NULL, "pocl: the decode partials",
+                         &part);
+  if (s != ATTN_OK) return s;
   cl_int has_kvl = d->kv_lens != NULL;
   if (has_kvl) {
     /* kv_lens is host memory the caller may reuse once we return: copy it. */
-    kvl = clCreateBuffer(c->context, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR,
-                         (size_t)B * sizeof(cl_int), (void *)d->kv_lens, &err);
-    if (err != CL_SUCCESS) {
-      clReleaseMemObject(part);
-      return clrt_fail(err, "pocl: clCreateBuffer for kv_lens");
+    s = clrt_scratch_alloc(c, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR, (size_t)B * sizeof(cl_int),
+                           (void *)d->kv_lens, "pocl: kv_lens", &kvl);
+    if (s != ATTN_OK) {
+      clrt_scratch_free(c, part);
+      return s;
     }
   }
 
@@ -144,7 +144,7 @@ attn_status pocl_decode_sdpa(clrt_ctx *c, const attn_sdpa_desc *d) {
   }
   clrt_host()->debug("pocl decode: RB=%d VW=%d chunks=%d x %d keys", rb, vw, nchunks, chunk);
   /* Released now, freed by the driver when the queued kernels are done. */
-  clReleaseMemObject(part);
-  if (kvl) clReleaseMemObject(kvl);
+  clrt_scratch_free(c, part);
+  clrt_scratch_free(c, kvl);
   return s;
 }

@@ -197,23 +197,24 @@ static attn_status pocl_sdpa(attn_backend_ctx *c, const attn_sdpa_desc *d) {
   cl_long4 q_st = strides4(&d->q), k_st = strides4(&d->k), v_st = strides4(&d->v),
            o_st = strides4(&d->out), m_st = strides4(&d->mask), l_st = strides4(&d->lse);
 
-  cl_int err;
   cl_mem kvl = NULL, tmp_lse = NULL;
   cl_int has_kvl = d->kv_lens != NULL;
   if (has_kvl) {
     /* kv_lens lives in host memory the caller may reuse after we return: the
      * buffer takes a copy now and is released once the kernels finish. */
-    kvl = clCreateBuffer(c->cl.context, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR,
-                         (size_t)B * sizeof(cl_int), (void *)d->kv_lens, &err);
-    if (err != CL_SUCCESS) return clrt_fail(err, "pocl: clCreateBuffer for kv_lens");
+    attn_status st = clrt_scratch_alloc(&c->cl, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR,
+                                        (size_t)B * sizeof(cl_int), (void *)d->kv_lens,
+                                        "pocl: kv_lens", &kvl);
+    if (st != ATTN_OK) return st;
   }
   if (d->weights.buf && !lse) {
     /* The weights pass needs each row's lse: keep it in a scratch buffer. */
-    tmp_lse = clCreateBuffer(c->cl.context, CL_MEM_READ_WRITE,
-                             (size_t)B * Hq * Sq * sizeof(cl_float), NULL, &err);
-    if (err != CL_SUCCESS) {
-      if (kvl) clReleaseMemObject(kvl);
-      return clrt_fail(err, "pocl: clCreateBuffer for the lse scratch");
+    attn_status st = clrt_scratch_alloc(&c->cl, CL_MEM_READ_WRITE,
+                                        (size_t)B * Hq * Sq * sizeof(cl_float), NULL,
+                                        "pocl: the lse scratch", &tmp_lse);
+    if (st != ATTN_OK) {
+      clrt_scratch_free(&c->cl, kvl);
+      return st;
     }
     lse = tmp_lse;
     l_off = 0;
@@ -257,8 +258,8 @@ static attn_status pocl_sdpa(attn_backend_ctx *c, const attn_sdpa_desc *d) {
     }
   }
   /* Released now, freed by the driver when the queued kernels are done. */
-  if (kvl) clReleaseMemObject(kvl);
-  if (tmp_lse) clReleaseMemObject(tmp_lse);
+  clrt_scratch_free(&c->cl, kvl);
+  clrt_scratch_free(&c->cl, tmp_lse);
   return s;
 }
 
