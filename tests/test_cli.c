@@ -429,6 +429,17 @@ static void test_run_failures(void **state) {
   RUN(&r, "run", "--seq", "4", "--out", pbad);
   spawn_expect_status(&r, 1);
   expect_error_line(&r, "nodir/o.npy");
+  /* one of several outputs is a directory: the run fails before any output
+   * is renamed into place, so the good --out path stays absent (rename()
+   * used to fail only at the last commit, after --out was written) */
+  char pdir[320];
+  path_in(pdir, sizeof pdir, "lse_is_a_dir");
+  assert_int_equal(mkdir(pdir, 0755), 0);
+  RUN(&r, "run", "--seq", "4", "--out", po, "--lse-out", pdir);
+  spawn_expect_status(&r, 1);
+  expect_error_line(&r, "not a regular file");
+  assert_false(exists(po));
+  assert_int_equal(rmdir(pdir), 0);
   /* an existing file survives a failed run untouched */
   FILE *f = fopen(po, "w");
   assert_non_null(f);

@@ -562,6 +562,14 @@ attn_status npy_write_prepare(const char *path, int ndim, const int64_t *shape, 
   if (!p) return fail(ATTN_ERR_INVALID_ARG, err, errlen, "npy_write: invalid arguments");
   p->tmp = p->path = NULL;
   if (!path || !*path) return fail(ATTN_ERR_IO, err, errlen, "npy_write: empty output path");
+  /* rename() would fail on a directory only at commit, after other outputs
+   * may already be in place, and would replace a device node such as
+   * /dev/null with a regular file: refuse any existing target that is not a
+   * regular file here, while nothing has been written. */
+  struct stat st;
+  if (stat(path, &st) == 0 && !S_ISREG(st.st_mode))
+    return fail(ATTN_ERR_IO, err, errlen, "%s: exists and is not a regular file%s", path,
+                S_ISDIR(st.st_mode) ? " (a directory)" : "");
   void *img;
   size_t len;
   attn_status s = npy_encode_f32(ndim, shape, data, &img, &len, err, errlen);
