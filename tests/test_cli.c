@@ -440,6 +440,12 @@ static void test_run_failures(void **state) {
   expect_error_line(&r, "not a regular file");
   assert_false(exists(po));
   assert_int_equal(rmdir(pdir), 0);
+  /* two outputs naming one file: a usage error, not a silent overwrite of
+   * out by lse */
+  RUN(&r, "run", "--seq", "4", "--out", po, "--lse-out", po);
+  spawn_expect_status(&r, 2);
+  expect_error_line(&r, "same file");
+  assert_false(exists(po));
   /* an existing file survives a failed run untouched */
   FILE *f = fopen(po, "w");
   assert_non_null(f);

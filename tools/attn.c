@@ -442,6 +442,14 @@ static int cmd_run(int argc, char **argv) {
     if (random_name) random_opt = true;
   }
   if (optind < argc) return cli_usage_fail("unexpected argument '%s'", argv[optind]);
+  /* Two outputs naming one file: the later rename would silently replace the
+   * earlier output, so the run would report success with one result lost. */
+  const char *outs[3] = {out_path, w_path, lse_path};
+  static const char *const out_opt[3] = {"--out", "--weights-out", "--lse-out"};
+  for (int a = 0; a < 3; a++)
+    for (int b = a + 1; b < 3; b++)
+      if (outs[a] && outs[b] && !strcmp(outs[a], outs[b]))
+        return cli_usage_fail("%s and %s name the same file '%s'", out_opt[a], out_opt[b], outs[a]);
   bool from_files = fq || fk || fv;
   if (from_files && !(fq && fk && fv))
     return cli_usage_fail("--q, --k and --v go together (missing %s)", !fq ? "--q" : !fk ? "--k" : "--v");
