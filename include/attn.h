@@ -123,6 +123,36 @@ typedef struct attn_device_peaks {
 } attn_device_peaks;
 ATTN_API attn_status attn_device_peaks_get(attn_context *ctx, bool refresh, attn_device_peaks *p);
 
+/* Tuning: the backend's performance parameters (tile sizes, how work is split)
+ * chosen for this device by measurement. attn_tune times a few candidates of
+ * each at representative shapes (median of several runs), makes the context use
+ * the fastest, and stores them in the kernel cache keyed by device, driver and
+ * kernel sources, so later contexts on this device start with them (a missing,
+ * stale or corrupt entry means the built-in defaults; ATTN_CACHE=0 neither
+ * reads nor stores). Results are the same with any candidate, up to float
+ * rounding. ATTN_ERR_UNSUPPORTED if the backend has nothing to tune.
+ *   flags: ATTN_TUNE_QUICK: fewer candidates, smaller shapes (seconds);
+ *          ATTN_TUNE_SHOW: measure nothing, report the values the context uses
+ *          (one row per parameter, chosen = true).
+ * The report has one row per candidate measured; chosen marks the winners. */
+#define ATTN_TUNE_QUICK 1u
+#define ATTN_TUNE_SHOW 2u
+#define ATTN_TUNE_MAX_ROWS 32
+typedef struct attn_tune_row {
+  char param[32];   /* e.g. "linear_tile" */
+  char value[32];   /* e.g. "8x3" */
+  char shape[64];   /* the problem timed ("" with ATTN_TUNE_SHOW) */
+  char source[16];  /* ATTN_TUNE_SHOW: "default", "cache", "env" or "tuned"; else "measured" */
+  double median_ms; /* 0 with ATTN_TUNE_SHOW */
+  bool chosen;
+} attn_tune_row;
+typedef struct attn_tune_report {
+  int n;
+  bool stored; /* the winners were written to the cache */
+  attn_tune_row row[ATTN_TUNE_MAX_ROWS];
+} attn_tune_report;
+ATTN_API attn_status attn_tune(attn_context *ctx, unsigned flags, attn_tune_report *report);
+
 /* Every device of every backend found, and every module that failed. */
 typedef struct attn_device_list attn_device_list;
 ATTN_API attn_status attn_list_devices(attn_device_list **list);

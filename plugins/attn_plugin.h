@@ -29,7 +29,7 @@ extern "C" {
 #endif
 
 #define ATTN_ABI_MAJOR 1
-#define ATTN_ABI_MINOR 1
+#define ATTN_ABI_MINOR 2
 
 /* Services the core offers to backends. */
 typedef struct attn_host {
@@ -127,6 +127,13 @@ typedef struct attn_backend_vtable {
   /* (optional) Device peaks, clpeak style: fp32 FMA GFLOP/s and copy GB/s (read + written);
    * may answer from a cache unless refresh. */
   attn_status (*peaks)(attn_backend_ctx *ctx, bool refresh, double *gflops, double *gbps);
+
+  /* ---- ABI 1.2: optional slots ---- */
+  /* (optional) attn_tune: flags and report as there; the core has zeroed the report.
+   * Measure the backend's tuning parameters on this device, use the winners on ctx
+   * and store them for later contexts; or, with ATTN_TUNE_SHOW, only report the
+   * values ctx uses. */
+  attn_status (*tune)(attn_backend_ctx *ctx, unsigned flags, attn_tune_report *report);
 } attn_backend_vtable;
 
 /* The one exported symbol of a module. */

@@ -23,6 +23,7 @@
 #include "bench.h"
 #include "cli.h"
 #include "npy.h"
+#include "tune.h"
 
 /* --check: every output must satisfy max|got - ref| <= CHECK_ATOL + CHECK_RTOL * max|ref|
  * (relative to the size of the values, as fp32 against the double-accumulating
@@ -905,6 +906,8 @@ done:
 
 /* attn bench lives in tools/bench.c; it needs the device given before the command. */
 static int cmd_bench(int argc, char **argv) { return bench_main(argc, argv, g_device); }
+/* attn tune lives in tools/tune.c, likewise. */
+static int cmd_tune(int argc, char **argv) { return tune_main(argc, argv, g_device); }
 
 typedef struct command {
   const char *name;
@@ -918,6 +921,7 @@ static const command commands[] = {
     {"run", cmd_run, help_run, "scaled dot-product attention on .npy or random inputs"},
     {"mha", cmd_mha, help_mha, "multi-head attention with projections from .npy weights"},
     {"bench", cmd_bench, bench_help, "benchmark devices against their measured peaks"},
+    {"tune", cmd_tune, tune_help, "measure a device's tuning parameters and cache the fastest"},
 };
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
 

@@ -240,4 +240,24 @@ CLRT_INTERNAL attn_status clrt_peaks(clrt_ctx *c, bool refresh, double *gflops, 
 CLRT_INTERNAL attn_status clrt_peaks_slot(attn_backend_ctx *ctx, bool refresh, double *gflops,
                                           double *gbps);
 
+/* ---- tuning parameters in the cache (tune.c) ---------------------------------------- */
+
+/* The cache key of backend's tuning parameters on c's device: platform, device,
+ * driver, and the hash of each of the n kernel sources (kernels/<name>.cl) they
+ * apply to, so a changed kernel or driver falls back to the defaults. */
+CLRT_INTERNAL void clrt_tune_key(const clrt_ctx *c, const char *backend,
+                                 const char *const *kernels, int n, char *key, size_t keylen);
+/* The stored text for key (malloc'ed, NUL-terminated), or NULL when absent,
+ * disabled (ATTN_CACHE=0) or corrupt. */
+CLRT_INTERNAL char *clrt_tune_load(const char *key);
+/* Store text for key; 1 if it is in the cache afterwards, 0 if not (disabled
+ * or unwritable: logged, not an error). */
+CLRT_INTERNAL int clrt_tune_store(const char *key, const char *text);
+/* The value of the line "name value" of text into buf, or NULL if none fits. */
+CLRT_INTERNAL const char *clrt_tune_value(const char *text, const char *name, char *buf,
+                                          size_t len);
+/* Monotonic wall clock in ms, and the median of n values (sorts v). */
+CLRT_INTERNAL double clrt_now_ms(void);
+CLRT_INTERNAL double clrt_median(double *v, int n);
+
 #endif /* ATTN_CLRT_H */

@@ -12,11 +12,12 @@
 #define DECODE_MAX_CHUNKS 64
 /* Keys per chunk at least: below this the partials cost more than they save. */
 #define DECODE_MIN_CHUNK 128
-/* Work-groups to aim for per compute unit: small enough pieces that when one
- * core is taken by another process the other finishes the rest. 2 to 16
- * chunks per kv head measured the same within the noise of a shared 2-core
- * machine (decode Hq=32 Hkv=8 Skv=8192: 4.7-12 ms for each). */
-#define DECODE_GROUPS_PER_CU 16
+/* Work-groups to aim for per compute unit (groups_per_cu, pocl_params'
+ * decode_groups: POCL_DECODE_GROUPS by default, else tuned by attn_tune):
+ * small enough pieces that when one core is taken by another process the
+ * other finishes the rest. 2 to 16 chunks per kv head measured the same
+ * within the noise of a shared 2-core machine (decode Hq=32 Hkv=8 Skv=8192:
+ * 4.7-12 ms for each). */
 /* Default routing, measured against the flash kernel (32 query rows per
  * work-item) at Skv = 4096: without GQA decode wins up to Sq = 4 (3x at 1
  * and 4) and ties at Sq = 8; with a GQA group of 4 (D = 128), whose rows
@@ -52,7 +53,7 @@ static cl_long4 strides4(const attn_view *v) {
 
 static cl_mem mem_of(const attn_view *v) { return v->buf ? v->buf->mem : NULL; }
 
-attn_status pocl_decode_sdpa(clrt_ctx *c, const attn_sdpa_desc *d) {
+attn_status pocl_decode_sdpa(clrt_ctx *c, const attn_sdpa_desc *d, int groups_per_cu) {
   cl_int B = (cl_int)d->q.shape[0], Hq = (cl_int)d->q.shape[1], Hkv = (cl_int)d->k.shape[1];
   cl_int Sq = (cl_int)d->q.shape[2], Skv = (cl_int)d->k.shape[2];
   cl_int D = (cl_int)d->q.shape[3], Dv = (cl_int)d->v.shape[3];
@@ -73,7 +74,7 @@ attn_status pocl_decode_sdpa(clrt_ctx *c, const attn_sdpa_desc *d) {
   if (s == ATTN_OK) s = clrt_kernel_get(c, "decode", opts, "decode_reduce", &kr);
   if (s != ATTN_OK) return s;
 
-  /* Split the keys so that the work-groups number about DECODE_GROUPS_PER_CU
+  /* Split the keys so that the work-groups number about groups_per_cu
    * per compute unit, in chunks of at least DECODE_MIN_CHUNK keys. */
   cl_uint cus = 1;
   if (clGetDeviceInfo(c->dev.id, CL_DEVICE_MAX_COMPUTE_UNITS, sizeof cus, &cus, NULL) !=
@@ -82,7 +83,7 @@ attn_status pocl_decode_sdpa(clrt_ctx *c, const attn_sdpa_desc *d) {
     cus = 1;
   const int nrb = (rows + rb - 1) / rb;
   const long base = (long)B * Hkv * nrb;
-  long want = ((long)DECODE_GROUPS_PER_CU * cus + base - 1) / base;
+  long want = ((long)groups_per_cu * cus + base - 1) / base;
   const char *split = getenv("ATTN_POCL_DECODE_SPLIT"); /* measurement knob */
   if (split && atoi(split) > 0) want = atoi(split);
   long maxc = (Skv + DECODE_MIN_CHUNK - 1) / DECODE_MIN_CHUNK;

@@ -14,7 +14,10 @@
 /* True if the decode path should run d (shapes and strides it handles, and
  * the environment's choice). */
 CLRT_INTERNAL bool pocl_decode_wants(const attn_sdpa_desc *d);
-/* Enqueue d (pocl_decode_wants(d) true) on c's queue; may return before it completes. */
-CLRT_INTERNAL attn_status pocl_decode_sdpa(clrt_ctx *c, const attn_sdpa_desc *d);
+/* Enqueue d (pocl_decode_wants(d) true) on c's queue, the keys split into
+ * about groups_per_cu work-groups per compute unit (a tuning parameter, see
+ * pocl.h); may return before it completes. */
+CLRT_INTERNAL attn_status pocl_decode_sdpa(clrt_ctx *c, const attn_sdpa_desc *d,
+                                           int groups_per_cu);
 
 #endif

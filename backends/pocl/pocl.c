@@ -9,6 +9,7 @@
 
 #include "clrt.h"
 #include "decode.h"
+#include "pocl.h"
 
 #define POCL_MAX_DEVICES 16
 /* Largest D and Dv the fused kernel holds in private memory. */
@@ -21,10 +22,6 @@
 static const attn_host *host;
 static clrt_device devices[POCL_MAX_DEVICES];
 static int ndevices = -1; /* -1: not enumerated yet (probe runs under the loader lock) */
-
-struct attn_backend_ctx {
-  clrt_ctx cl;
-};
 
 static attn_status pocl_init(const attn_host *h) {
   host = h;
@@ -67,6 +64,8 @@ static attn_status pocl_open(int index, attn_backend_ctx **out) {
     free(c);
     return s;
   }
+  /* The tuned parameters for this device, else the defaults (tune.c). */
+  pocl_params_load(&c->cl, &c->p);
   *out = c;
   return ATTN_OK;
 }
@@ -138,13 +137,13 @@ static cl_long4 strides4(const attn_view *v) {
 
 static cl_mem mem_of(const attn_view *v) { return v->buf ? v->buf->mem : NULL; }
 
-static attn_status pocl_linear(attn_backend_ctx *c, const attn_linear_desc *d) {
+attn_status pocl_linear_tiled(clrt_ctx *c, const attn_linear_desc *d, int mr, int nr) {
   cl_kernel k;
-  /* The tile of y per work-item (MR x NR in kernels/linear.cl), measured. */
-  enum { LINEAR_MR = 8, LINEAR_NR = 3 };
+  /* The tile of y per work-item (MR x NR in kernels/linear.cl): the context's
+   * tuned parameter, or a candidate attn_tune times. */
   char opts[32];
-  snprintf(opts, sizeof opts, "-DMR=%d -DNR=%d", LINEAR_MR, LINEAR_NR);
-  attn_status s = clrt_kernel_get(&c->cl, "linear", opts, "linear", &k);
+  snprintf(opts, sizeof opts, "-DMR=%d -DNR=%d", mr, nr);
+  attn_status s = clrt_kernel_get(c, "linear", opts, "linear", &k);
   if (s != ATTN_OK) return s;
   cl_mem x = mem_of(&d->x), w = mem_of(&d->w), bias = mem_of(&d->bias), y = mem_of(&d->y);
   cl_long x_off = d->x.offset, w_off = d->w.offset, b_off = d->bias.offset, y_off = d->y.offset;
@@ -157,9 +156,13 @@ static attn_status pocl_linear(attn_backend_ctx *c, const attn_linear_desc *d) {
                     CLRT_ARG(b_st), CLRT_ARG(has_bias), CLRT_ARG(y), CLRT_ARG(y_off),
                     CLRT_ARG(y_st), CLRT_ARG(M), CLRT_ARG(N), CLRT_ARG(K));
   if (s != ATTN_OK) return s;
-  size_t global[3] = {((size_t)N + LINEAR_NR - 1) / LINEAR_NR,
-                      ((size_t)M + LINEAR_MR - 1) / LINEAR_MR, (size_t)d->x.shape[1]};
-  return clrt_enqueue(&c->cl, k, 3, global, NULL);
+  size_t global[3] = {((size_t)N + nr - 1) / nr, ((size_t)M + mr - 1) / mr,
+                      (size_t)d->x.shape[1]};
+  return clrt_enqueue(c, k, 3, global, NULL);
+}
+
+static attn_status pocl_linear(attn_backend_ctx *c, const attn_linear_desc *d) {
+  return pocl_linear_tiled(&c->cl, d, c->p.linear_mr, c->p.linear_nr);
 }
 
 /* The build options of the sdpa program for these head dims and strides: few
@@ -177,7 +180,7 @@ static void sdpa_options(const attn_sdpa_desc *d, char *buf, size_t len) {
 
 static attn_status pocl_sdpa(attn_backend_ctx *c, const attn_sdpa_desc *d) {
   /* Few query rows over many keys: split the keys (decode.c). */
-  if (pocl_decode_wants(d)) return pocl_decode_sdpa(&c->cl, d);
+  if (pocl_decode_wants(d)) return pocl_decode_sdpa(&c->cl, d, c->p.decode_groups);
   char opts[96];
   sdpa_options(d, opts, sizeof opts);
   cl_kernel kf, kw = NULL;
@@ -282,6 +285,7 @@ static const attn_backend_vtable pocl_vtable = {
     .sdpa = pocl_sdpa,
     .synchronize = pocl_synchronize,
     .peaks = clrt_peaks_slot,
+    .tune = pocl_tune,
 };
 
 ATTN_PLUGIN_EXPORT const attn_backend_vtable *attn_backend_entry(void);
