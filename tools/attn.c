@@ -925,6 +925,17 @@ static const command commands[] = {
 };
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
 
+/* "devices, run, mha, bench, tune": the table's names, for usage errors. */
+static const char *command_names(void) {
+  static char names[128];
+  if (!names[0])
+    for (size_t i = 0; i < N_COMMANDS; i++) {
+      size_t n = strlen(names);
+      snprintf(names + n, sizeof names - n, "%s%s", i ? ", " : "", commands[i].name);
+    }
+  return names;
+}
+
 static void help_main(FILE *f) {
   fprintf(f,
           "Usage: attn COMMAND [options]\n"
@@ -965,7 +976,7 @@ int main(int argc, char **argv) {
     }
   }
   if (argc < 2) {
-    cli_errline("no command given (commands: devices, run, mha, bench; see 'attn --help')");
+    cli_errline("no command given (commands: %s; see 'attn --help')", command_names());
     return EXIT_USAGE;
   }
   const char *cmd = argv[1];
@@ -989,6 +1000,6 @@ int main(int argc, char **argv) {
     }
   }
   if (cmd[0] == '-') cli_errline("unknown option '%s' (see 'attn --help')", cmd);
-  else cli_errline("unknown command '%s' (commands: devices, run, mha, bench; see 'attn --help')", cmd);
+  else cli_errline("unknown command '%s' (commands: %s; see 'attn --help')", cmd, command_names());
   return EXIT_USAGE;
 }
