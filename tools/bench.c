@@ -23,6 +23,7 @@
 #include "config.h"
 
 #include "bench.h"
+#include "npy.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -448,46 +449,16 @@ static void print_result(const options *o, const result *r, bool first_of_device
 /* Write the text to path atomically: a temporary file in the same directory,
  * flushed to disk, renamed over path; on any failure path is left as it was. */
 static int write_atomic(const char *path, const char *text, size_t len) {
-  size_t cap = strlen(path) + 64;
-  char *tmp = malloc(cap);
-  if (!tmp) {
-    cli_errline("--svg: out of host memory");
+  /* tools/npy.c's atomic writer: a temporary file next to path, fsync'ed,
+   * then renamed over it; nothing is left behind on failure. */
+  char err[512];
+  npy_pending p;
+  if (file_write_prepare(path, text, len, &p, err, sizeof err) != ATTN_OK ||
+      npy_write_commit(&p, err, sizeof err) != ATTN_OK) {
+    cli_errline("--svg: %s", err);
     return EXIT_FAIL;
   }
-  /* O_EXCL never clobbers anything; mode 0666 lets the umask decide, as for
-   * any new file (mkstemp would make it 0600), as tools/npy.c does. */
-  int fd = -1;
-  for (unsigned i = 0; i < 100 && fd < 0; i++) {
-    snprintf(tmp, cap, "%s.tmp.%ld.%u", path, (long)getpid(), i);
-    fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-    if (fd < 0 && errno != EEXIST) break;
-  }
-  if (fd < 0) {
-    cli_errline("--svg: cannot create a temporary file next to %s: %s", path, strerror(errno));
-    free(tmp);
-    return EXIT_FAIL;
-  }
-  const char *p = text;
-  size_t left = len;
-  int err = 0;
-  while (left > 0 && !err) {
-    ssize_t w = write(fd, p, left);
-    if (w < 0 && errno == EINTR) continue;
-    if (w < 0) err = errno;
-    else {
-      p += w;
-      left -= (size_t)w;
-    }
-  }
-  if (!err && fsync(fd) != 0) err = errno;
-  if (close(fd) != 0 && !err) err = errno;
-  if (!err && rename(tmp, path) != 0) err = errno;
-  if (err) {
-    unlink(tmp);
-    cli_errline("--svg: cannot write %s: %s", path, strerror(err));
-  }
-  free(tmp);
-  return err ? EXIT_FAIL : 0;
+  return 0;
 }
 
 /* A growing text buffer; on allocation failure it stops growing and marks itself. */

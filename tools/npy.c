@@ -562,10 +562,7 @@ attn_status npy_write_prepare(const char *path, int ndim, const int64_t *shape, 
   if (!p) return fail(ATTN_ERR_INVALID_ARG, err, errlen, "npy_write: invalid arguments");
   p->tmp = p->path = NULL;
   if (!path || !*path) return fail(ATTN_ERR_IO, err, errlen, "npy_write: empty output path");
-  /* rename() would fail on a directory only at commit, after other outputs
-   * may already be in place, and would replace a device node such as
-   * /dev/null with a regular file: refuse any existing target that is not a
-   * regular file here, while nothing has been written. */
+  /* Checked before encoding: see file_write_prepare. */
   struct stat st;
   if (stat(path, &st) == 0 && !S_ISREG(st.st_mode))
     return fail(ATTN_ERR_IO, err, errlen, "%s: exists and is not a regular file%s", path,
@@ -574,6 +571,24 @@ attn_status npy_write_prepare(const char *path, int ndim, const int64_t *shape, 
   size_t len;
   attn_status s = npy_encode_f32(ndim, shape, data, &img, &len, err, errlen);
   if (s != ATTN_OK) return s;
+  s = file_write_prepare(path, img, len, p, err, errlen);
+  free(img);
+  return s;
+}
+
+attn_status file_write_prepare(const char *path, const void *bytes, size_t len, npy_pending *p,
+                               char *err, size_t errlen) {
+  if (!p) return fail(ATTN_ERR_INVALID_ARG, err, errlen, "file_write: invalid arguments");
+  p->tmp = p->path = NULL;
+  if (!path || !*path) return fail(ATTN_ERR_IO, err, errlen, "file_write: empty output path");
+  /* rename() would fail on a directory only at commit, after other outputs
+   * may already be in place, and would replace a device node such as
+   * /dev/null with a regular file: refuse any existing target that is not a
+   * regular file here, while nothing has been written. */
+  struct stat st;
+  if (stat(path, &st) == 0 && !S_ISREG(st.st_mode))
+    return fail(ATTN_ERR_IO, err, errlen, "%s: exists and is not a regular file%s", path,
+                S_ISDIR(st.st_mode) ? " (a directory)" : "");
 
   /* The temporary file lives next to the target so that rename() is atomic
    * (same file system). O_EXCL with a pid-and-counter name never clobbers
@@ -583,7 +598,6 @@ attn_status npy_write_prepare(const char *path, int ndim, const int64_t *shape, 
   p->tmp = malloc(tcap);
   p->path = strdup(path);
   if (!p->tmp || !p->path) {
-    free(img);
     free(p->tmp);
     free(p->path);
     p->tmp = p->path = NULL;
@@ -597,16 +611,14 @@ attn_status npy_write_prepare(const char *path, int ndim, const int64_t *shape, 
     if (fd < 0 && e != EEXIST) break;
   }
   if (fd < 0) {
-    free(img);
     free(p->tmp);
     free(p->path);
     p->tmp = p->path = NULL;
     return fail(ATTN_ERR_IO, err, errlen, "%s: cannot create a temporary file next to it: %s",
                 path, strerror(e));
   }
-  bool ok = write_all(fd, img, len);
+  bool ok = write_all(fd, bytes, len);
   e = errno;
-  free(img);
   if (ok && fsync(fd) != 0) {
     ok = false;
     e = errno;

@@ -81,6 +81,10 @@ attn_status npy_write_prepare(const char *path, int ndim, const int64_t *shape, 
 attn_status npy_write_commit(npy_pending *p, char *err, size_t errlen);
 void npy_write_abort(npy_pending *p);
 
+/* The same for any bytes (npy_write_prepare encodes, then calls this). */
+attn_status file_write_prepare(const char *path, const void *bytes, size_t len, npy_pending *p,
+                               char *err, size_t errlen);
+
 /* prepare + commit */
 attn_status npy_write_f32(const char *path, int ndim, const int64_t *shape, const float *data,
                           char *err, size_t errlen);
