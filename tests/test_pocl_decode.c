@@ -25,6 +25,7 @@
 #include <string.h>
 
 #include "attn.h"
+#include "onehead.h"
 #include "testutil.h"
 
 static attn_context *g_ctx;
@@ -203,65 +204,11 @@ static void decode_case(void **state) {
  * the decode path (ATTN_POCL_DECODE=1) where D allows it (E = 243 leaves it
  * to the flash kernel). */
 static void mha_one_head(int64_t E, int64_t S) {
-  uint64_t rng = 0x11EA0000u + (uint64_t)(E * 1000 + S);
-  const size_t ee = (size_t)(E * E), se = (size_t)(S * E);
-  float *w[4], *bias[4], *x = tu_alloc_uniform(se, &rng, -1, 1);
-  attn_tensor *tw[4], *tb[4];
-  const int64_t ws[2] = {E, E};
-  for (int i = 0; i < 4; i++) {
-    w[i] = tu_alloc_uniform(ee, &rng, -0.1f, 0.1f);
-    bias[i] = tu_alloc_uniform((size_t)E, &rng, -0.5f, 0.5f);
-    CHECK_OK(attn_tensor_create(g_ctx, 2, ws, &tw[i]));
-    CHECK_OK(attn_tensor_write(tw[i], w[i], ee));
-    CHECK_OK(attn_tensor_create(g_ctx, 1, &E, &tb[i]));
-    CHECK_OK(attn_tensor_write(tb[i], bias[i], (size_t)E));
-  }
-  attn_mha_desc d = {.d_model = E, .n_heads = 1, .bias = true, .max_batch = 1, .max_seq = S};
-  attn_mha_weights mw = {.wq = tw[0], .wk = tw[1], .wv = tw[2], .wo = tw[3],
-                         .bq = tb[0], .bk = tb[1], .bv = tb[2], .bo = tb[3]};
-  attn_mha *g;
-  CHECK_OK(attn_mha_create(g_ctx, &d, &mw, &g));
-  const int64_t xs[3] = {1, S, E};
-  attn_tensor *tx, *to;
-  CHECK_OK(attn_tensor_create(g_ctx, 3, xs, &tx));
-  CHECK_OK(attn_tensor_write(tx, x, se));
-  CHECK_OK(attn_tensor_create(g_ctx, 3, xs, &to));
-  float *got = malloc(se * sizeof *got);
-  assert_non_null(got);
-  tu_fill_nan(got, se);
-  CHECK_OK(attn_tensor_write(to, got, se));
-  setenv("ATTN_POCL_DECODE", "1", 1);
-  CHECK_OK(attn_mha_run(g, tx, NULL, to));
-  unsetenv("ATTN_POCL_DECODE");
-  CHECK_OK(attn_tensor_read(to, got, se));
-
-  double *y = malloc(se * sizeof *y);
-  float *qkv[3], *o = malloc(se * sizeof *o);
-  assert_true(y && o);
-  for (int i = 0; i < 3; i++) {
-    tu_linear_double(x, S, E, w[i], bias[i], E, y);
-    qkv[i] = malloc(se * sizeof *qkv[i]);
-    assert_non_null(qkv[i]);
-    for (size_t j = 0; j < se; j++) qkv[i][j] = (float)y[j]; /* the device rounds too */
-  }
-  tu_sdpa_problem p = {.B = 1, .Hq = 1, .Hkv = 1, .Sq = S, .Skv = S, .D = E, .Dv = E,
-                       .q = qkv[0], .k = qkv[1], .v = qkv[2],
-                       .scale = (double)(float)(1.0 / sqrt((double)E))};
-  tu_sdpa_double(&p, y, NULL, NULL);
-  for (size_t j = 0; j < se; j++) o[j] = (float)y[j];
-  tu_linear_double(o, S, E, w[3], bias[3], E, y);
   char what[64];
   snprintf(what, sizeof what, "mha E=%lld S=%lld", (long long)E, (long long)S);
-  assert_true(tu_check_close(what, got, y, se, NULL));
-
-  free(got), free(y), free(o), free(x);
-  for (int i = 0; i < 3; i++) free(qkv[i]);
-  for (int i = 0; i < 4; i++) {
-    free(w[i]), free(bias[i]);
-    attn_tensor_free(tw[i]), attn_tensor_free(tb[i]);
-  }
-  attn_tensor_free(tx), attn_tensor_free(to);
-  attn_mha_free(g);
+  setenv("ATTN_POCL_DECODE", "1", 1);
+  tu_check_one_head_mha(g_ctx, E, S, 0x11EA0000u + (uint64_t)(E * 1000 + S), what);
+  unsetenv("ATTN_POCL_DECODE");
 }
 static void linear_E136_S3(void **state) { (void)state; mha_one_head(136, 3); }
 static void linear_E136_S45(void **state) { (void)state; mha_one_head(136, 45); }
