@@ -244,10 +244,7 @@ attn_status attn_context_info(const attn_context *ctx, attn_device_info *info) {
 attn_status attn_synchronize(attn_context *ctx) {
   ATTN_ENTER("attn_synchronize");
   if (!ctx) return attn__error(ATTN_ERR_INVALID_ARG, "ctx: is NULL");
-  attn_status st = ctx->vt->synchronize(ctx->bctx);
-  if (st != ATTN_OK && !attn_last_error()[0])
-    attn__error(st, "%s: synchronize failed (%s)", ctx->info.selector, attn_status_str(st));
-  return st;
+  return attn__be_sync(ctx);
 }
 
 /* ---- device listing: a snapshot copied out of the registry ---------------- */

@@ -36,6 +36,7 @@ struct attn_mha {
   attn_mha *prev, *next; /* in ctx->graphs */
   int64_t E, Ekv, Hq, Hkv, D, max_b, max_s, max_kv;
   bool causal;
+  attn_dtype dtype, kv_dtype; /* activations; projected keys and values */
   attn_view w[W_COUNT];             /* resolved views; biases buf NULL without bias */
   const attn_tensor *user_w[10];    /* the caller's weight tensors, for overlap checks */
   attn_tensor *qbuf, *kbuf, *vbuf, *abuf;
@@ -77,7 +78,7 @@ static attn_status check_arg(attn_context *ctx, const attn_tensor *t, const char
 /* [1, B, S, W] activation view of a buffer, batch stride given. */
 static attn_view act_view(const attn_tensor *t, int64_t offset, int64_t B, int64_t S, int64_t W,
                           int64_t batch_stride) {
-  attn_view v = {.buf = t->st->buf, .offset = offset};
+  attn_view v = {.buf = t->st->buf, .offset = offset, .dtype = t->dtype};
   v.shape[0] = 1, v.shape[1] = B, v.shape[2] = S, v.shape[3] = W;
   v.strides[0] = 0, v.strides[1] = batch_stride, v.strides[2] = W, v.strides[3] = 1;
   return v;
@@ -90,6 +91,7 @@ static attn_tensor heads_view(const attn_tensor *t, int64_t B, int64_t H, int64_
   attn_tensor h;
   memset(&h, 0, sizeof h);
   h.st = t->st;
+  h.dtype = t->dtype;
   h.ndim = 4;
   h.shape[0] = B, h.shape[1] = H, h.shape[2] = S, h.shape[3] = D;
   h.strides[0] = batch_stride, h.strides[1] = D, h.strides[2] = H * D, h.strides[3] = 1;
@@ -108,20 +110,18 @@ static double now_ms(void) {
 /* With profiling on, wait for the node and record its wall time. */
 static attn_status end_node(attn_mha *g, double t0, double *ms) {
   if (!g->profiling) return ATTN_OK;
-  attn_status s = g->ctx->vt->synchronize(g->ctx->bctx);
-  if (s) {
-    if (attn_last_error()[0] == '\0')
-      return attn__error(s, "backend synchronize failed (%s)", attn_status_str(s));
-    return s;
-  }
+  attn_status s = attn__be_sync(g->ctx);
+  if (s) return s;
   *ms = now_ms() - t0;
   return ATTN_OK;
 }
 
 static attn_status linear_node(attn_mha *g, attn_view x, int wi, int bi, attn_view y, double *ms) {
-  attn_linear_desc d = {.x = x, .w = g->w[wi], .bias = g->w[bi], .y = y};
+  attn_linear_desc d = {.struct_size = sizeof d, .x = x, .w = g->w[wi], .bias = g->w[bi], .y = y};
   /* Rows are contiguous (checked); a width-1 row may carry any stride. */
   d.x.strides[3] = d.w.strides[3] = d.y.strides[3] = 1;
+  const attn_view *views[4] = {&d.x, &d.w, &d.bias, &d.y};
+  d.features = (d.bias.buf ? ATTN_FEAT_BIAS : 0) | attn__dtype_features(views, 4);
   double t0 = g->profiling ? now_ms() : 0;
   attn_status s = attn__run_linear(g->ctx, &d);
   return s ? s : end_node(g, t0, ms);
@@ -158,7 +158,8 @@ static attn_status run_nodes(attn_mha *g, const attn_tensor *x, const attn_tenso
   attn_tensor kh = heads_view(kt, B, g->Hkv, Skv, g->D, kv_rows * HkvD);
   attn_tensor vh = heads_view(vt, B, g->Hkv, Skv, g->D, kv_rows * HkvD);
   attn_tensor oh = heads_view(g->abuf, B, g->Hq, S, g->D, S * HqD);
-  attn_sdpa_args a = {.q = &qh, .k = &kh, .v = &vh, .out = &oh, .causal = g->causal};
+  attn_sdpa_args a = ATTN_SDPA_ARGS_INIT;
+  a.q = &qh, a.k = &kh, a.v = &vh, a.out = &oh, a.causal = g->causal;
   attn_sdpa_desc d;
   double t0 = g->profiling ? now_ms() : 0;
   if ((s = attn__sdpa_prepare(g->ctx, &a, &d)) || (s = attn__run_sdpa(g->ctx, &d)) ||
@@ -190,6 +191,12 @@ static attn_status check_x_out(attn_mha *g, const attn_tensor *x, const attn_ten
   const int64_t xs[3] = {B, S, g->E};
   if ((s = check_arg(g->ctx, x, "x", 3, xs, 1))) return s;
   if ((s = check_arg(g->ctx, out, "out", 3, xs, 1))) return s;
+  if (x->dtype != g->dtype)
+    return attn__error(ATTN_ERR_INVALID_ARG, "x: dtype %s != the graph's desc.dtype %s",
+                       attn_dtype_str(x->dtype), attn_dtype_str(g->dtype));
+  if (out->dtype != g->dtype)
+    return attn__error(ATTN_ERR_INVALID_ARG, "out: dtype %s != the graph's desc.dtype %s",
+                       attn_dtype_str(out->dtype), attn_dtype_str(g->dtype));
   if ((s = attn__check_output_strides(out, "out"))) return s;
   if (attn__tensors_overlap(out, x)) return attn__error(ATTN_ERR_INVALID_ARG, "out: overlaps x");
   for (int i = 0; i < 10; i++)
@@ -213,6 +220,11 @@ static attn_status check_desc(const attn_mha_desc *d) {
   POS(max_seq, 1);
   POS(max_kv_seq, 0);
 #undef POS
+  if (!attn__dtype_valid(d->dtype))
+    return attn__error(ATTN_ERR_INVALID_ARG, "desc.dtype: %d is not an attn_dtype", (int)d->dtype);
+  if (!attn__dtype_valid(d->kv_dtype))
+    return attn__error(ATTN_ERR_INVALID_ARG, "desc.kv_dtype: %d is not an attn_dtype",
+                       (int)d->kv_dtype);
   int64_t hkv = d->n_kv_heads ? d->n_kv_heads : d->n_heads;
   if (d->n_heads % hkv)
     return attn__error(ATTN_ERR_INVALID_ARG,
@@ -225,14 +237,14 @@ static attn_status check_desc(const attn_mha_desc *d) {
   return ATTN_OK;
 }
 
-/* A buffer of rows x seq x width floats: its byte count must neither
+/* A buffer of rows x seq x width elements of type t: its byte count must neither
  * overflow nor exceed the device's largest allocation; `name` is the
  * arguments blamed ("batch x capacity"). */
 static attn_status check_plan(const attn_context *ctx, int64_t rows, int64_t seq, int64_t width,
-                              const char *name) {
+                              attn_dtype t, const char *name) {
   int64_t n;
   if (attn__mul_overflow(rows, seq, &n) || attn__mul_overflow(n, width, &n) ||
-      attn__mul_overflow(n, (int64_t)sizeof(float), &n))
+      attn__mul_overflow(n, (int64_t)attn_dtype_size(t), &n))
     return attn__error(ATTN_ERR_OVERFLOW, "%s: a [%lld, %lld, %lld] buffer's byte count overflows",
                        name, (long long)rows, (long long)seq, (long long)width);
   if (ctx->info.max_alloc && (uint64_t)n > ctx->info.max_alloc)
@@ -336,6 +348,9 @@ attn_status attn_mha_create(attn_context *ctx, const attn_mha_desc *desc, const 
   if (!desc) return attn__error(ATTN_ERR_INVALID_ARG, "desc: NULL");
   if (!w) return attn__error(ATTN_ERR_INVALID_ARG, "w: NULL");
   if (!graph) return attn__error(ATTN_ERR_INVALID_ARG, "graph: NULL");
+  attn_mha_desc dcopy; /* the caller's may be an older (shorter) or newer struct */
+  if ((s = attn__copy_struct(&dcopy, sizeof dcopy, desc, "desc"))) return s;
+  desc = &dcopy;
   if ((s = check_desc(desc))) return s;
 
   attn_mha *g = calloc(1, sizeof *g);
@@ -347,6 +362,8 @@ attn_status attn_mha_create(attn_context *ctx, const attn_mha_desc *desc, const 
   g->Hkv = desc->n_kv_heads ? desc->n_kv_heads : desc->n_heads;
   g->D = desc->head_dim ? desc->head_dim : desc->d_model / desc->n_heads;
   g->causal = desc->causal;
+  g->dtype = desc->dtype;
+  g->kv_dtype = desc->kv_dtype;
   g->max_b = desc->max_batch;
   g->max_s = desc->max_seq;
   g->max_kv = desc->max_kv_seq ? desc->max_kv_seq : desc->max_seq;
@@ -362,8 +379,8 @@ attn_status attn_mha_create(attn_context *ctx, const attn_mha_desc *desc, const 
 
   /* The plan's buffers, checked here so that a size too large is blamed on
    * the desc field that made it, not on an anonymous tensor shape. */
-  if ((s = check_plan(ctx, g->max_b, g->max_s, HqD, "desc.max_batch x desc.max_seq")) ||
-      (s = check_plan(ctx, g->max_b, kv_rows, HkvD,
+  if ((s = check_plan(ctx, g->max_b, g->max_s, HqD, g->dtype, "desc.max_batch x desc.max_seq")) ||
+      (s = check_plan(ctx, g->max_b, kv_rows, HkvD, g->kv_dtype,
                       g->max_kv > g->max_s ? "desc.max_batch x desc.max_kv_seq"
                                            : "desc.max_batch x desc.max_seq"))) {
     free(g);
@@ -375,10 +392,10 @@ attn_status attn_mha_create(attn_context *ctx, const attn_mha_desc *desc, const 
     return s;
   }
   const int64_t qs[3] = {g->max_b, g->max_s, HqD}, ks[3] = {g->max_b, kv_rows, HkvD};
-  if ((s = attn__tensor_alloc(ctx, 3, qs, &g->qbuf)) ||
-      (s = attn__tensor_alloc(ctx, 3, ks, &g->kbuf)) ||
-      (s = attn__tensor_alloc(ctx, 3, ks, &g->vbuf)) ||
-      (s = attn__tensor_alloc(ctx, 3, qs, &g->abuf))) {
+  if ((s = attn__tensor_alloc(ctx, g->dtype, 3, qs, &g->qbuf)) ||
+      (s = attn__tensor_alloc(ctx, g->kv_dtype, 3, ks, &g->kbuf)) ||
+      (s = attn__tensor_alloc(ctx, g->kv_dtype, 3, ks, &g->vbuf)) ||
+      (s = attn__tensor_alloc(ctx, g->dtype, 3, qs, &g->abuf))) {
     attn_tensor_free(g->qbuf);
     attn_tensor_free(g->kbuf);
     attn_tensor_free(g->vbuf);
@@ -428,6 +445,9 @@ attn_status attn_mha_run(attn_mha *g, const attn_tensor *x, const attn_tensor *k
                          (long long)Skv, (long long)g->max_kv);
     const int64_t ks[3] = {x->shape[0], Skv, g->Ekv};
     if ((s = check_arg(g->ctx, kv_x, "kv_x", 3, ks, 1))) return s;
+    if (kv_x->dtype != g->dtype)
+      return attn__error(ATTN_ERR_INVALID_ARG, "kv_x: dtype %s != the graph's desc.dtype %s",
+                         attn_dtype_str(kv_x->dtype), attn_dtype_str(g->dtype));
     if (attn__tensors_overlap(out, kv_x))
       return attn__error(ATTN_ERR_INVALID_ARG, "out: overlaps kv_x");
   } else if (g->Ekv != g->E) {
@@ -454,13 +474,14 @@ attn_status attn_mha_profile_get(const attn_mha *g, attn_mha_profile *p) {
 
 /* ---- KV cache -------------------------------------------------------------------- */
 
-attn_status attn_kv_cache_create(attn_mha *g, int64_t batch, int64_t capacity,
-                                 attn_kv_cache **cache) {
-  ATTN_ENTER("attn_kv_cache_create");
+static attn_status kv_cache_create(attn_mha *g, int64_t batch, int64_t capacity,
+                                   attn_dtype dtype, attn_kv_cache **cache) {
   attn_status s;
   if (cache) *cache = NULL; /* first, so that no failure leaves a stale handle behind */
   if (!g) return attn__error(ATTN_ERR_INVALID_ARG, "graph: NULL");
   if (!cache) return attn__error(ATTN_ERR_INVALID_ARG, "cache: NULL");
+  if (!attn__dtype_valid(dtype))
+    return attn__error(ATTN_ERR_INVALID_ARG, "dtype: %d is not an attn_dtype", (int)dtype);
   if (batch < 1 || batch > g->max_b)
     return attn__error(ATTN_ERR_INVALID_ARG, "batch: %lld not in 1..max_batch %lld",
                        (long long)batch, (long long)g->max_b);
@@ -470,12 +491,13 @@ attn_status attn_kv_cache_create(attn_mha *g, int64_t batch, int64_t capacity,
     return attn__error(ATTN_ERR_INVALID_ARG,
                        "graph: a KV cache needs self attention, but d_kv %lld != d_model %lld",
                        (long long)g->Ekv, (long long)g->E);
-  if ((s = check_plan(g->ctx, batch, capacity, g->Hkv * g->D, "batch x capacity"))) return s;
+  if ((s = check_plan(g->ctx, batch, capacity, g->Hkv * g->D, dtype, "batch x capacity")))
+    return s;
   attn_kv_cache *c = calloc(1, sizeof *c);
   if (!c) return attn__error(ATTN_ERR_NOMEM, "out of host memory for the cache");
   const int64_t shape[3] = {batch, capacity, g->Hkv * g->D};
-  if ((s = attn__tensor_alloc(g->ctx, 3, shape, &c->k)) ||
-      (s = attn__tensor_alloc(g->ctx, 3, shape, &c->v))) {
+  if ((s = attn__tensor_alloc(g->ctx, dtype, 3, shape, &c->k)) ||
+      (s = attn__tensor_alloc(g->ctx, dtype, 3, shape, &c->v))) {
     attn_tensor_free(c->k);
     free(c);
     return s;
@@ -488,6 +510,18 @@ attn_status attn_kv_cache_create(attn_mha *g, int64_t batch, int64_t capacity,
   g->caches = c;
   *cache = c;
   return ATTN_OK;
+}
+
+attn_status attn_kv_cache_create(attn_mha *g, int64_t batch, int64_t capacity,
+                                 attn_kv_cache **cache) {
+  ATTN_ENTER("attn_kv_cache_create");
+  return kv_cache_create(g, batch, capacity, g ? g->kv_dtype : ATTN_F32, cache);
+}
+
+attn_status attn_kv_cache_create_typed(attn_mha *g, int64_t batch, int64_t capacity,
+                                       attn_dtype dtype, attn_kv_cache **cache) {
+  ATTN_ENTER("attn_kv_cache_create_typed");
+  return kv_cache_create(g, batch, capacity, dtype, cache);
 }
 
 void attn_kv_cache_free(attn_kv_cache *c) {

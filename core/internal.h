@@ -126,6 +126,7 @@ struct attn_storage {
 };
 struct attn_tensor {
   attn_storage *st;
+  attn_dtype dtype;   /* of the elements; the storage's, shared by all its views */
   int ndim;
   int64_t shape[4];   /* shape[0..ndim-1] */
   int64_t strides[4]; /* in elements */
@@ -135,12 +136,35 @@ struct attn_tensor {
 /* The tensor as a right-aligned 4-D backend view (leading dims 1, stride 0). */
 ATTN_INTERNAL attn_view attn__tensor_view4(const attn_tensor *t);
 /* Allocate a contiguous tensor (used for graph intermediates). */
-ATTN_INTERNAL attn_status attn__tensor_alloc(attn_context *ctx, int ndim, const int64_t *shape,
-                                             attn_tensor **t);
+ATTN_INTERNAL attn_status attn__tensor_alloc(attn_context *ctx, attn_dtype dtype, int ndim,
+                                             const int64_t *shape, attn_tensor **t);
+/* Is t a valid attn_dtype value? */
+ATTN_INTERNAL int attn__dtype_valid(attn_dtype t);
 /* Do the element ranges reachable through a and b share storage bytes? */
 ATTN_INTERNAL int attn__tensors_overlap(const attn_tensor *a, const attn_tensor *b);
 /* Checked arithmetic: return 0 and set *r, or 1 on overflow. */
 ATTN_INTERNAL int attn__mul_overflow(int64_t a, int64_t b, int64_t *r);
+
+/* ---- backend.c: the one seam between the core and a module's vtable ---------
+ * Every backend call goes through these: each keeps the module's message, or
+ * writes one naming the backend and the slot when the module gave none. */
+ATTN_INTERNAL attn_status attn__be_alloc(attn_context *ctx, size_t bytes, attn_buffer **buf);
+ATTN_INTERNAL void attn__be_free(attn_context *ctx, attn_buffer *buf);
+ATTN_INTERNAL attn_status attn__be_write(attn_context *ctx, attn_buffer *buf, size_t off,
+                                         size_t bytes, const void *src);
+ATTN_INTERNAL attn_status attn__be_read(attn_context *ctx, attn_buffer *buf, size_t off,
+                                        size_t bytes, void *dst);
+ATTN_INTERNAL attn_status attn__be_sync(attn_context *ctx);
+/* Refuse features newer than the module's ABI minor, ask supports(), then
+ * run. desc begins with {struct_size, features}. */
+ATTN_INTERNAL attn_status attn__be_stage(attn_context *ctx, attn_stage stage, const void *desc);
+/* The features word of the dtypes of n views (F16 / BF16 bits). */
+ATTN_INTERNAL uint64_t attn__dtype_features(const attn_view *const *v, int n);
+/* Copy a caller's growing struct (first member size_t struct_size) into dst
+ * of dst_size bytes: a smaller one leaves the rest zero, a larger one must
+ * have zeros past dst_size. name is the argument ("args"). */
+ATTN_INTERNAL attn_status attn__copy_struct(void *dst, size_t dst_size, const void *src,
+                                            const char *name);
 
 /* ---- sdpa.c ---------------------------------------------------------------- */
 /* Validate args against the contract and build the backend descriptor. */

@@ -12,6 +12,7 @@
  * `attn devices` can print it and a selector naming that backend can fail
  * with it. Modules that passed the checks are never dlclose'd (OpenCL drivers
  * do not survive unloading reliably, see attn_plugin.h). */
+#include "config.h"
 #include "internal.h"
 
 #include <dirent.h>
@@ -92,7 +93,7 @@ static const char *module_message(const char *fn) {
 
 /* ---- one module --------------------------------------------------------- */
 
-/* The 1.0 slots, in order, so a NULL one can be named in the reason. */
+/* The required 2.0 slots, in order, so a NULL one can be named in the reason. */
 #define SLOT(s) {#s, offsetof(attn_backend_vtable, s)}
 static const struct {
   const char *name;
@@ -100,12 +101,11 @@ static const struct {
 } required_slots[] = {SLOT(init),         SLOT(probe),        SLOT(device_info),
                       SLOT(open),         SLOT(close),        SLOT(buffer_alloc),
                       SLOT(buffer_free),  SLOT(buffer_write), SLOT(buffer_read),
-                      SLOT(supports),     SLOT(linear),       SLOT(sdpa),
-                      SLOT(synchronize)};
+                      SLOT(supports),     SLOT(run),          SLOT(synchronize)};
 #undef SLOT
 
-/* Bytes a vtable must span to hold every 1.0 slot. */
-#define ABI_1_0_SIZE                                                                        \
+/* Bytes a vtable must span to hold every required slot of major 2. */
+#define ABI_2_0_SIZE                                                                        \
   (offsetof(attn_backend_vtable, synchronize) + sizeof(((attn_backend_vtable *)0)->synchronize))
 
 static int slot_is_null(const attn_backend_vtable *vt, size_t offset) {
@@ -163,11 +163,14 @@ static attn_status load_module(attn_registry *reg, const char *path) {
   if (!vt) {
     snprintf(why, sizeof why, "%s returned NULL", ATTN_BACKEND_ENTRY_SYMBOL);
   } else if (vt->abi_major != ATTN_ABI_MAJOR) {
-    snprintf(why, sizeof why, "ABI major %u, libattn expects %d", (unsigned)vt->abi_major,
-             ATTN_ABI_MAJOR);
-  } else if (vt->struct_size < ABI_1_0_SIZE) {
+    /* Both versions and the file: which side to rebuild. */
+    snprintf(why, sizeof why, "built for plugin ABI %u.%u, but libattn %s expects ABI %d.x "
+             "(at most %d.%d): rebuild the module against this libattn's attn_plugin.h",
+             (unsigned)vt->abi_major, (unsigned)vt->abi_minor, PACKAGE_VERSION,
+             ATTN_ABI_MAJOR, ATTN_ABI_MAJOR, ATTN_ABI_MINOR);
+  } else if (vt->struct_size < ABI_2_0_SIZE) {
     snprintf(why, sizeof why, "vtable struct_size %u is smaller than the %zu bytes of ABI %d.0",
-             (unsigned)vt->struct_size, (size_t)ABI_1_0_SIZE, ATTN_ABI_MAJOR);
+             (unsigned)vt->struct_size, (size_t)ABI_2_0_SIZE, ATTN_ABI_MAJOR);
   } else if (!valid_backend_name(vt->name)) {
     snprintf(why, sizeof why, "bad backend name \"%.*s\" (want [a-z0-9_]+, at most %d characters)",
              vt->name ? 64 : 6, vt->name ? vt->name : "(null)", ATTN_SEL_NAME_MAX - 1);

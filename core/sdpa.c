@@ -6,6 +6,7 @@
 
 #include <math.h>
 #include <stdio.h>
+#include <string.h>
 
 /* "[2,3,4]" for messages. */
 static const char *fmt_dims(char *buf, size_t n, int ndim, const int64_t *d) {
@@ -76,10 +77,15 @@ static attn_view view_bcast(const attn_tensor *t) {
   return v;
 }
 
-attn_status attn__sdpa_prepare(attn_context *ctx, const attn_sdpa_args *a, attn_sdpa_desc *d) {
+attn_status attn__sdpa_prepare(attn_context *ctx, const attn_sdpa_args *args,
+                               attn_sdpa_desc *d) {
   attn_status s;
   if (!ctx) return attn__error(ATTN_ERR_INVALID_ARG, "ctx: NULL");
-  if (!a) return attn__error(ATTN_ERR_INVALID_ARG, "args: NULL");
+  if (!args) return attn__error(ATTN_ERR_INVALID_ARG, "args: NULL");
+  /* The caller's struct may be an older (shorter) or newer one. */
+  attn_sdpa_args copy;
+  if ((s = attn__copy_struct(&copy, sizeof copy, args, "args"))) return s;
+  const attn_sdpa_args *a = &copy;
   if (!a->q) return attn__error(ATTN_ERR_INVALID_ARG, "q: NULL");
   if (!a->k) return attn__error(ATTN_ERR_INVALID_ARG, "k: NULL");
   if (!a->v) return attn__error(ATTN_ERR_INVALID_ARG, "v: NULL");
@@ -91,6 +97,9 @@ attn_status attn__sdpa_prepare(attn_context *ctx, const attn_sdpa_args *a, attn_
   if (a->mask && (s = check_tensor(ctx, a->mask, "mask", 4))) return s;
   if (a->weights && (s = check_tensor(ctx, a->weights, "weights", 4))) return s;
   if (a->lse && (s = check_tensor(ctx, a->lse, "lse", 3))) return s;
+  if (a->lse && a->lse->dtype != ATTN_F32)
+    return attn__error(ATTN_ERR_INVALID_ARG, "lse: dtype %s; lse is always f32",
+                       attn_dtype_str(a->lse->dtype));
 
   const int64_t B = a->q->shape[0], Hq = a->q->shape[1], Sq = a->q->shape[2],
                 D = a->q->shape[3];
@@ -167,6 +176,8 @@ attn_status attn__sdpa_prepare(attn_context *ctx, const attn_sdpa_args *a, attn_
     if ((s = attn__check_output_strides(outs[o], out_names[o]))) return s;
   }
 
+  memset(d, 0, sizeof *d);
+  d->struct_size = sizeof *d;
   d->q = attn__tensor_view4(a->q);
   d->k = attn__tensor_view4(a->k);
   d->v = attn__tensor_view4(a->v);
@@ -188,38 +199,26 @@ attn_status attn__sdpa_prepare(attn_context *ctx, const attn_sdpa_args *a, attn_
     }
     d->lse.shape[3] = 1;
     d->lse.strides[3] = 1;
+    d->lse.dtype = ATTN_F32;
   }
+  uint64_t f = 0;
+  if (d->mask_kind == ATTN_MASK_BOOL) f |= ATTN_FEAT_MASK_BOOL;
+  if (d->mask_kind == ATTN_MASK_ADDITIVE) f |= ATTN_FEAT_MASK_ADDITIVE;
+  if (d->causal) f |= ATTN_FEAT_CAUSAL;
+  if (d->kv_lens) f |= ATTN_FEAT_KV_LENS;
+  if (d->weights.buf) f |= ATTN_FEAT_WEIGHTS;
+  if (d->lse.buf) f |= ATTN_FEAT_LSE;
+  const attn_view *views[7] = {&d->q, &d->k, &d->v, &d->out, &d->mask, &d->weights, &d->lse};
+  d->features = f | attn__dtype_features(views, 7);
   return ATTN_OK;
 }
 
-/* Ask supports(), then run the stage; backend messages are kept as they are. */
-static attn_status run_stage(attn_context *ctx, attn_stage stage, const void *desc,
-                             const char *stage_name) {
-  char why[512] = "";
-  attn_status s = ctx->vt->supports(ctx->bctx, stage, desc, why, sizeof why);
-  why[sizeof why - 1] = '\0';
-  if (s == ATTN_ERR_UNSUPPORTED && (why[0] || attn_last_error()[0] == '\0'))
-    return attn__error(ATTN_ERR_UNSUPPORTED, "backend %s (%s) cannot run this %s: %s",
-                       ctx->info.backend, ctx->info.selector, stage_name,
-                       why[0] ? why : "no reason given");
-  if (s && attn_last_error()[0] == '\0')
-    return attn__error(s, "backend %s failed in supports (%s)", ctx->info.backend,
-                       attn_status_str(s));
-  if (s) return s;
-  s = stage == ATTN_STAGE_SDPA ? ctx->vt->sdpa(ctx->bctx, desc)
-                               : ctx->vt->linear(ctx->bctx, desc);
-  if (s && attn_last_error()[0] == '\0')
-    return attn__error(s, "backend %s failed in %s (%s)", ctx->info.backend, stage_name,
-                       attn_status_str(s));
-  return s;
-}
-
 attn_status attn__run_sdpa(attn_context *ctx, const attn_sdpa_desc *d) {
-  return run_stage(ctx, ATTN_STAGE_SDPA, d, "sdpa");
+  return attn__be_stage(ctx, ATTN_STAGE_SDPA, d);
 }
 
 attn_status attn__run_linear(attn_context *ctx, const attn_linear_desc *d) {
-  return run_stage(ctx, ATTN_STAGE_LINEAR, d, "linear");
+  return attn__be_stage(ctx, ATTN_STAGE_LINEAR, d);
 }
 
 attn_status attn_sdpa(attn_context *ctx, const attn_sdpa_args *args) {

@@ -1,4 +1,4 @@
-/* Tensors: float32 strided views of refcounted device storage.
+/* Tensors: typed strided views of refcounted device storage.
  *
  * A storage is one backend buffer; every tensor (the one attn_tensor_create
  * made and every view of it) holds a reference, so a view may outlive its
@@ -45,15 +45,15 @@ static attn_status check_shape(int ndim, const int64_t *shape) {
 
 /* numel and byte count of a contiguous tensor, refusing overflow of int64 or
  * size_t and requests above the device's largest allocation. */
-static attn_status contiguous_bytes(const attn_context *ctx, int ndim, const int64_t *shape,
-                                    size_t *bytes) {
+static attn_status contiguous_bytes(const attn_context *ctx, attn_dtype dtype, int ndim,
+                                    const int64_t *shape, size_t *bytes) {
   char s[128];
   int64_t n = 1, b;
   for (int i = 0; i < ndim; i++)
     if (attn__mul_overflow(n, shape[i], &n))
       return attn__error(ATTN_ERR_OVERFLOW, "shape: %s: element count overflows",
                          fmt_shape(s, sizeof s, ndim, shape));
-  if (attn__mul_overflow(n, (int64_t)sizeof(float), &b) || (uint64_t)b > SIZE_MAX)
+  if (attn__mul_overflow(n, (int64_t)attn_dtype_size(dtype), &b) || (uint64_t)b > SIZE_MAX)
     return attn__error(ATTN_ERR_OVERFLOW, "shape: %s: byte count overflows",
                        fmt_shape(s, sizeof s, ndim, shape));
   if (ctx->info.max_alloc && (uint64_t)b > ctx->info.max_alloc)
@@ -81,23 +81,18 @@ static void storage_release(attn_storage *st) {
   if (st->prev) st->prev->next = st->next;
   else ctx->storages = st->next;
   if (st->next) st->next->prev = st->prev;
-  ctx->vt->buffer_free(ctx->bctx, st->buf);
+  attn__be_free(ctx, st->buf);
   free(st);
 }
 
-/* A backend slot failed: keep its message, or say which slot if it gave none. */
-static attn_status backend_failed(attn_status s, const char *what) {
-  if (attn_last_error()[0] == '\0')
-    return attn__error(s, "backend %s failed (%s)", what, attn_status_str(s));
-  return s;
-}
-
-attn_status attn__tensor_alloc(attn_context *ctx, int ndim, const int64_t *shape,
-                               attn_tensor **out) {
+attn_status attn__tensor_alloc(attn_context *ctx, attn_dtype dtype, int ndim,
+                               const int64_t *shape, attn_tensor **out) {
   size_t bytes = 0;
+  if (!attn__dtype_valid(dtype))
+    return attn__error(ATTN_ERR_INVALID_ARG, "dtype: %d is not an attn_dtype", (int)dtype);
   attn_status s = check_shape(ndim, shape);
   if (s) return s;
-  if ((s = contiguous_bytes(ctx, ndim, shape, &bytes))) return s;
+  if ((s = contiguous_bytes(ctx, dtype, ndim, shape, &bytes))) return s;
 
   attn_storage *st = calloc(1, sizeof *st);
   attn_tensor *t = calloc(1, sizeof *t);
@@ -106,11 +101,11 @@ attn_status attn__tensor_alloc(attn_context *ctx, int ndim, const int64_t *shape
     free(t);
     return attn__error(ATTN_ERR_NOMEM, "out of host memory for a tensor");
   }
-  s = ctx->vt->buffer_alloc(ctx->bctx, bytes, &st->buf);
+  s = attn__be_alloc(ctx, bytes, &st->buf);
   if (s) {
     free(st);
     free(t);
-    return backend_failed(s, "buffer_alloc");
+    return s;
   }
   st->ctx = ctx;
   st->bytes = bytes;
@@ -119,6 +114,7 @@ attn_status attn__tensor_alloc(attn_context *ctx, int ndim, const int64_t *shape
   ctx->storages = st;
 
   t->st = st;
+  t->dtype = dtype;
   t->ndim = ndim;
   int64_t stride = 1;
   for (int i = ndim - 1; i >= 0; i--) {
@@ -137,8 +133,19 @@ attn_status attn_tensor_create(attn_context *ctx, int ndim, const int64_t *shape
   if (t) *t = NULL; /* first, so that no failure leaves a stale handle behind */
   if (!ctx) return attn__error(ATTN_ERR_INVALID_ARG, "ctx: NULL");
   if (!t) return attn__error(ATTN_ERR_INVALID_ARG, "t: NULL");
-  return attn__tensor_alloc(ctx, ndim, shape, t);
+  return attn__tensor_alloc(ctx, ATTN_F32, ndim, shape, t);
 }
+
+attn_status attn_tensor_create_typed(attn_context *ctx, attn_dtype dtype, int ndim,
+                                     const int64_t *shape, attn_tensor **t) {
+  ATTN_ENTER("attn_tensor_create_typed");
+  if (t) *t = NULL;
+  if (!ctx) return attn__error(ATTN_ERR_INVALID_ARG, "ctx: NULL");
+  if (!t) return attn__error(ATTN_ERR_INVALID_ARG, "t: NULL");
+  return attn__tensor_alloc(ctx, dtype, ndim, shape, t);
+}
+
+attn_dtype attn_tensor_dtype(const attn_tensor *t) { return t ? t->dtype : ATTN_F32; }
 
 /* Largest element offset a strided view reaches (strides >= 0), checked. */
 static int view_last(int64_t offset, int ndim, const int64_t *shape, const int64_t *strides,
@@ -165,7 +172,8 @@ attn_status attn_tensor_view(const attn_tensor *base, int64_t offset, int ndim,
     return attn__error(ATTN_ERR_INVALID_ARG, "offset: %lld < 0", (long long)offset);
   /* Checked before the extent so that an offset past the storage is named
    * as such, not as an overflowing or too long shape. */
-  const int64_t nel = (int64_t)(base->st->bytes / sizeof(float));
+  const size_t esize = attn_dtype_size(base->dtype);
+  const int64_t nel = (int64_t)(base->st->bytes / esize);
   if (offset >= nel)
     return attn__error(ATTN_ERR_SHAPE, "offset: %lld is past the storage's %lld elements",
                        (long long)offset, (long long)nel);
@@ -191,6 +199,7 @@ attn_status attn_tensor_view(const attn_tensor *base, int64_t offset, int ndim,
   attn_tensor *t = calloc(1, sizeof *t);
   if (!t) return attn__error(ATTN_ERR_NOMEM, "out of host memory for a view");
   t->st = base->st;
+  t->dtype = base->dtype;
   t->ndim = ndim;
   t->offset = offset;
   for (int i = 0; i < ndim; i++) {
@@ -248,6 +257,7 @@ attn_view attn__tensor_view4(const attn_tensor *t) {
   memset(&v, 0, sizeof v);
   v.buf = t->st->buf;
   v.offset = t->offset;
+  v.dtype = t->dtype;
   int lead = 4 - t->ndim;
   for (int i = 0; i < 4; i++) {
     if (i < lead) {
@@ -281,9 +291,11 @@ static int is_contiguous(const attn_tensor *t) {
   return 1;
 }
 
-/* Scatter host (row-major in the logical shape) into span (the view's bytes
- * from its first element), or gather span into host. */
-static void scatter_gather(const attn_tensor *t, float *host, float *span, int to_span) {
+/* Scatter host elements (row-major in the logical shape) into span (the
+ * view's bytes from its first element), or gather span into host; es bytes
+ * per element. */
+static void scatter_gather(const attn_tensor *t, size_t es, char *host, char *span,
+                           int to_span) {
   int64_t sh[4], st[4];
   attn_view v = attn__tensor_view4(t);
   memcpy(sh, v.shape, sizeof sh);
@@ -294,8 +306,8 @@ static void scatter_gather(const attn_tensor *t, float *host, float *span, int t
       for (int64_t i2 = 0; i2 < sh[2]; i2++)
         for (int64_t i3 = 0; i3 < sh[3]; i3++, h++) {
           int64_t e = i0 * st[0] + i1 * st[1] + i2 * st[2] + i3 * st[3];
-          if (to_span) span[e] = host[h];
-          else host[h] = span[e];
+          if (to_span) memcpy(span + (size_t)e * es, host + h * es, es);
+          else memcpy(host + h * es, span + (size_t)e * es, es);
         }
 }
 
@@ -309,12 +321,44 @@ static attn_status check_io(const attn_tensor *t, const void *p, const char *pna
   return ATTN_OK;
 }
 
-/* The bytes from the view's first element to its last (a valid view's span
- * lies inside its storage, so this cannot overflow). */
+/* The elements from the view's first element to its last (a valid view's
+ * span lies inside its storage, so this cannot overflow). */
 static size_t span_elems(const attn_tensor *t) {
   int64_t last = t->offset;
   view_last(t->offset, t->ndim, t->shape, t->strides, &last);
   return (size_t)(last - t->offset + 1);
+}
+
+/* Write count elements of t's own type (checked by the caller). */
+static attn_status write_elems(attn_tensor *t, const void *src, size_t count) {
+  attn_context *ctx = t->st->ctx;
+  const size_t es = attn_dtype_size(t->dtype), off = (size_t)t->offset * es;
+  if (is_contiguous(t)) return attn__be_write(ctx, t->st->buf, off, count * es, src);
+  /* Strided: read the covered span, scatter into it, write it back, so the
+   * elements between ours (another view's data) are kept. */
+  size_t n = span_elems(t);
+  char *span = malloc(n * es);
+  if (!span) return attn__error(ATTN_ERR_NOMEM, "out of host memory for a strided write");
+  attn_status s = attn__be_read(ctx, t->st->buf, off, n * es, span);
+  if (!s) {
+    scatter_gather(t, es, (char *)src, span, 1); /* only read */
+    s = attn__be_write(ctx, t->st->buf, off, n * es, span);
+  }
+  free(span);
+  return s;
+}
+
+static attn_status read_elems(const attn_tensor *t, void *dst, size_t count) {
+  attn_context *ctx = t->st->ctx;
+  const size_t es = attn_dtype_size(t->dtype), off = (size_t)t->offset * es;
+  if (is_contiguous(t)) return attn__be_read(ctx, t->st->buf, off, count * es, dst);
+  size_t n = span_elems(t);
+  char *span = malloc(n * es);
+  if (!span) return attn__error(ATTN_ERR_NOMEM, "out of host memory for a strided read");
+  attn_status s = attn__be_read(ctx, t->st->buf, off, n * es, span);
+  if (!s) scatter_gather(t, es, dst, span, 0);
+  free(span);
+  return s;
 }
 
 attn_status attn_tensor_write(attn_tensor *t, const float *src, size_t count) {
@@ -324,26 +368,14 @@ attn_status attn_tensor_write(attn_tensor *t, const float *src, size_t count) {
   /* A view that reaches one element twice (a 0 stride, overlapping strides)
    * is an input-only view: writing it would let one host value silently win. */
   if ((s = attn__check_output_strides(t, "t")) != ATTN_OK) return s;
-  attn_context *ctx = t->st->ctx;
-  size_t off = (size_t)t->offset * sizeof(float);
-  if (is_contiguous(t)) {
-    s = ctx->vt->buffer_write(ctx->bctx, t->st->buf, off, count * sizeof(float), src);
-    return s ? backend_failed(s, "buffer_write") : ATTN_OK;
-  }
-  /* Strided: read the covered span, scatter into it, write it back, so the
-   * elements between ours (another view's data) are kept. */
-  size_t n = span_elems(t);
-  float *span = malloc(n * sizeof(float));
-  if (!span) return attn__error(ATTN_ERR_NOMEM, "out of host memory for a strided write");
-  s = ctx->vt->buffer_read(ctx->bctx, t->st->buf, off, n * sizeof(float), span);
-  if (!s) {
-    scatter_gather(t, (float *)src, span, 1); /* only read */
-    s = ctx->vt->buffer_write(ctx->bctx, t->st->buf, off, n * sizeof(float), span);
-    if (s) s = backend_failed(s, "buffer_write");
-  } else {
-    s = backend_failed(s, "buffer_read");
-  }
-  free(span);
+  if (t->dtype == ATTN_F32) return write_elems(t, src, count);
+  /* 16-bit: round on the host (to nearest even), then upload the halves. */
+  uint16_t *h = malloc(count * sizeof *h);
+  if (!h) return attn__error(ATTN_ERR_NOMEM, "out of host memory to convert %zu elements", count);
+  for (size_t i = 0; i < count; i++)
+    h[i] = t->dtype == ATTN_F16 ? attn_f32_to_f16(src[i]) : attn_f32_to_bf16(src[i]);
+  s = write_elems(t, h, count);
+  free(h);
   return s;
 }
 
@@ -351,18 +383,28 @@ attn_status attn_tensor_read(const attn_tensor *t, float *dst, size_t count) {
   ATTN_ENTER("attn_tensor_read");
   attn_status s = check_io(t, dst, "dst", count);
   if (s) return s;
-  attn_context *ctx = t->st->ctx;
-  size_t off = (size_t)t->offset * sizeof(float);
-  if (is_contiguous(t)) {
-    s = ctx->vt->buffer_read(ctx->bctx, t->st->buf, off, count * sizeof(float), dst);
-    return s ? backend_failed(s, "buffer_read") : ATTN_OK;
-  }
-  size_t n = span_elems(t);
-  float *span = malloc(n * sizeof(float));
-  if (!span) return attn__error(ATTN_ERR_NOMEM, "out of host memory for a strided read");
-  s = ctx->vt->buffer_read(ctx->bctx, t->st->buf, off, n * sizeof(float), span);
-  if (!s) scatter_gather(t, dst, span, 0);
-  else s = backend_failed(s, "buffer_read");
-  free(span);
+  if (t->dtype == ATTN_F32) return read_elems(t, dst, count);
+  uint16_t *h = malloc(count * sizeof *h);
+  if (!h) return attn__error(ATTN_ERR_NOMEM, "out of host memory to convert %zu elements", count);
+  s = read_elems(t, h, count);
+  if (!s)
+    for (size_t i = 0; i < count; i++)
+      dst[i] = t->dtype == ATTN_F16 ? attn_f16_to_f32(h[i]) : attn_bf16_to_f32(h[i]);
+  free(h);
   return s;
+}
+
+attn_status attn_tensor_write_raw(attn_tensor *t, const void *src, size_t count) {
+  ATTN_ENTER("attn_tensor_write_raw");
+  attn_status s = check_io(t, src, "src", count);
+  if (s) return s;
+  if ((s = attn__check_output_strides(t, "t")) != ATTN_OK) return s;
+  return write_elems(t, src, count);
+}
+
+attn_status attn_tensor_read_raw(const attn_tensor *t, void *dst, size_t count) {
+  ATTN_ENTER("attn_tensor_read_raw");
+  attn_status s = check_io(t, dst, "dst", count);
+  if (s) return s;
+  return read_elems(t, dst, count);
 }

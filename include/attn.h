@@ -36,7 +36,7 @@ extern "C" {
 #endif
 
 #define ATTN_VERSION_MAJOR 0
-#define ATTN_VERSION_MINOR 1
+#define ATTN_VERSION_MINOR 2
 #define ATTN_VERSION_PATCH 0
 
 /* ---- Status ------------------------------------------------------------ */
@@ -66,7 +66,7 @@ ATTN_API const char *attn_status_str(attn_status s);
  * until the next libattn call on this thread. */
 ATTN_API const char *attn_last_error(void);
 
-/* "0.1.0" */
+/* "0.2.0" */
 ATTN_API const char *attn_version(void);
 
 /* ---- Devices and contexts --------------------------------------------- */
@@ -164,20 +164,43 @@ ATTN_API const char *attn_device_list_failure_path(const attn_device_list *list,
 ATTN_API const char *attn_device_list_failure_reason(const attn_device_list *list, size_t i);
 ATTN_API void attn_device_list_free(attn_device_list *list);
 
+/* ---- Element types ------------------------------------------------------ */
+
+/* The storage type of a tensor's elements. Arithmetic is always at least
+ * fp32 (double on ref); 16-bit types are storage only. Every conversion to a
+ * 16-bit type, on the host or on a device, rounds to nearest even; NaN stays
+ * NaN and values beyond the type's range become infinities (f16: |x| >= 65520). */
+typedef enum attn_dtype {
+  ATTN_F32 = 0,  /* IEEE binary32 */
+  ATTN_F16 = 1,  /* IEEE binary16 (numpy '<f2', torch.float16) */
+  ATTN_BF16 = 2  /* bfloat16: the top half of a binary32 (torch.bfloat16) */
+} attn_dtype;
+/* "f32", "f16", "bf16"; "?" for a value outside the enum. */
+ATTN_API const char *attn_dtype_str(attn_dtype t);
+/* Bytes per element: 4, 2, 2; 0 for a value outside the enum. */
+ATTN_API size_t attn_dtype_size(attn_dtype t);
+/* Parse "f32", "f16", "bf16" (also "float32", "float16", "bfloat16"). */
+ATTN_API attn_status attn_dtype_parse(const char *s, attn_dtype *t);
+
 /* ---- Tensors ------------------------------------------------------------ */
 
-/* float32 tensors of rank 1 to 4 in device memory, with explicit strides in
- * elements, so [B,H,S,D] and [B,S,H,D] layouts and views need no copies.
- * Every dimension is >= 1; strides are >= 0 (0 broadcasts, inputs only). */
+/* Tensors of rank 1 to 4 in device memory, of one element type, with explicit
+ * strides in elements, so [B,H,S,D] and [B,S,H,D] layouts and views need no
+ * copies. Every dimension is >= 1; strides are >= 0 (0 broadcasts, inputs
+ * only). */
 #define ATTN_MAX_DIMS 4
 typedef struct attn_tensor attn_tensor;
 
-/* A new contiguous (row-major) tensor; contents undefined until written. */
+/* A new contiguous (row-major) f32 tensor; contents undefined until written. */
 ATTN_API attn_status attn_tensor_create(attn_context *ctx, int ndim, const int64_t *shape,
                                         attn_tensor **t);
-/* A view of base's storage: element offset and strides relative to base's
- * storage start. Every element the view can reach must lie inside the
- * storage. The storage lives until its last tensor is freed. */
+/* The same, of element type dtype. */
+ATTN_API attn_status attn_tensor_create_typed(attn_context *ctx, attn_dtype dtype, int ndim,
+                                              const int64_t *shape, attn_tensor **t);
+/* A view of base's storage, of base's element type: element offset and
+ * strides relative to base's storage start. Every element the view can reach
+ * must lie inside the storage. The storage lives until its last tensor is
+ * freed. */
 ATTN_API attn_status attn_tensor_view(const attn_tensor *base, int64_t offset, int ndim,
                                       const int64_t *shape, const int64_t *strides,
                                       attn_tensor **view);
@@ -187,11 +210,26 @@ ATTN_API int attn_tensor_ndim(const attn_tensor *t);
 /* Copies ndim entries into shape / strides (either may be NULL). */
 ATTN_API void attn_tensor_shape(const attn_tensor *t, int64_t *shape, int64_t *strides);
 ATTN_API int64_t attn_tensor_numel(const attn_tensor *t);
+/* The element type (ATTN_F32 for NULL). */
+ATTN_API attn_dtype attn_tensor_dtype(const attn_tensor *t);
 
 /* Copy numel floats from host memory in row-major order of the tensor's shape
- * (whatever its strides) into the tensor, or out of it. */
+ * (whatever its strides) into the tensor, or out of it, converting to and
+ * from the tensor's element type (to 16 bits: round to nearest even). */
 ATTN_API attn_status attn_tensor_write(attn_tensor *t, const float *src, size_t count);
 ATTN_API attn_status attn_tensor_read(const attn_tensor *t, float *dst, size_t count);
+/* The same without conversion: count elements of the tensor's own type
+ * (uint16_t bit patterns for f16 and bf16), count * attn_dtype_size bytes. */
+ATTN_API attn_status attn_tensor_write_raw(attn_tensor *t, const void *src, size_t count);
+ATTN_API attn_status attn_tensor_read_raw(const attn_tensor *t, void *dst, size_t count);
+
+/* ---- Growing structs ----------------------------------------------------
+ * Argument structs that later versions extend begin with struct_size, which
+ * the caller sets with the struct's _INIT macro (or to sizeof). A program
+ * built against an older header passes a smaller size: the fields it does
+ * not know take their defaults. A larger size (a newer header than this
+ * library) is accepted when the bytes this library does not know are zero,
+ * and refused (ATTN_ERR_INVALID_ARG, "struct_size") otherwise. */
 
 /* ---- Scaled dot-product attention --------------------------------------- */
 
@@ -202,6 +240,9 @@ typedef enum attn_mask_kind {
 } attn_mask_kind;
 
 /* out = softmax(scale * Q K^T + mask) V, per batch item and query head.
+ * q, k, v, out, an additive mask and weights may each be f32, f16 or bf16 (a
+ * bool mask and lse are f32); every backend takes q, k, v of one type, and
+ * f32 q/out over f16 or bf16 k/v, and says which other mixes it refuses.
  *   q    [B, Hq,  Sq,  D]
  *   k    [B, Hkv, Skv, D]     Hq % Hkv == 0; query head h reads kv head h / (Hq/Hkv)
  *   v    [B, Hkv, Skv, Dv]
@@ -213,8 +254,9 @@ typedef enum attn_mask_kind {
  *   weights [B, Hq, Sq, Skv] optional output: the probabilities
  *   lse     [B, Hq, Sq] optional output: log(sum(exp(scaled masked scores)))
  * A row with no visible key gives zeros in out and weights and lse = -inf.
- * Zero-initialise the struct: has_scale = false means scale = 1/sqrt(D). */
+ * Initialise with ATTN_SDPA_ARGS_INIT: has_scale = false means scale = 1/sqrt(D). */
 typedef struct attn_sdpa_args {
+  size_t struct_size; /* sizeof(attn_sdpa_args), set by ATTN_SDPA_ARGS_INIT */
   const attn_tensor *q, *k, *v;
   attn_tensor *out;
   const attn_tensor *mask;
@@ -226,6 +268,7 @@ typedef struct attn_sdpa_args {
   attn_tensor *weights;
   attn_tensor *lse;
 } attn_sdpa_args;
+#define ATTN_SDPA_ARGS_INIT {.struct_size = sizeof(attn_sdpa_args)}
 
 ATTN_API attn_status attn_sdpa(attn_context *ctx, const attn_sdpa_args *args);
 
@@ -239,8 +282,10 @@ ATTN_API attn_status attn_sdpa(attn_context *ctx, const attn_sdpa_args *args);
  * or, instead of wq/wk/wv, one packed in_proj [(n_heads+2*n_kv_heads)*head_dim,
  * d_model] (rows q, then k, then v, as nn.MultiheadAttention's in_proj_weight)
  * with in_bias; the packed form needs d_kv == d_model. Biases are required
- * exactly when desc.bias is true. */
+ * exactly when desc.bias is true. Each weight keeps its own element type
+ * (f32, f16 or bf16, as stored in a checkpoint). */
 typedef struct attn_mha_desc {
+  size_t struct_size; /* sizeof(attn_mha_desc), set by ATTN_MHA_DESC_INIT */
   int64_t d_model;    /* E: width of x and out */
   int64_t d_kv;       /* Ekv: width of kv_x; 0 means d_model */
   int64_t n_heads;    /* Hq */
@@ -253,7 +298,13 @@ typedef struct attn_mha_desc {
   int64_t max_batch;
   int64_t max_seq;    /* Sq */
   int64_t max_kv_seq; /* Skv for cross attention; 0 means max_seq */
+  /* Element types: of the activations (x, out and the q / attention
+   * intermediates) and of the projected keys and values (their intermediates
+   * and a KV cache's default). */
+  attn_dtype dtype;
+  attn_dtype kv_dtype;
 } attn_mha_desc;
+#define ATTN_MHA_DESC_INIT {.struct_size = sizeof(attn_mha_desc)}
 
 typedef struct attn_mha_weights {
   const attn_tensor *wq, *wk, *wv, *wo;
@@ -270,7 +321,8 @@ ATTN_API attn_status attn_mha_create(attn_context *ctx, const attn_mha_desc *des
                                      const attn_mha_weights *w, attn_mha **graph);
 ATTN_API void attn_mha_free(attn_mha *graph);
 
-/* x [B, Sq, E]; kv_x [B, Skv, Ekv] or NULL for self attention; out [B, Sq, E].
+/* x [B, Sq, E]; kv_x [B, Skv, Ekv] or NULL for self attention; out [B, Sq, E];
+ * x, kv_x and out of the desc's dtype.
  * Data stays on the device from the first projection to the last. */
 ATTN_API attn_status attn_mha_run(attn_mha *graph, const attn_tensor *x,
                                   const attn_tensor *kv_x, attn_tensor *out);
@@ -293,8 +345,14 @@ ATTN_API attn_status attn_mha_profile_get(const attn_mha *graph, attn_mha_profil
  * that would exceed the capacity fails with ATTN_ERR_CAPACITY and changes
  * nothing. */
 typedef struct attn_kv_cache attn_kv_cache;
+/* The cache stores keys and values as the graph's desc.kv_dtype; the _typed
+ * form chooses (an f16 or bf16 cache under f32 activations halves its memory
+ * and the bytes each decode step reads). */
 ATTN_API attn_status attn_kv_cache_create(attn_mha *graph, int64_t batch, int64_t capacity,
                                           attn_kv_cache **cache);
+ATTN_API attn_status attn_kv_cache_create_typed(attn_mha *graph, int64_t batch,
+                                                int64_t capacity, attn_dtype dtype,
+                                                attn_kv_cache **cache);
 ATTN_API void attn_kv_cache_free(attn_kv_cache *cache);
 ATTN_API int64_t attn_kv_cache_length(const attn_kv_cache *cache);
 ATTN_API int64_t attn_kv_cache_capacity(const attn_kv_cache *cache);

@@ -4,8 +4,9 @@
  * A module exports exactly one symbol:
  *     const attn_backend_vtable *attn_backend_entry(void);
  * returning a vtable with static storage duration. The core refuses a module
- * whose abi_major differs from ATTN_ABI_MAJOR; abi_minor and struct_size tell
- * it which optional slots (marked "(optional)") exist.
+ * whose abi_major differs from ATTN_ABI_MAJOR (naming both versions and the
+ * file); abi_minor tells it which features the module may be sent, and
+ * struct_size which optional slots (marked "(optional)") exist.
  *
  * Threading: probe and device_info are called by the core under its loader
  * lock, never concurrently. Every slot that takes a backend context is called
@@ -28,8 +29,24 @@
 extern "C" {
 #endif
 
-#define ATTN_ABI_MAJOR 1
-#define ATTN_ABI_MINOR 2
+/* ABI 2.1. Major 2 replaced 1.x's per-stage slots with run(stage, desc) and
+ * gave views an element type and descriptors a {struct_size, features}
+ * header; minor 1 added 16-bit storage (ATTN_FEAT_F16 / ATTN_FEAT_BF16).
+ *
+ * Growing the ABI (rules for the core and for backend authors):
+ *  - A new option of a stage is a new ATTN_FEAT_* bit, a new minor version and,
+ *    if it needs parameters, new fields at the END of that stage's descriptor.
+ *  - The core never sends a module a bit newer than the module's abi_minor
+ *    (attn_feature_minor below); it refuses the call itself, naming the
+ *    feature and the module's version.
+ *  - A module refuses, in supports(), every bit it does not implement, naming
+ *    it (attn_feature_name); so a module never silently ignores an option.
+ *  - A module reads a field added after its core's version only if
+ *    ATTN_DESC_HAS(desc, field): a newer module loaded by an older core gets
+ *    the shorter descriptor, whose missing fields mean "option not used".
+ *  - A new stage is a new attn_stage value and descriptor, not a new slot. */
+#define ATTN_ABI_MAJOR 2
+#define ATTN_ABI_MINOR 1
 
 /* Services the core offers to backends. */
 typedef struct attn_host {
@@ -45,31 +62,92 @@ typedef struct attn_host {
 typedef struct attn_backend_ctx attn_backend_ctx;
 typedef struct attn_buffer attn_buffer;
 
-/* A strided float32 view of a backend buffer, always 4-D (leading dims 1 when
- * the tensor has fewer). Element (i0,i1,i2,i3) is at
+/* A strided view of a backend buffer, always 4-D (leading dims 1 when the
+ * tensor has fewer), of elements of type dtype. Element (i0,i1,i2,i3) is at
  *   offset + i0*strides[0] + i1*strides[1] + i2*strides[2] + i3*strides[3]
- * elements from the start of buf. The core has checked that every reachable
- * element lies inside buf. buf == NULL means "absent" for optional operands. */
+ * elements (of attn_dtype_size(dtype) bytes) from the start of buf. The core
+ * has checked that every reachable element lies inside buf. buf == NULL means
+ * "absent" for optional operands. */
 typedef struct attn_view {
   attn_buffer *buf;
   int64_t offset;
   int64_t shape[4];
   int64_t strides[4];
+  attn_dtype dtype;
 } attn_view;
+
+/* ---- Features: the options a stage call uses ------------------------------
+ * Each descriptor's `features` has a bit for every option the call uses. */
+#define ATTN_FEAT_MASK_BOOL (1ull << 0)     /* sdpa: a bool mask */
+#define ATTN_FEAT_MASK_ADDITIVE (1ull << 1) /* sdpa: an additive mask */
+#define ATTN_FEAT_CAUSAL (1ull << 2)        /* sdpa: causal, bottom-right */
+#define ATTN_FEAT_KV_LENS (1ull << 3)       /* sdpa: per-batch key lengths */
+#define ATTN_FEAT_WEIGHTS (1ull << 4)       /* sdpa: the weights output */
+#define ATTN_FEAT_LSE (1ull << 5)           /* sdpa: the lse output */
+#define ATTN_FEAT_BIAS (1ull << 6)          /* linear: a bias */
+#define ATTN_FEAT_F16 (1ull << 7)           /* some operand is stored as fp16 (ABI 2.1) */
+#define ATTN_FEAT_BF16 (1ull << 8)          /* some operand is stored as bf16 (ABI 2.1) */
+#define ATTN_FEAT_COUNT 9
+/* Every bit this SDK knows. */
+#define ATTN_FEAT_KNOWN ((1ull << ATTN_FEAT_COUNT) - 1)
+
+/* The ABI minor version that introduced feature bit `bit` (0..63); a bit this
+ * SDK does not know is newer than it. */
+static inline unsigned attn_feature_minor(int bit) {
+  if (bit < 0 || bit >= ATTN_FEAT_COUNT) return ATTN_ABI_MINOR + 1;
+  return bit == 7 || bit == 8 ? 1 : 0;
+}
+
+/* "causal", "bf16 storage", ... for messages; "feature bit N" if unknown. The
+ * buffer is used only for unknown bits. */
+static inline const char *attn_feature_name(int bit, char *buf, size_t len) {
+  static const char *const names[ATTN_FEAT_COUNT] = {
+      "bool mask", "additive mask", "causal", "kv_lens", "weights output", "lse output",
+      "bias",      "f16 storage",   "bf16 storage"};
+  if (bit >= 0 && bit < ATTN_FEAT_COUNT) return names[bit];
+  if (buf && len) {
+    int n = 0;
+    const char *pfx = "feature bit ";
+    while (pfx[n] && (size_t)n + 1 < len) { buf[n] = pfx[n]; n++; }
+    if (bit >= 10 && (size_t)n + 1 < len) buf[n++] = (char)('0' + bit / 10 % 10);
+    if ((size_t)n + 1 < len) buf[n++] = (char)('0' + bit % 10);
+    buf[n] = '\0';
+    return buf;
+  }
+  return "unknown feature";
+}
+
+/* The lowest set bit of features outside `known`, or -1: what supports()
+ * must refuse. */
+static inline int attn_feature_unknown(uint64_t features, uint64_t known) {
+  const uint64_t extra = features & ~known;
+  return extra ? __builtin_ctzll(extra) : -1;
+}
+
+/* Is `field` inside a descriptor whose struct_size the sender set? */
+#define ATTN_DESC_HAS(d, field) \
+  ((d)->struct_size >= offsetof(__typeof__(*(d)), field) + sizeof((d)->field))
 
 /* y[b, m, :] = x[b, m, :] W^T + bias   (nn.Linear convention)
  *   x [1, B, M, K], w [1, 1, N, K], bias [1, 1, 1, N] (optional), y [1, B, M, N]
+ * Each of x, w, bias, y may be f32, f16 or bf16; accumulate in at least fp32.
  * The core guarantees strides[3] == 1 for x, w and y (rows are contiguous),
  * and that y overlaps none of the inputs. */
 typedef struct attn_linear_desc {
+  size_t struct_size; /* sizeof as the core saw it */
+  uint64_t features;  /* ATTN_FEAT_BIAS, _F16, _BF16 */
   attn_view x, w, bias, y;
 } attn_linear_desc;
 
 /* As attn_sdpa_args, with shapes checked, the scale resolved, and the lse
  * view given as [B, Hq, Sq, 1]. kv_lens (host memory, B entries, each in
  * [0, Skv]) or NULL. mask.shape[0] is 1 or B and mask.shape[1] is 1 or Hq:
- * broadcast dims have stride 0 here, so index it as if it were full size. */
+ * broadcast dims have stride 0 here, so index it as if it were full size.
+ * q, k, v, out, an additive mask and weights may be f32, f16 or bf16 (a bool
+ * mask and lse are f32). */
 typedef struct attn_sdpa_desc {
+  size_t struct_size; /* sizeof as the core saw it */
+  uint64_t features;  /* the options used: mask kind, causal, kv_lens, outputs, dtypes */
   attn_view q, k, v, out;
   attn_view mask;           /* buf NULL if none */
   attn_mask_kind mask_kind; /* ATTN_MASK_NONE iff mask.buf == NULL */
@@ -85,14 +163,90 @@ typedef enum attn_stage {
   ATTN_STAGE_SDPA = 2    /* desc is const attn_sdpa_desc * */
 } attn_stage;
 
+/* ---- Shared rules, written once for every C backend -------------------- */
+
+/* Keys j < attn_visible_limit(...) are visible to query row i (mask aside):
+ * kv_lens (kv_len < 0 means none) and causal aligned bottom-right, key j
+ * visible iff j <= i + Skv - Sq. The result is in [0, Skv]. */
+static inline int64_t attn_visible_limit(int64_t i, int64_t Sq, int64_t Skv, bool causal,
+                                         int64_t kv_len) {
+  int64_t lim = Skv;
+  if (kv_len >= 0 && kv_len < lim) lim = kv_len;
+  if (causal && i + Skv - Sq + 1 < lim) lim = i + Skv - Sq + 1;
+  return lim < 0 ? 0 : lim;
+}
+
+/* Element conversions. Every conversion to 16 bits rounds to nearest even;
+ * NaN stays NaN (quiet), infinities stay infinite. */
+static inline float attn_bits_f32(uint32_t u) {
+  float f;
+  __builtin_memcpy(&f, &u, sizeof f);
+  return f;
+}
+static inline uint32_t attn_f32_bits(float f) {
+  uint32_t u;
+  __builtin_memcpy(&u, &f, sizeof u);
+  return u;
+}
+static inline float attn_bf16_to_f32(uint16_t h) { return attn_bits_f32((uint32_t)h << 16); }
+static inline uint16_t attn_f32_to_bf16(float f) {
+  uint32_t u = attn_f32_bits(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x0040u); /* quiet NaN */
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return (uint16_t)(u >> 16);
+}
+static inline float attn_f16_to_f32(uint16_t h) {
+  const uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+  uint32_t exp = (h >> 10) & 0x1fu, man = h & 0x3ffu;
+  if (exp == 0x1f) return attn_bits_f32(sign | 0x7f800000u | (man << 13)); /* inf, NaN */
+  if (exp == 0) {
+    if (!man) return attn_bits_f32(sign);
+    /* subnormal: man * 2^-24 */
+    const float f = (float)man * 5.9604644775390625e-8f;
+    return sign ? -f : f;
+  }
+  return attn_bits_f32(sign | ((exp + 112u) << 23) | (man << 13));
+}
+static inline uint16_t attn_f32_to_f16(float f) {
+  const uint32_t u = attn_f32_bits(f);
+  const uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
+  const uint32_t a = u & 0x7fffffffu;
+  if (a > 0x7f800000u) return (uint16_t)(sign | 0x7e00u | ((a >> 13) & 0x3ffu)); /* NaN */
+  if (a >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u); /* rounds to >= 65520: inf */
+  if (a < 0x38800000u) {
+    /* below the smallest normal 2^-14: a subnormal multiple of 2^-24, rounded
+     * to nearest even by the float addition of 2^-1 * 2^-23 alignment. */
+    const float m = attn_bits_f32(a) + 0.5f; /* 0.5 = 2^-1: aligns 2^-24 to the last bit */
+    return (uint16_t)(sign | (uint16_t)(attn_f32_bits(m) - 0x3f000000u));
+  }
+  uint32_t r = a + 0xfffu + ((a >> 13) & 1u) - 0x38000000u; /* rebias 127 -> 15 */
+  return (uint16_t)(sign | (uint16_t)(r >> 13));
+}
+
+/* Element e (offset already included) of a view's buffer at base, as float. */
+static inline float attn_load_elem(const void *base, attn_dtype t, int64_t e) {
+  switch (t) {
+  case ATTN_F16: return attn_f16_to_f32(((const uint16_t *)base)[e]);
+  case ATTN_BF16: return attn_bf16_to_f32(((const uint16_t *)base)[e]);
+  default: return ((const float *)base)[e];
+  }
+}
+static inline void attn_store_elem(void *base, attn_dtype t, int64_t e, float f) {
+  switch (t) {
+  case ATTN_F16: ((uint16_t *)base)[e] = attn_f32_to_f16(f); break;
+  case ATTN_BF16: ((uint16_t *)base)[e] = attn_f32_to_bf16(f); break;
+  default: ((float *)base)[e] = f; break;
+  }
+}
+
 typedef struct attn_backend_vtable {
-  /* ---- header: never changes within ABI major 1 ---- */
+  /* ---- header: never changes within ABI major 2 ---- */
   uint32_t abi_major;  /* ATTN_ABI_MAJOR of the SDK the module was built with */
   uint32_t abi_minor;  /* ATTN_ABI_MINOR of the SDK the module was built with */
   uint32_t struct_size; /* sizeof(attn_backend_vtable) as the module saw it */
   const char *name;    /* backend name used in selectors: [a-z0-9_]+ */
 
-  /* ---- slots, ABI 1.0 (all required unless marked optional) ---- */
+  /* ---- slots, ABI 2.0 (all required unless marked optional) ---- */
   /* Called once after loading, before anything else; host outlives the module. 0 = ok. */
   attn_status (*init)(const attn_host *host);
   /* Number of usable devices; 0 means "not usable here", which is not an error. Cheap. */
@@ -113,27 +267,25 @@ typedef struct attn_backend_vtable {
   /* Blocking copy of bytes from buf at byte offset into host dst (waits for queued work). */
   attn_status (*buffer_read)(attn_backend_ctx *ctx, attn_buffer *buf, size_t offset,
                              size_t bytes, void *dst);
-  /* Can this context run this stage descriptor? ATTN_OK, or ATTN_ERR_UNSUPPORTED with why. */
+  /* Can this context run this stage descriptor? ATTN_OK, or ATTN_ERR_UNSUPPORTED with why.
+   * Must refuse every feature bit it does not implement, naming it. */
   attn_status (*supports)(attn_backend_ctx *ctx, attn_stage stage, const void *desc, char *why,
                           size_t why_len);
-  /* Enqueue y = x W^T + b; may return before it completes (in-order with other slots). */
-  attn_status (*linear)(attn_backend_ctx *ctx, const attn_linear_desc *desc);
-  /* Enqueue scaled dot-product attention; may return before it completes. */
-  attn_status (*sdpa)(attn_backend_ctx *ctx, const attn_sdpa_desc *desc);
+  /* Enqueue the stage (desc as attn_stage says); called only after supports said
+   * ATTN_OK for the same descriptor; may return before it completes (in order
+   * with the other slots). */
+  attn_status (*run)(attn_backend_ctx *ctx, attn_stage stage, const void *desc);
   /* Wait until all work enqueued on ctx has completed; reports deferred errors. */
   attn_status (*synchronize)(attn_backend_ctx *ctx);
-
-  /* ---- ABI 1.1: optional slots; the core checks ATTN_VT_HAS before calling ---- */
   /* (optional) Device peaks, clpeak style: fp32 FMA GFLOP/s and copy GB/s (read + written);
    * may answer from a cache unless refresh. */
   attn_status (*peaks)(attn_backend_ctx *ctx, bool refresh, double *gflops, double *gbps);
-
-  /* ---- ABI 1.2: optional slots ---- */
   /* (optional) attn_tune: flags and report as there; the core has zeroed the report.
    * Measure the backend's tuning parameters on this device, use the winners on ctx
    * and store them for later contexts; or, with ATTN_TUNE_SHOW, only report the
    * values ctx uses. */
   attn_status (*tune)(attn_backend_ctx *ctx, unsigned flags, attn_tune_report *report);
+  /* New optional slots go here, each marked with the minor that added it. */
 } attn_backend_vtable;
 
 /* The one exported symbol of a module. */

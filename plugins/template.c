@@ -12,7 +12,8 @@
  *   - sdpa refused through supports() with a reason, so libattn reports
  *     ATTN_ERR_UNSUPPORTED instead of computing garbage.
  * To make it yours: rename TEMPLATE_NAME (and the file: attn_<name>.so), put
- * your driver calls where the comments say, and implement sdpa.
+ * your driver calls where the comments say, and add sdpa to supports() and
+ * run().
  *
  * Build it as a libtool module, never linked into libattn:
  *   attn_mine_la_LDFLAGS = -module -avoid-version -no-undefined -shared
@@ -25,6 +26,7 @@
  *   - a context is used by one thread at a time, but different contexts may
  *     run on different threads at once: lock any module-global state.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -42,7 +44,7 @@ static const attn_host *host;
 struct attn_buffer {
   struct attn_buffer *prev, *next;
   size_t bytes;
-  float *data;
+  void *data;
 };
 
 /* Your per-context state: a queue, a device handle, caches... */
@@ -104,7 +106,7 @@ static void tpl_close(attn_backend_ctx *ctx) {
  * can tell it from host memory (ATTN_ERR_NOMEM). */
 static attn_status tpl_buffer_alloc(attn_backend_ctx *ctx, size_t bytes, attn_buffer **buf) {
   attn_buffer *b = calloc(1, sizeof *b);
-  float *data = b ? malloc(bytes) : NULL;
+  void *data = b ? malloc(bytes) : NULL;
   if (!data) {
     free(b);
     return host->error(ATTN_ERR_DEVICE_MEMORY, "template: cannot allocate %zu bytes", bytes);
@@ -143,27 +145,43 @@ static attn_status tpl_buffer_read(attn_backend_ctx *ctx, attn_buffer *buf, size
   return st;
 }
 
+/* The features this module implements. Anything else, including bits added
+ * by later ABI minors that this file has never heard of, is refused: a
+ * backend that ignored an option would silently compute something else. */
+#define TPL_LINEAR_FEATURES (ATTN_FEAT_BIAS | ATTN_FEAT_F16 | ATTN_FEAT_BF16)
+
 /* Capability query: the core asks before every stage. Say no, with a reason
- * a user can act on, for anything the stage slots below can't do right. */
+ * a user can act on, for anything run() below can't do right. */
 static attn_status tpl_supports(attn_backend_ctx *ctx, attn_stage stage, const void *desc,
                                 char *why, size_t why_len) {
-  if (stage == ATTN_STAGE_LINEAR) return ATTN_OK;
-  if (why && why_len) {
-    strncpy(why, "the template backend does not implement sdpa", why_len - 1);
-    why[why_len - 1] = '\0';
+  if (stage == ATTN_STAGE_LINEAR) {
+    const attn_linear_desc *d = desc;
+    const int bit = attn_feature_unknown(d->features, TPL_LINEAR_FEATURES);
+    if (bit < 0) return ATTN_OK;
+    char buf[32];
+    snprintf(why, why_len, "template: linear cannot do %s",
+             attn_feature_name(bit, buf, sizeof buf));
+    return ATTN_ERR_UNSUPPORTED;
   }
+  snprintf(why, why_len, "the template backend does not implement %s",
+           stage == ATTN_STAGE_SDPA ? "sdpa" : "this stage");
   return ATTN_ERR_UNSUPPORTED;
 }
 
-/* Element (0, i1, i2, i3) of a strided view (see attn_view). */
+/* Element (0, i1, i2, i3) of a strided view (see attn_view), of any dtype:
+ * the SDK's attn_load_elem / attn_store_elem convert (to 16 bits they round
+ * to nearest even, as the numerics contract requires). */
+static int64_t tpl_idx(const attn_view *v, int64_t i1, int64_t i2, int64_t i3) {
+  return v->offset + i1 * v->strides[1] + i2 * v->strides[2] + i3 * v->strides[3];
+}
 static float tpl_at(const attn_view *v, int64_t i1, int64_t i2, int64_t i3) {
-  return v->buf->data[v->offset + i1 * v->strides[1] + i2 * v->strides[2] + i3 * v->strides[3]];
+  return attn_load_elem(v->buf->data, v->dtype, tpl_idx(v, i1, i2, i3));
 }
 
 /* y[b, m, n] = sum_k x[b, m, k] * w[n, k] + bias[n]   (nn.Linear).
  * x [1,B,M,K], w [1,1,N,K], bias [1,1,1,N] or absent, y [1,B,M,N]. A device
  * backend enqueues a kernel here and returns; this one computes at once. */
-static attn_status tpl_linear(attn_backend_ctx *ctx, const attn_linear_desc *d) {
+static attn_status tpl_linear(const attn_linear_desc *d) {
   int64_t B = d->x.shape[1], M = d->x.shape[2], K = d->x.shape[3], N = d->w.shape[2];
   for (int64_t b = 0; b < B; b++)
     for (int64_t m = 0; m < M; m++)
@@ -171,16 +189,16 @@ static attn_status tpl_linear(attn_backend_ctx *ctx, const attn_linear_desc *d) 
         double acc = d->bias.buf ? tpl_at(&d->bias, 0, 0, n) : 0.0;
         for (int64_t k = 0; k < K; k++)
           acc += (double)tpl_at(&d->x, b, m, k) * tpl_at(&d->w, 0, n, k);
-        d->y.buf->data[d->y.offset + b * d->y.strides[1] + m * d->y.strides[2] +
-                       n * d->y.strides[3]] = (float)acc;
+        attn_store_elem(d->y.buf->data, d->y.dtype, tpl_idx(&d->y, b, m, n), (float)acc);
       }
   return ATTN_OK;
 }
 
-/* Not implemented: supports() already refused, so the core never calls this;
- * the slot still must not be NULL. */
-static attn_status tpl_sdpa(attn_backend_ctx *ctx, const attn_sdpa_desc *d) {
-  return host->error(ATTN_ERR_UNSUPPORTED, "template: sdpa is not implemented");
+/* One slot runs every stage: the core calls it only after supports() said
+ * yes to the same descriptor. A new stage is a new case here. */
+static attn_status tpl_run(attn_backend_ctx *ctx, attn_stage stage, const void *desc) {
+  if (stage == ATTN_STAGE_LINEAR) return tpl_linear(desc);
+  return host->error(ATTN_ERR_UNSUPPORTED, "template: stage %d is not implemented", (int)stage);
 }
 
 /* Wait for queued work and report errors that happened in it. Work here is
@@ -204,8 +222,7 @@ static const attn_backend_vtable tpl_vtable = {
     .buffer_write = tpl_buffer_write,
     .buffer_read = tpl_buffer_read,
     .supports = tpl_supports,
-    .linear = tpl_linear,
-    .sdpa = tpl_sdpa,
+    .run = tpl_run,
     .synchronize = tpl_synchronize,
 };
 

@@ -3,7 +3,12 @@
  * (the ocl-icd "dummy ICD" approach: fake plugins from one source).
  *
  *   TP_NAME        the backend name (required, e.g. "tp_good")
- *   TP_BAD_ABI     abi_major 99: the core must refuse it, naming 99 and 1
+ *   TP_BAD_ABI     abi_major 99: the core must refuse it, naming 99 and 2
+ *   TP_ABI_1       a module of the 1.x ABI (abi 1.2): refused, naming 1.2, 2 and the file
+ *   TP_ABI_2_0     built as if against the 2.0 SDK (abi_minor 0, no 16-bit storage):
+ *                  the core must refuse f16/bf16 calls itself, before calling it
+ *   TP_NO_BF16     an ABI 2.1 module whose linear does f16 but not bf16: its
+ *                  supports() must refuse the bf16 bit by name
  *   TP_NO_ENTRY    the entry symbol has another name: refused
  *   TP_PROBE_ZERO  probe returns 0: loads, with no devices (not an error)
  *   TP_OPEN_FAIL   open fails with a message: attn_open reports it
@@ -16,6 +21,7 @@
  * selectors by index, type and name can be tested against real modules.
  * linear is implemented (naively, in double); sdpa is refused through
  * supports() with a reason. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -31,7 +37,7 @@ static const attn_host *host;
 struct attn_buffer {
   struct attn_buffer *prev, *next;
   size_t bytes;
-  float *data;
+  void *data;
 };
 
 struct attn_backend_ctx {
@@ -108,7 +114,7 @@ static attn_status tp_buffer_alloc(attn_backend_ctx *ctx, size_t bytes, attn_buf
                      bytes);
 #else
   attn_buffer *b = calloc(1, sizeof *b);
-  float *data = b ? malloc(bytes) : NULL;
+  void *data = b ? malloc(bytes) : NULL;
   if (!data) {
     free(b);
     return host->error(ATTN_ERR_DEVICE_MEMORY, "%s: cannot allocate %zu bytes", TP_NAME, bytes);
@@ -144,35 +150,54 @@ static attn_status tp_buffer_read(attn_backend_ctx *ctx, attn_buffer *buf, size_
   return st;
 }
 
+/* The linear features this module implements; every other bit is refused. */
+#if defined(TP_NO_BF16)
+#define TP_LINEAR_FEATURES (ATTN_FEAT_BIAS | ATTN_FEAT_F16)
+#else
+#define TP_LINEAR_FEATURES (ATTN_FEAT_BIAS | ATTN_FEAT_F16 | ATTN_FEAT_BF16)
+#endif
+
 static attn_status tp_supports(attn_backend_ctx *ctx, attn_stage stage, const void *desc,
                                char *why, size_t why_len) {
-  if (stage == ATTN_STAGE_LINEAR) return ATTN_OK;
-  if (why && why_len) {
-    strncpy(why, "the test plugin implements linear only", why_len - 1);
-    why[why_len - 1] = '\0';
+  if (stage == ATTN_STAGE_LINEAR) {
+    const attn_linear_desc *d = desc;
+    const int bit = attn_feature_unknown(d->features, TP_LINEAR_FEATURES);
+    if (bit < 0) return ATTN_OK;
+    char buf[32];
+    snprintf(why, why_len, "%s: linear cannot do %s", TP_NAME,
+             attn_feature_name(bit, buf, sizeof buf));
+    return ATTN_ERR_UNSUPPORTED;
   }
+  snprintf(why, why_len, "the test plugin implements linear only");
   return ATTN_ERR_UNSUPPORTED;
 }
 
+static int64_t at_idx(const attn_view *v, int64_t i1, int64_t i2, int64_t i3) {
+  return v->offset + i1 * v->strides[1] + i2 * v->strides[2] + i3 * v->strides[3];
+}
 static float at(const attn_view *v, int64_t i1, int64_t i2, int64_t i3) {
-  return v->buf->data[v->offset + i1 * v->strides[1] + i2 * v->strides[2] + i3 * v->strides[3]];
+  return attn_load_elem(v->buf->data, v->dtype, at_idx(v, i1, i2, i3));
 }
 
-static attn_status tp_linear(attn_backend_ctx *ctx, const attn_linear_desc *d) {
+/* Reads the descriptor only as far as its sender's struct_size reaches: a
+ * shorter (older core's) descriptor means the options past it are unused. */
+static attn_status tp_linear(const attn_linear_desc *d) {
   int64_t B = d->x.shape[1], M = d->x.shape[2], K = d->x.shape[3], N = d->w.shape[2];
+  const int bias = ATTN_DESC_HAS(d, bias) && d->bias.buf;
   for (int64_t b = 0; b < B; b++)
     for (int64_t m = 0; m < M; m++)
       for (int64_t n = 0; n < N; n++) {
-        double acc = d->bias.buf ? at(&d->bias, 0, 0, n) : 0.0;
+        double acc = bias ? at(&d->bias, 0, 0, n) : 0.0;
         for (int64_t k = 0; k < K; k++) acc += (double)at(&d->x, b, m, k) * at(&d->w, 0, n, k);
-        d->y.buf->data[d->y.offset + b * d->y.strides[1] + m * d->y.strides[2] +
-                       n * d->y.strides[3]] = (float)acc;
+        attn_store_elem(d->y.buf->data, d->y.dtype, at_idx(&d->y, b, m, n), (float)acc);
       }
   return ATTN_OK;
 }
 
-static attn_status tp_sdpa(attn_backend_ctx *ctx, const attn_sdpa_desc *d) {
-  return host->error(ATTN_ERR_UNSUPPORTED, "%s: sdpa is not implemented by the test plugin",
+static attn_status tp_run(attn_backend_ctx *ctx, attn_stage stage, const void *desc) {
+  (void)ctx;
+  if (stage == ATTN_STAGE_LINEAR) return tp_linear(desc);
+  return host->error(ATTN_ERR_UNSUPPORTED, "%s: only linear is implemented by the test plugin",
                      TP_NAME);
 }
 
@@ -181,12 +206,19 @@ static attn_status tp_synchronize(attn_backend_ctx *ctx) { return ATTN_OK; }
 #endif
 
 static const attn_backend_vtable vtable = {
-#ifdef TP_BAD_ABI
+#if defined(TP_BAD_ABI)
     .abi_major = 99,
+    .abi_minor = ATTN_ABI_MINOR,
+#elif defined(TP_ABI_1)
+    .abi_major = 1,
+    .abi_minor = 2,
+#elif defined(TP_ABI_2_0)
+    .abi_major = ATTN_ABI_MAJOR,
+    .abi_minor = 0,
 #else
     .abi_major = ATTN_ABI_MAJOR,
-#endif
     .abi_minor = ATTN_ABI_MINOR,
+#endif
     .struct_size = sizeof(attn_backend_vtable),
     .name = TP_NAME,
     .init = tp_init,
@@ -199,8 +231,7 @@ static const attn_backend_vtable vtable = {
     .buffer_write = tp_buffer_write,
     .buffer_read = tp_buffer_read,
     .supports = tp_supports,
-    .linear = tp_linear,
-    .sdpa = tp_sdpa,
+    .run = tp_run,
 #ifdef TP_NULL_SLOT
     .synchronize = NULL,
 #else

@@ -33,7 +33,7 @@ void tu_check_one_head_mha(attn_context *ctx, int64_t E, int64_t S, uint64_t see
     CHECK_OK(attn_tensor_create(ctx, 1, &E, &tb[i]));
     CHECK_OK(attn_tensor_write(tb[i], bias[i], (size_t)E));
   }
-  attn_mha_desc d = {.d_model = E, .n_heads = 1, .bias = true, .max_batch = 1, .max_seq = S};
+  attn_mha_desc d = {.struct_size = sizeof(attn_mha_desc), .d_model = E, .n_heads = 1, .bias = true, .max_batch = 1, .max_seq = S};
   attn_mha_weights mw = {.wq = tw[0], .wk = tw[1], .wv = tw[2], .wo = tw[3],
                          .bq = tb[0], .bk = tb[1], .bv = tb[2], .bo = tb[3]};
   attn_mha *g;

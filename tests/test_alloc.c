@@ -192,7 +192,7 @@ static attn_status sdpa_scenario(attn_context *ctx, sdpa_result *res, const char
   STEP("tensor_write k (strided)", attn_tensor_write(k, hk, sizeof hk / sizeof hk[0]));
   STEP("tensor_write v (strided)", attn_tensor_write(v, hv, sizeof hv / sizeof hv[0]));
   STEP("tensor_write mask", attn_tensor_write(mask, hmask, sizeof hmask / sizeof hmask[0]));
-  attn_sdpa_args a = {.q = q, .k = k, .v = v, .out = out, .mask = mask,
+  attn_sdpa_args a = {.struct_size = sizeof(attn_sdpa_args), .q = q, .k = k, .v = v, .out = out, .mask = mask,
                       .mask_kind = ATTN_MASK_BOOL, .causal = true, .kv_lens = kv_lens,
                       .lse = lse};
   STEP("sdpa", attn_sdpa(ctx, &a));
@@ -269,7 +269,7 @@ static attn_status mha_scenario(attn_context *ctx, mha_result *res, const char *
   STEP("tensor_create out", attn_tensor_create(ctx, 3, xs, &out));
   STEP("tensor_create o1", attn_tensor_create(ctx, 3, x1s, &o1));
   STEP("tensor_create o2", attn_tensor_create(ctx, 3, x2s, &o2));
-  attn_mha_desc d = {.d_model = E, .n_heads = NH, .n_kv_heads = NKV, .head_dim = HD,
+  attn_mha_desc d = {.struct_size = sizeof(attn_mha_desc), .d_model = E, .n_heads = NH, .n_kv_heads = NKV, .head_dim = HD,
                      .bias = true, .causal = true, .max_batch = MB, .max_seq = MS};
   attn_mha_weights mw = {.wq = w[0], .wk = w[1], .wv = w[2], .wo = w[3],
                          .bq = bias[0], .bk = bias[1], .bv = bias[2], .bo = bias[3]};

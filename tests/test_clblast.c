@@ -141,7 +141,7 @@ static void run_spec(const spec *s, bool value_nan) {
     CHECK_OK(attn_tensor_write(tm, mask, numel4(ms)));
   }
 
-  attn_sdpa_args a = {0};
+  attn_sdpa_args a = ATTN_SDPA_ARGS_INIT;
   a.q = gq.view, a.k = gk.view, a.v = gv.view, a.out = go.view, a.weights = gw.view, a.lse = tl;
   a.causal = s->causal;
   a.kv_lens = s->kv_lens ? lens : NULL;

@@ -187,7 +187,7 @@ static void test_help_version(void **state) {
   assert_non_null(strstr(r.out, "mha"));
   RUN(&r, "--version");
   spawn_expect_status(&r, 0);
-  assert_non_null(strstr(r.out, "0.1.0"));
+  assert_non_null(strstr(r.out, "0.2.0"));
   RUN(&r, "run", "--help");
   spawn_expect_status(&r, 0);
   assert_non_null(strstr(r.out, "--kv-lens"));

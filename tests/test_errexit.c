@@ -409,6 +409,7 @@ typedef struct sdpa_fix {
 static attn_sdpa_args sdpa_good(const sdpa_fix *f) {
   attn_sdpa_args a;
   memset(&a, 0, sizeof a);
+  a.struct_size = sizeof a;
   a.q = f->q, a.k = f->k, a.v = f->v, a.out = f->out;
   a.mask = f->mask, a.mask_kind = ATTN_MASK_ADDITIVE;
   a.weights = f->weights, a.lse = f->lse;
@@ -602,7 +603,7 @@ static void test_mha_create(void **state) {
   mha_w m, fm;
   mha_weights_make(ctx, &m);
   mha_weights_make(other, &fm);
-  const attn_mha_desc good = {.d_model = E, .n_heads = H, .n_kv_heads = HK, .bias = true,
+  const attn_mha_desc good = {.struct_size = sizeof(attn_mha_desc), .d_model = E, .n_heads = H, .n_kv_heads = HK, .bias = true,
                               .max_batch = 2, .max_seq = 4};
   attn_mha *g = NULL;
   attn_mha_weights gw = split_w(&m), pw = packed_w(&m);
@@ -721,7 +722,7 @@ static void test_mha_run(void **state) {
   mha_w m;
   mha_weights_make(ctx, &m);
   attn_mha_weights gw = split_w(&m);
-  const attn_mha_desc d = {.d_model = E, .n_heads = H, .n_kv_heads = HK, .bias = true,
+  const attn_mha_desc d = {.struct_size = sizeof(attn_mha_desc), .d_model = E, .n_heads = H, .n_kv_heads = HK, .bias = true,
                            .max_batch = 2, .max_seq = 4};
   attn_mha_desc dc = d;
   dc.d_kv = 6;
@@ -796,7 +797,7 @@ static void test_kv_cache(void **state) {
   mha_w m;
   mha_weights_make(ctx, &m);
   attn_mha_weights gw = split_w(&m);
-  const attn_mha_desc d = {.d_model = E, .n_heads = H, .n_kv_heads = HK, .bias = true,
+  const attn_mha_desc d = {.struct_size = sizeof(attn_mha_desc), .d_model = E, .n_heads = H, .n_kv_heads = HK, .bias = true,
                            .causal = true, .max_batch = 2, .max_seq = 4};
   attn_mha *g = NULL;
   OK(attn_mha_create(ctx, &d, &gw, &g));

@@ -142,7 +142,7 @@ static attn_status scenario_sdpa(world *w) {
   if (st == ATTN_OK) st = tensor(w, 4, os, NULL, &o);
   if (st == ATTN_OK) st = tensor(w, 4, ws, NULL, &wt);
   if (st == ATTN_OK) st = tensor(w, 3, ls, NULL, &l);
-  attn_sdpa_args a = {.q = q, .k = k, .v = v, .out = o, .causal = true, .weights = wt, .lse = l};
+  attn_sdpa_args a = {.struct_size = sizeof(attn_sdpa_args), .q = q, .k = k, .v = v, .out = o, .causal = true, .weights = wt, .lse = l};
   STEP(w, st, attn_sdpa(w->ctx, &a));
   STEP(w, st, attn_synchronize(w->ctx));
   STEP(w, st, attn_tensor_read(o, w->got[0], sizeof s_out / sizeof s_out[0]));
@@ -157,7 +157,7 @@ static int check_sdpa(const world *w) {
          tu_check_close("sdpa lse", w->got[2], s_lse, sizeof s_lse / sizeof s_lse[0], NULL);
 }
 
-static const attn_mha_desc m_desc = {.d_model = ME, .n_heads = MH, .n_kv_heads = MHKV,
+static const attn_mha_desc m_desc = {.struct_size = sizeof(attn_mha_desc), .d_model = ME, .n_heads = MH, .n_kv_heads = MHKV,
                                      .head_dim = MD, .bias = true, .causal = true,
                                      .max_batch = MB, .max_seq = MS};
 

@@ -30,6 +30,10 @@ static void plugin_path(char *dst, size_t size, const char *name) {
   snprintf(dst, size, "%s/attn_%s.so", plugin_dir, name);
 }
 
+/* Modules in plugin_dir that load, and that are refused. */
+#define NGOOD 7
+#define NBAD 4
+
 static const attn_backend *find_be(const attn_registry *reg, const char *name) {
   for (int i = 0; i < reg->nbackends; i++)
     if (strcmp(reg->backends[i].name, name) == 0) return &reg->backends[i];
@@ -102,7 +106,14 @@ static void test_badabi(void **state) {
   plugin_path(path, sizeof path, "tp_badabi");
   /* Both versions, and the file (the failure's path; attn_open's message
    * and `attn devices` print it with the reason). */
-  expect_refused("tp_badabi", "ABI major 99", "expects 1", NULL);
+  expect_refused("tp_badabi", "plugin ABI 99.", "expects ABI 2.x", NULL);
+}
+
+/* A module of the 1.x ABI (per-stage slots, untyped views) is refused with
+ * both versions, never called. */
+static void test_abi1(void **state) {
+  (void)state;
+  expect_refused("tp_abi1", "plugin ABI 1.2", "expects ABI 2.x (at most 2.1)", "rebuild", NULL);
 }
 
 static void test_noentry(void **state) {
@@ -153,12 +164,13 @@ static void test_whole_dir(void **state) {
   attn_registry reg;
   assert_int_equal(attn__registry_scan(plugin_dir, &reg), ATTN_OK);
   /* Loaded in sorted file name order. */
-  const char *loaded[] = {"template", "tp_allocfail", "tp_good", "tp_openfail", "tp_probe0"};
-  assert_int_equal(reg.nbackends, 5);
-  for (int i = 0; i < 5; i++) assert_string_equal(reg.backends[i].name, loaded[i]);
-  const char *failed[] = {"tp_badabi", "tp_noentry", "tp_nullslot"};
-  assert_int_equal(reg.nfailures, 3);
-  for (int i = 0; i < 3; i++) assert_string_equal(reg.failures[i].name, failed[i]);
+  const char *loaded[] = {"template",  "tp_abi20",    "tp_allocfail", "tp_good",
+                          "tp_nobf16", "tp_openfail", "tp_probe0"};
+  assert_int_equal(reg.nbackends, NGOOD);
+  for (int i = 0; i < NGOOD; i++) assert_string_equal(reg.backends[i].name, loaded[i]);
+  const char *failed[] = {"tp_abi1", "tp_badabi", "tp_noentry", "tp_nullslot"};
+  assert_int_equal(reg.nfailures, NBAD);
+  for (int i = 0; i < NBAD; i++) assert_string_equal(reg.failures[i].name, failed[i]);
   const attn_load_failure *badabi = find_fail(&reg, "tp_badabi");
   const attn_load_failure *nullslot = find_fail(&reg, "tp_nullslot");
   assert_non_null(badabi);
@@ -179,8 +191,8 @@ static void test_whole_dir(void **state) {
   char search[2200];
   snprintf(search, sizeof search, "::%s/:", plugin_dir);
   assert_int_equal(attn__registry_scan(search, &reg), ATTN_OK);
-  assert_int_equal(reg.nbackends, 5);
-  assert_int_equal(reg.nfailures, 3);
+  assert_int_equal(reg.nbackends, NGOOD);
+  assert_int_equal(reg.nfailures, NBAD);
   attn__registry_free(&reg);
 
   assert_int_equal(attn__registry_scan("", &reg), ATTN_OK);
@@ -201,10 +213,10 @@ static void test_first_one_wins(void **state) {
   snprintf(search, sizeof search, "%s:%s", good, plugin_dir);
   attn_registry reg;
   assert_int_equal(attn__registry_scan(search, &reg), ATTN_OK);
-  assert_int_equal(reg.nbackends, 5);
+  assert_int_equal(reg.nbackends, NGOOD);
   assert_string_equal(reg.backends[0].name, "tp_good");
   assert_string_equal(reg.backends[0].path, good);
-  assert_int_equal(reg.nfailures, 3);
+  assert_int_equal(reg.nfailures, NBAD);
   assert_null(find_fail(&reg, "tp_good"));
   attn__registry_free(&reg);
 
@@ -380,7 +392,7 @@ static void test_faulty_modules_affect_nothing_else(void **state) {
 
   attn_registry alone;
   assert_int_equal(attn__registry_scan(plugin_dir, &alone), ATTN_OK);
-  assert_int_equal(alone.nbackends, 5);
+  assert_int_equal(alone.nbackends, NGOOD);
 
   char search[2][4000];
   snprintf(search[0], sizeof search[0], "%s:%s:%s", tmp_dir, fdir, plugin_dir);
@@ -401,9 +413,10 @@ static void test_faulty_modules_affect_nothing_else(void **state) {
     struct {
       const char *name, *why;
     } bad[] = {{"junk", "dlopen failed"},   {"trunc", "dlopen failed"},
-               {"tp_probefail", "probe"},   {"tp_badabi", "ABI major 99"},
-               {"tp_noentry", "attn_backend_entry"}, {"tp_nullslot", "synchronize"}};
-    assert_int_equal(reg.nfailures, 6);
+               {"tp_probefail", "probe"},   {"tp_badabi", "plugin ABI 99."},
+               {"tp_noentry", "attn_backend_entry"}, {"tp_nullslot", "synchronize"},
+               {"tp_abi1", "plugin ABI 1.2"}};
+    assert_int_equal(reg.nfailures, 7);
     for (size_t b = 0; b < sizeof bad / sizeof bad[0]; b++) {
       const attn_load_failure *f = find_fail(&reg, bad[b].name);
       if (!f) fail_msg("%s: no failure recorded", bad[b].name);
@@ -528,9 +541,11 @@ static void test_backend_linear(void **state) {
     for (int with_bias = 0; with_bias < 2; with_bias++) {
       attn_linear_desc d;
       memset(&d, 0, sizeof d);
+      d.struct_size = sizeof d;
       d.x = attn__tensor_view4(tx);
       d.w = attn__tensor_view4(tw);
       if (with_bias) d.bias = attn__tensor_view4(tb);
+      d.features = with_bias ? ATTN_FEAT_BIAS : 0;
       d.y = attn__tensor_view4(ty);
       ATTN_ENTER("test_backend_linear");
       attn_status st = attn__run_linear(ctx, &d);
@@ -553,6 +568,7 @@ static void test_backend_linear(void **state) {
                 *v = make_tensor(ctx, 4, qs, x, 8), *o = make_tensor(ctx, 4, qs, NULL, 0);
     attn_sdpa_args a;
     memset(&a, 0, sizeof a);
+    a.struct_size = sizeof a;
     a.q = q;
     a.k = k;
     a.v = v;
@@ -573,6 +589,95 @@ static void test_backend_linear(void **state) {
   }
 }
 
+/* The ABI's growth rules with real modules. Linear of x [1,2,4] by w [3,4]
+ * with every operand of type t, on backend be: returns the status, and the
+ * output (checked against double on the rounded inputs) when it ran. */
+static char typed_msg[512]; /* the run's message (attn_close clears attn_last_error) */
+static attn_status linear_typed(const char *be, attn_dtype t, size_t desc_size) {
+  attn_context *ctx = NULL;
+  assert_int_equal(attn_open(be, &ctx), ATTN_OK);
+  enum { M = 2, K = 4, N = 3 };
+  float x[M * K], w[N * K], xr[M * K], wr[N * K], y[M * N];
+  for (int i = 0; i < M * K; i++) x[i] = 0.3f * (float)i - 1.1f;
+  for (int i = 0; i < N * K; i++) w[i] = 0.7f - 0.13f * (float)i;
+  const int64_t xs[3] = {1, M, K}, ws[2] = {N, K}, ys[3] = {1, M, N};
+  attn_tensor *tx, *tw, *ty;
+  assert_int_equal(attn_tensor_create_typed(ctx, t, 3, xs, &tx), ATTN_OK);
+  assert_int_equal(attn_tensor_create_typed(ctx, t, 2, ws, &tw), ATTN_OK);
+  assert_int_equal(attn_tensor_create_typed(ctx, t, 3, ys, &ty), ATTN_OK);
+  assert_int_equal(attn_tensor_write(tx, x, M * K), ATTN_OK);
+  assert_int_equal(attn_tensor_write(tw, w, N * K), ATTN_OK);
+  assert_int_equal(attn_tensor_read(tx, xr, M * K), ATTN_OK); /* as stored */
+  assert_int_equal(attn_tensor_read(tw, wr, N * K), ATTN_OK);
+  attn_linear_desc d;
+  memset(&d, 0, sizeof d);
+  d.struct_size = desc_size;
+  d.x = attn__tensor_view4(tx);
+  d.w = attn__tensor_view4(tw);
+  d.y = attn__tensor_view4(ty);
+  const attn_view *views[3] = {&d.x, &d.w, &d.y};
+  d.features = attn__dtype_features(views, 3);
+  ATTN_ENTER("test_linear_typed");
+  attn_status st = attn__run_linear(ctx, &d);
+  snprintf(typed_msg, sizeof typed_msg, "%s", attn_last_error());
+  if (st == ATTN_OK) {
+    assert_int_equal(attn_tensor_read(ty, y, M * N), ATTN_OK);
+    for (int m = 0; m < M; m++)
+      for (int n = 0; n < N; n++) {
+        double want = 0;
+        for (int k = 0; k < K; k++) want += (double)xr[m * K + k] * wr[n * K + k];
+        /* one rounding to the output type: 2^-8 relative for bf16 */
+        const double tol = t == ATTN_F32 ? 1e-6 : t == ATTN_F16 ? 1e-3 : 8e-3;
+        if (fabs(y[m * N + n] - want) > tol * (1 + fabs(want)))
+          fail_msg("%s %s y[%d,%d] = %g, want %g", be, attn_dtype_str(t), m, n, y[m * N + n],
+                   want);
+      }
+  }
+  attn_close(ctx);
+  return st;
+}
+
+static void test_abi_features(void **state) {
+  (void)state;
+  /* A module built against the 2.0 SDK is never sent 16-bit storage: the
+   * core refuses in its name, before calling it; f32 still runs. */
+  assert_int_equal(linear_typed("tp_abi20", ATTN_F32, sizeof(attn_linear_desc)), ATTN_OK);
+  assert_int_equal(linear_typed("tp_abi20", ATTN_BF16, sizeof(attn_linear_desc)),
+                   ATTN_ERR_UNSUPPORTED);
+  assert_string_equal(typed_msg,
+                      "test_linear_typed: backend tp_abi20 (ABI 2.0) cannot do bf16 storage");
+  assert_int_equal(linear_typed("tp_abi20", ATTN_F16, sizeof(attn_linear_desc)),
+                   ATTN_ERR_UNSUPPORTED);
+  assert_contains(typed_msg, "(ABI 2.0) cannot do f16 storage");
+  /* A current module that does not implement a bit refuses it by name. */
+  assert_int_equal(linear_typed("tp_nobf16", ATTN_F16, sizeof(attn_linear_desc)), ATTN_OK);
+  assert_int_equal(linear_typed("tp_nobf16", ATTN_BF16, sizeof(attn_linear_desc)),
+                   ATTN_ERR_UNSUPPORTED);
+  assert_contains(typed_msg, "tp_nobf16: linear cannot do bf16 storage");
+  /* Every dtype on the test plugin and the template. */
+  for (int t = 0; t < 3; t++) {
+    assert_int_equal(linear_typed("tp_good", (attn_dtype)t, sizeof(attn_linear_desc)), ATTN_OK);
+    assert_int_equal(linear_typed("template", (attn_dtype)t, sizeof(attn_linear_desc)), ATTN_OK);
+  }
+  /* A descriptor larger than the module's (a newer core's, with fields the
+   * module never reads) still runs. */
+  assert_int_equal(linear_typed("tp_good", ATTN_F32, sizeof(attn_linear_desc) + 64), ATTN_OK);
+}
+
+/* A feature bit the SDK does not know is named by number, and refused. */
+static void test_feature_names(void **state) {
+  (void)state;
+  char buf[32];
+  assert_string_equal(attn_feature_name(8, buf, sizeof buf), "bf16 storage");
+  assert_string_equal(attn_feature_name(2, buf, sizeof buf), "causal");
+  assert_string_equal(attn_feature_name(41, buf, sizeof buf), "feature bit 41");
+  assert_int_equal(attn_feature_unknown(ATTN_FEAT_CAUSAL | (1ull << 41), ATTN_FEAT_KNOWN), 41);
+  assert_int_equal(attn_feature_unknown(ATTN_FEAT_CAUSAL, ATTN_FEAT_KNOWN), -1);
+  assert_true(attn_feature_minor(41) > ATTN_ABI_MINOR);
+  assert_int_equal(attn_feature_minor(8), 1);
+  assert_int_equal(attn_feature_minor(0), 0);
+}
+
 static void test_open_badabi(void **state) {
   (void)state;
   attn_context *ctx = NULL;
@@ -583,7 +688,8 @@ static void test_open_badabi(void **state) {
   const char *msg = attn_last_error();
   assert_contains(msg, "attn_open: ");
   assert_contains(msg, path);
-  assert_contains(msg, "ABI major 99, libattn expects 1");
+  assert_contains(msg, "built for plugin ABI 99.");
+  assert_contains(msg, "expects ABI 2.x");
 
   /* The first alternative's specific error wins over a later no-device. */
   assert_int_equal(attn_open("tp_nullslot:0,nosuch", &ctx), ATTN_ERR_PLUGIN);
@@ -682,7 +788,7 @@ static void test_list_devices(void **state) {
     assert_non_null(r);
     assert_true(strlen(r) > 0);
     if (strstr(p, "attn_tp_badabi.so")) {
-      assert_contains(r, "ABI major 99");
+      assert_contains(r, "plugin ABI 99.");
       failed++;
     }
     if (strstr(p, "attn_tp_noentry.so") || strstr(p, "attn_tp_nullslot.so")) failed++;
@@ -762,6 +868,9 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_good_by_path),
       cmocka_unit_test(test_badabi),
+      cmocka_unit_test(test_abi1),
+      cmocka_unit_test(test_abi_features),
+      cmocka_unit_test(test_feature_names),
       cmocka_unit_test(test_noentry),
       cmocka_unit_test(test_nullslot),
       cmocka_unit_test(test_probe0),

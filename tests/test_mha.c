@@ -203,7 +203,7 @@ static void test_graph_vs_stages(void **state) {
     const mha_case *c = &cases[i];
     model m;
     model_init(&m, ctx, c->E, c->Ekv, c->H, c->Hkv, c->D, c->bias, c->packed, 1000 + i);
-    attn_mha_desc d = {.d_model = c->E, .d_kv = c->Skv ? c->Ekv : 0, .n_heads = c->H,
+    attn_mha_desc d = {.struct_size = sizeof(attn_mha_desc), .d_model = c->E, .d_kv = c->Skv ? c->Ekv : 0, .n_heads = c->H,
                        .n_kv_heads = c->Hkv, .head_dim = c->head_dim, .bias = c->bias,
                        .causal = c->causal, .max_batch = c->B + 1, .max_seq = c->S + 2,
                        .max_kv_seq = c->Skv ? c->Skv + 3 : 0};
@@ -266,7 +266,7 @@ static void test_kv_cache(void **state) {
   attn_context *ctx = *state;
   model m;
   model_init(&m, ctx, KE, KE, KH, KHKV, KD, true, false, 99);
-  attn_mha_desc d = {.d_model = KE, .n_heads = KH, .n_kv_heads = KHKV, .bias = true,
+  attn_mha_desc d = {.struct_size = sizeof(attn_mha_desc), .d_model = KE, .n_heads = KH, .n_kv_heads = KHKV, .bias = true,
                      .causal = true, .max_batch = KB, .max_seq = KT};
   attn_mha_weights w = model_weights(&m);
   attn_mha *g = NULL;
@@ -331,7 +331,7 @@ static void test_bad_descriptors(void **state) {
   model m, mp;
   model_init(&m, ctx, 16, 12, 4, 2, 4, true, false, 3);
   model_init(&mp, ctx, 16, 16, 4, 2, 4, true, true, 4);
-  const attn_mha_desc good = {.d_model = 16, .d_kv = 12, .n_heads = 4, .n_kv_heads = 2,
+  const attn_mha_desc good = {.struct_size = sizeof(attn_mha_desc), .d_model = 16, .d_kv = 12, .n_heads = 4, .n_kv_heads = 2,
                               .bias = true, .max_batch = 2, .max_seq = 8};
   attn_mha_weights gw = model_weights(&m);
   attn_mha *g = NULL;
@@ -417,8 +417,8 @@ static void test_bad_run_args(void **state) {
   model m, mc;
   model_init(&m, ctx, 8, 8, 2, 2, 4, false, false, 11);
   model_init(&mc, ctx, 8, 6, 2, 2, 4, false, false, 12);
-  attn_mha_desc d = {.d_model = 8, .n_heads = 2, .max_batch = 2, .max_seq = 4};
-  attn_mha_desc dc = {.d_model = 8, .d_kv = 6, .n_heads = 2, .max_batch = 2, .max_seq = 4};
+  attn_mha_desc d = {.struct_size = sizeof(attn_mha_desc), .d_model = 8, .n_heads = 2, .max_batch = 2, .max_seq = 4};
+  attn_mha_desc dc = {.struct_size = sizeof(attn_mha_desc), .d_model = 8, .d_kv = 6, .n_heads = 2, .max_batch = 2, .max_seq = 4};
   attn_mha_weights w = model_weights(&m), wc = model_weights(&mc);
   attn_mha *g = NULL, *gc = NULL;
   assert_int_equal(attn_mha_create(ctx, &d, &w, &g), ATTN_OK);
@@ -477,7 +477,7 @@ static void test_profiling(void **state) {
   attn_context *ctx = *state;
   model m;
   model_init(&m, ctx, 32, 32, 4, 4, 8, true, false, 21);
-  attn_mha_desc d = {.d_model = 32, .n_heads = 4, .bias = true, .max_batch = 2, .max_seq = 16};
+  attn_mha_desc d = {.struct_size = sizeof(attn_mha_desc), .d_model = 32, .n_heads = 4, .bias = true, .max_batch = 2, .max_seq = 16};
   attn_mha_weights w = model_weights(&m);
   attn_mha *g = NULL;
   assert_int_equal(attn_mha_create(ctx, &d, &w, &g), ATTN_OK);
@@ -512,7 +512,7 @@ static void test_strided_io(void **state) {
   enum { B = 2, S = 5, E = 8, XW = E + 3, OW = E + 2 };
   model m;
   model_init(&m, ctx, E, E, 2, 1, 4, true, false, 31);
-  attn_mha_desc d = {.d_model = E, .n_heads = 2, .n_kv_heads = 1, .bias = true, .causal = true,
+  attn_mha_desc d = {.struct_size = sizeof(attn_mha_desc), .d_model = E, .n_heads = 2, .n_kv_heads = 1, .bias = true, .causal = true,
                      .max_batch = B, .max_seq = S};
   attn_mha_weights w = model_weights(&m);
   attn_mha *g = NULL;

@@ -454,7 +454,7 @@ static void test_kernel_dir_public_api(void **state) {
   float host[40];
   for (int i = 0; i < 40; i++) host[i] = (float)(i % 7) * 0.1f;
   assert_int_equal(attn_tensor_write(q, host, 40), ATTN_OK);
-  attn_sdpa_args a = {0};
+  attn_sdpa_args a = ATTN_SDPA_ARGS_INIT;
   a.q = a.k = a.v = q;
   a.out = o;
   setenv("ATTN_KERNEL_DIR", dir, 1);

@@ -149,7 +149,7 @@ static void run(const dcase *c, const char *mode) {
     CHECK_OK(attn_tensor_write(tl, nan, (size_t)n));
     free(nan);
   }
-  attn_sdpa_args a = {0};
+  attn_sdpa_args a = ATTN_SDPA_ARGS_INIT;
   a.q = tq, a.k = tk, a.v = tv, a.out = to, a.mask = tm;
   a.mask_kind = mask ? c->mask : ATTN_MASK_NONE;
   a.causal = c->causal, a.kv_lens = c->kv_lens ? lens : NULL, a.lse = tl;

@@ -190,7 +190,7 @@ static void run_problem(problem *pb, result *r) {
   if (pb->want_weights) guarded_create(&weights, 4, ws, pb->layout);
   if (pb->want_lse) guarded_create(&lse, 3, ls, pb->layout);
 
-  attn_sdpa_args a = {0};
+  attn_sdpa_args a = ATTN_SDPA_ARGS_INIT;
   a.q = q, a.k = k, a.v = v, a.out = out.view;
   a.mask = mask, a.mask_kind = p->mask ? p->mask_kind : ATTN_MASK_NONE;
   a.causal = p->causal;

@@ -270,6 +270,7 @@ static attn_tensor *filled(attn_context *ctx, int ndim, const int64_t *shape, ui
 static attn_sdpa_args good_args(const sdpa_fixture *f) {
   attn_sdpa_args a;
   memset(&a, 0, sizeof a);
+  a.struct_size = sizeof a;
   a.q = f->q, a.k = f->k, a.v = f->v, a.out = f->out;
   a.mask = f->mask, a.mask_kind = ATTN_MASK_ADDITIVE;
   a.weights = f->weights, a.lse = f->lse;

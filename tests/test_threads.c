@@ -138,7 +138,7 @@ static const char *workload(const char *sel, results *r, char *why, size_t why_l
   TRY("write q", attn_tensor_write(q, hq, sizeof hq / sizeof hq[0]));
   TRY("write k", attn_tensor_write(k, hk, sizeof hk / sizeof hk[0]));
   TRY("write v", attn_tensor_write(v, hv, sizeof hv / sizeof hv[0]));
-  attn_sdpa_args a = {.q = q, .k = k, .v = v, .out = out, .lse = lse, .causal = true};
+  attn_sdpa_args a = {.struct_size = sizeof(attn_sdpa_args), .q = q, .k = k, .v = v, .out = out, .lse = lse, .causal = true};
   TRY("sdpa", attn_sdpa(ctx, &a));
   TRY("read out", attn_tensor_read(out, r->sdpa, sizeof r->sdpa / sizeof r->sdpa[0]));
   TRY("read lse", attn_tensor_read(lse, r->lse, sizeof r->lse / sizeof r->lse[0]));
@@ -155,7 +155,7 @@ static const char *workload(const char *sel, results *r, char *why, size_t why_l
   TRY("x", attn_tensor_create(ctx, 3, xs, &x));
   TRY("y", attn_tensor_create(ctx, 3, xs, &y));
   TRY("write x", attn_tensor_write(x, hx, sizeof hx / sizeof hx[0]));
-  attn_mha_desc d = {.d_model = E, .n_heads = NH, .n_kv_heads = NKV, .bias = true,
+  attn_mha_desc d = {.struct_size = sizeof(attn_mha_desc), .d_model = E, .n_heads = NH, .n_kv_heads = NKV, .bias = true,
                      .causal = true, .max_batch = B, .max_seq = MS};
   attn_mha_weights mw = {.wq = w[0], .wk = w[1], .wv = w[2], .wo = w[3],
                          .bq = bias[0], .bk = bias[1], .bv = bias[2], .bo = bias[3]};

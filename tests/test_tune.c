@@ -132,7 +132,7 @@ static void check_decode(attn_context *ctx, const char *what) {
   CHECK_OK(attn_tensor_write(tq, q, (size_t)(Hq * D)));
   CHECK_OK(attn_tensor_write(tk, k, (size_t)(Hkv * Skv * D)));
   CHECK_OK(attn_tensor_write(tv, v, (size_t)(Hkv * Skv * D)));
-  attn_sdpa_args a = {.q = tq, .k = tk, .v = tv, .out = to};
+  attn_sdpa_args a = {.struct_size = sizeof(attn_sdpa_args), .q = tq, .k = tk, .v = tv, .out = to};
   CHECK_OK(attn_sdpa(ctx, &a));
   CHECK_OK(attn_tensor_read(to, got, (size_t)(Hq * D)));
   tu_sdpa_problem p = {.B = 1, .Hq = Hq, .Hkv = Hkv, .Sq = 1, .Skv = Skv, .D = D, .Dv = D,

@@ -330,7 +330,7 @@ static int run_sdpa_on(attn_context *ctx, const sdpa_job *j, int64_t warmup, con
     cli_lib_fail(s, where);
     goto done;
   }
-  attn_sdpa_args a = {0};
+  attn_sdpa_args a = ATTN_SDPA_ARGS_INIT;
   a.q = q;
   a.k = k;
   a.v = v;
@@ -842,6 +842,7 @@ static int cmd_mha(int argc, char **argv) {
       (bias && !want_shape(&j, W_BO, fw[W_BO], j.E, 0, why)))
     goto done;
 
+  j.desc.struct_size = sizeof j.desc;
   j.desc.d_model = j.E;
   j.desc.d_kv = fkvx ? j.Ekv : 0;
   j.desc.n_heads = Hq;

@@ -263,7 +263,7 @@ static attn_status run_sdpa_shape(attn_context *ctx, const options *o, const ben
   if ((s = random_tensor(ctx, 4, qs, &state, &q)) || (s = random_tensor(ctx, 4, ks, &state, &k)) ||
       (s = random_tensor(ctx, 4, ks, &state, &v)) || (s = attn_tensor_create(ctx, 4, qs, &out)))
     goto done;
-  attn_sdpa_args a = {0};
+  attn_sdpa_args a = ATTN_SDPA_ARGS_INIT;
   a.q = q;
   a.k = k;
   a.v = v;
@@ -304,7 +304,7 @@ static attn_status run_mha_shape(attn_context *ctx, const options *o, const benc
     if ((s = random_tensor(ctx, 2, i == 3 ? wos : ws, &state, &w[i]))) goto done;
   if ((s = random_tensor(ctx, 3, xs, &state, &x)) || (s = attn_tensor_create(ctx, 3, xs, &out)))
     goto done;
-  attn_mha_desc d = {0};
+  attn_mha_desc d = ATTN_MHA_DESC_INIT;
   d.d_model = E;
   d.n_heads = sh->Hq;
   d.n_kv_heads = sh->Hkv;

@@ -181,11 +181,26 @@ static attn_status clb_synchronize(attn_backend_ctx *c) { return clrt_finish(&c-
 
 /* Every stage descriptor the core accepts can be run: views CLBlast cannot
  * express are copied into contiguous temporaries first. */
+#define CLB_LINEAR_FEATURES (ATTN_FEAT_BIAS)
+#define CLB_SDPA_FEATURES                                                                  \
+  (ATTN_FEAT_MASK_BOOL | ATTN_FEAT_MASK_ADDITIVE | ATTN_FEAT_CAUSAL | ATTN_FEAT_KV_LENS |   \
+   ATTN_FEAT_WEIGHTS | ATTN_FEAT_LSE)
+
 static attn_status clb_supports(attn_backend_ctx *c, attn_stage stage, const void *desc,
                                 char *why, size_t why_len) {
   (void)c;
-  (void)desc;
-  if (stage == ATTN_STAGE_LINEAR || stage == ATTN_STAGE_SDPA) return ATTN_OK;
+  if (stage == ATTN_STAGE_LINEAR || stage == ATTN_STAGE_SDPA) {
+    const uint64_t f = stage == ATTN_STAGE_LINEAR ? ((const attn_linear_desc *)desc)->features
+                                                  : ((const attn_sdpa_desc *)desc)->features;
+    const int bit = attn_feature_unknown(
+        f, stage == ATTN_STAGE_LINEAR ? CLB_LINEAR_FEATURES : CLB_SDPA_FEATURES);
+    if (bit < 0) return ATTN_OK;
+    char buf[32];
+    snprintf(why, why_len, "clblast: %s cannot do %s",
+             stage == ATTN_STAGE_LINEAR ? "linear" : "sdpa",
+             attn_feature_name(bit, buf, sizeof buf));
+    return ATTN_ERR_UNSUPPORTED;
+  }
   snprintf(why, why_len, "clblast: unknown stage %d", (int)stage);
   return ATTN_ERR_UNSUPPORTED;
 }
@@ -534,6 +549,10 @@ static attn_status clb_sdpa(attn_backend_ctx *c, const attn_sdpa_desc *d) {
 
 /* ---- the vtable ------------------------------------------------------------------- */
 
+static attn_status clb_run(attn_backend_ctx *c, attn_stage stage, const void *desc) {
+  return stage == ATTN_STAGE_SDPA ? clb_sdpa(c, desc) : clb_linear(c, desc);
+}
+
 static const attn_backend_vtable vtable = {
     .abi_major = ATTN_ABI_MAJOR,
     .abi_minor = ATTN_ABI_MINOR,
@@ -549,8 +568,7 @@ static const attn_backend_vtable vtable = {
     .buffer_write = clb_buffer_write,
     .buffer_read = clb_buffer_read,
     .supports = clb_supports,
-    .linear = clb_linear,
-    .sdpa = clb_sdpa,
+    .run = clb_run,
     .synchronize = clb_synchronize,
     .peaks = clrt_peaks_slot,
 };

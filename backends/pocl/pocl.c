@@ -106,16 +106,32 @@ static int view_fits_int(const attn_view *v) {
   return 1;
 }
 
+/* The features each stage implements; every other bit is refused by name. */
+#define POCL_LINEAR_FEATURES (ATTN_FEAT_BIAS)
+#define POCL_SDPA_FEATURES                                                                 \
+  (ATTN_FEAT_MASK_BOOL | ATTN_FEAT_MASK_ADDITIVE | ATTN_FEAT_CAUSAL | ATTN_FEAT_KV_LENS |   \
+   ATTN_FEAT_WEIGHTS | ATTN_FEAT_LSE)
+
+static attn_status refuse_feature(char *why, size_t why_len, const char *stage, int bit) {
+  char buf[32];
+  snprintf(why, why_len, "pocl: %s cannot do %s", stage, attn_feature_name(bit, buf, sizeof buf));
+  return ATTN_ERR_UNSUPPORTED;
+}
+
 static attn_status pocl_supports(attn_backend_ctx *c, attn_stage stage, const void *desc,
                                  char *why, size_t why_len) {
   if (stage == ATTN_STAGE_LINEAR) {
     const attn_linear_desc *d = desc;
+    const int bit = attn_feature_unknown(d->features, POCL_LINEAR_FEATURES);
+    if (bit >= 0) return refuse_feature(why, why_len, "linear", bit);
     if (!view_fits_int(&d->x) || !view_fits_int(&d->w) || !view_fits_int(&d->y))
       return unsupported(why, why_len, "pocl: linear dims must fit in 32-bit ints");
     return ATTN_OK;
   }
   if (stage == ATTN_STAGE_SDPA) {
     const attn_sdpa_desc *d = desc;
+    const int bit = attn_feature_unknown(d->features, POCL_SDPA_FEATURES);
+    if (bit >= 0) return refuse_feature(why, why_len, "sdpa", bit);
     if (d->q.shape[3] > POCL_MAX_HEAD_DIM || d->v.shape[3] > POCL_MAX_HEAD_DIM) {
       if (why && why_len)
         snprintf(why, why_len, "pocl: head dims D=%lld, Dv=%lld; at most %d supported",
@@ -266,6 +282,10 @@ static attn_status pocl_sdpa(attn_backend_ctx *c, const attn_sdpa_desc *d) {
   return s;
 }
 
+static attn_status pocl_run(attn_backend_ctx *c, attn_stage stage, const void *desc) {
+  return stage == ATTN_STAGE_SDPA ? pocl_sdpa(c, desc) : pocl_linear(c, desc);
+}
+
 static const attn_backend_vtable pocl_vtable = {
     .abi_major = ATTN_ABI_MAJOR,
     .abi_minor = ATTN_ABI_MINOR,
@@ -281,8 +301,7 @@ static const attn_backend_vtable pocl_vtable = {
     .buffer_write = pocl_buffer_write,
     .buffer_read = pocl_buffer_read,
     .supports = pocl_supports,
-    .linear = pocl_linear,
-    .sdpa = pocl_sdpa,
+    .run = pocl_run,
     .synchronize = pocl_synchronize,
     .peaks = clrt_peaks_slot,
     .tune = pocl_tune,

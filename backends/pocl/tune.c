@@ -109,7 +109,7 @@ void pocl_params_load(clrt_ctx *c, pocl_params *p) {
 /* ---- measurement ------------------------------------------------------------------ */
 
 static attn_view view4(attn_buffer *buf, int64_t a, int64_t b, int64_t c, int64_t d) {
-  attn_view v = {buf, 0, {a, b, c, d}, {b * c * d, c * d, d, 1}};
+  attn_view v = {buf, 0, {a, b, c, d}, {b * c * d, c * d, d, 1}, ATTN_F32};
   return v;
 }
 
@@ -173,7 +173,8 @@ static attn_status tune_linear(clrt_ctx *c, bool quick, int runs, attn_tune_repo
   attn_status s = filled(c, (size_t)(M * K), &x);
   if (s == ATTN_OK) s = filled(c, (size_t)(N * K), &w);
   if (s == ATTN_OK) s = clrt_buffer_alloc(c, (size_t)(M * N) * sizeof(float), &y);
-  attn_linear_desc d = {view4(x, 1, 1, M, K), view4(w, 1, 1, N, K), {0}, view4(y, 1, 1, M, N)};
+  attn_linear_desc d = {.struct_size = sizeof d, .x = view4(x, 1, 1, M, K),
+                        .w = view4(w, 1, 1, N, K), .y = view4(y, 1, 1, M, N)};
   char shape[64];
   snprintf(shape, sizeof shape, "M=%lld N=%lld K=%lld", (long long)M, (long long)N, (long long)K);
   double best = 0;
@@ -213,6 +214,7 @@ static attn_status tune_decode(clrt_ctx *c, bool quick, int runs, attn_tune_repo
   if (s == ATTN_OK) s = clrt_buffer_alloc(c, (size_t)(Hq * D) * sizeof(float), &o);
   attn_sdpa_desc d;
   memset(&d, 0, sizeof d);
+  d.struct_size = sizeof d;
   d.q = view4(q, 1, Hq, 1, D);
   d.k = view4(k, 1, Hkv, Skv, D);
   d.v = view4(v, 1, Hkv, Skv, D);

@@ -1,7 +1,9 @@
 /* The reference backend: plain C on the host CPU, the oracle every other
  * backend is compared with. Correctness and readability come first: every
  * sum is accumulated in double, a full row of scores is materialised, and
- * every operand is addressed through its strides. It is fast enough for the
+ * every operand is addressed through its strides, and f16 / bf16 operands
+ * are converted to float as each element is loaded (and rounded to nearest
+ * even as each output is stored). It is fast enough for the
  * test suites and for S=4096 (a few seconds) because the inner loops walk the
  * contiguous dimension and the rows are split over a few threads. */
 #include <math.h>
@@ -22,7 +24,7 @@ static const attn_host *host;
 struct attn_buffer {
   attn_buffer *prev, *next;
   size_t bytes;
-  float *data;
+  void *data;
 };
 
 struct attn_backend_ctx {
@@ -129,48 +131,79 @@ static attn_status ref_buffer_read(attn_backend_ctx *ctx, attn_buffer *buf, size
 
 /* ---- stages ---------------------------------------------------------------- */
 
-/* The reference implements every valid descriptor the core builds. */
+/* Every feature of ABI 2.1, every dtype on every operand. */
+#define REF_FEATURES ATTN_FEAT_KNOWN
+
 static attn_status ref_supports(attn_backend_ctx *ctx, attn_stage stage, const void *desc,
                                 char *why, size_t why_len) {
-  if (stage == ATTN_STAGE_LINEAR || stage == ATTN_STAGE_SDPA) return ATTN_OK;
-  if (why && why_len) {
-    strncpy(why, "ref: unknown stage", why_len - 1);
-    why[why_len - 1] = '\0';
+  (void)ctx;
+  uint64_t features;
+  if (stage == ATTN_STAGE_LINEAR) features = ((const attn_linear_desc *)desc)->features;
+  else if (stage == ATTN_STAGE_SDPA) features = ((const attn_sdpa_desc *)desc)->features;
+  else {
+    snprintf(why, why_len, "ref: unknown stage %d", (int)stage);
+    return ATTN_ERR_UNSUPPORTED;
   }
-  return ATTN_ERR_UNSUPPORTED;
-}
-
-/* Base pointer of a view and the address of element (i0, i1, i2, i3). */
-static const float *at(const attn_view *v, int64_t i0, int64_t i1, int64_t i2, int64_t i3) {
-  return v->buf->data + v->offset + i0 * v->strides[0] + i1 * v->strides[1] +
-         i2 * v->strides[2] + i3 * v->strides[3];
-}
-static float *at_mut(const attn_view *v, int64_t i0, int64_t i1, int64_t i2, int64_t i3) {
-  return (float *)at(v, i0, i1, i2, i3);
-}
-
-/* y[b, m, :] = x[b, m, :] W^T + bias: one double dot product per output. */
-static attn_status ref_linear(attn_backend_ctx *ctx, const attn_linear_desc *d) {
-  const int64_t B = d->x.shape[1], M = d->x.shape[2], K = d->x.shape[3];
-  const int64_t N = d->w.shape[2];
-  const int64_t xs = d->x.strides[3], ws = d->w.strides[3];
-  for (int64_t b = 0; b < B; b++)
-    for (int64_t m = 0; m < M; m++) {
-      const float *x = at(&d->x, 0, b, m, 0);
-      for (int64_t n = 0; n < N; n++) {
-        const float *w = at(&d->w, 0, 0, n, 0);
-        double acc = d->bias.buf ? (double)*at(&d->bias, 0, 0, 0, n) : 0.0;
-        for (int64_t k = 0; k < K; k++) acc += (double)x[k * xs] * (double)w[k * ws];
-        *at_mut(&d->y, 0, b, m, n) = (float)acc;
-      }
-    }
+  const int bit = attn_feature_unknown(features, REF_FEATURES);
+  if (bit >= 0) {
+    char buf[32];
+    snprintf(why, why_len, "ref: cannot do %s", attn_feature_name(bit, buf, sizeof buf));
+    return ATTN_ERR_UNSUPPORTED;
+  }
   return ATTN_OK;
 }
 
-/* Scratch for one thread: a row of scores, the query row and the output
- * accumulator, all in double. */
+/* Element index of (i0, i1, i2, i3) in a view's buffer, and typed access. */
+static int64_t idx(const attn_view *v, int64_t i0, int64_t i1, int64_t i2, int64_t i3) {
+  return v->offset + i0 * v->strides[0] + i1 * v->strides[1] + i2 * v->strides[2] +
+         i3 * v->strides[3];
+}
+static double ld(const attn_view *v, int64_t e) {
+  return (double)attn_load_elem(v->buf->data, v->dtype, e);
+}
+static void st(const attn_view *v, int64_t e, double x) {
+  attn_store_elem(v->buf->data, v->dtype, e, (float)x);
+}
+
+/* n elements of a view from element e with stride s, as doubles. */
+static void load_row(const attn_view *v, int64_t e, int64_t s, int64_t n, double *out) {
+  if (v->dtype == ATTN_F32) {
+    const float *p = (const float *)v->buf->data + e;
+    for (int64_t c = 0; c < n; c++) out[c] = p[c * s];
+  } else {
+    for (int64_t c = 0; c < n; c++) out[c] = ld(v, e + c * s);
+  }
+}
+
+/* y[b, m, :] = x[b, m, :] W^T + bias: one double dot product per output. */
+static attn_status ref_linear(const attn_linear_desc *d) {
+  const int64_t B = d->x.shape[1], M = d->x.shape[2], K = d->x.shape[3];
+  const int64_t N = d->w.shape[2];
+  double *x = malloc((size_t)K * sizeof *x), *w = malloc((size_t)K * sizeof *w);
+  if (!x || !w) {
+    free(x);
+    free(w);
+    return host->error(ATTN_ERR_NOMEM, "ref: out of host memory for a row of %lld", (long long)K);
+  }
+  for (int64_t b = 0; b < B; b++)
+    for (int64_t m = 0; m < M; m++) {
+      load_row(&d->x, idx(&d->x, 0, b, m, 0), d->x.strides[3], K, x);
+      for (int64_t n = 0; n < N; n++) {
+        load_row(&d->w, idx(&d->w, 0, 0, n, 0), d->w.strides[3], K, w);
+        double acc = d->bias.buf ? ld(&d->bias, idx(&d->bias, 0, 0, 0, n)) : 0.0;
+        for (int64_t k = 0; k < K; k++) acc += x[k] * w[k];
+        st(&d->y, idx(&d->y, 0, b, m, n), acc);
+      }
+    }
+  free(x);
+  free(w);
+  return ATTN_OK;
+}
+
+/* Scratch for one thread: a row of scores, the query row, a key or value
+ * row and the output accumulator, all in double. */
 typedef struct row_scratch {
-  double *s, *q, *acc;
+  double *s, *q, *kv, *acc;
   unsigned char *seen; /* key j passes causal, kv_lens and a bool mask */
 } row_scratch;
 
@@ -186,51 +219,46 @@ static void sdpa_row(const attn_sdpa_desc *d, int64_t b, int64_t h, int64_t i,
   const double scale = d->scale;
 
   /* Keys j < limit are visible to this row: causal bottom-right and kv_lens. */
-  int64_t limit = Skv;
-  if (d->kv_lens && d->kv_lens[b] < limit) limit = d->kv_lens[b];
-  if (d->causal && i + Skv - Sq + 1 < limit) limit = i + Skv - Sq + 1;
-  if (limit < 0) limit = 0;
+  const int64_t limit =
+      attn_visible_limit(i, Sq, Skv, d->causal, d->kv_lens ? d->kv_lens[b] : -1);
 
-  const float *qr = at(&d->q, b, h, i, 0);
-  for (int64_t c = 0; c < D; c++) w->q[c] = (double)qr[c * d->q.strides[3]];
+  load_row(&d->q, idx(&d->q, b, h, i, 0), d->q.strides[3], D, w->q);
 
   /* Scores. Four partial sums break the add dependency chain. */
-  const int64_t ks = d->k.strides[3];
   double mx = -INFINITY;
   int any = 0; /* some visible score is not -inf (NaN counts: it must show) */
   for (int64_t j = 0; j < Skv; j++) {
     w->seen[j] = 0;
     w->s[j] = -INFINITY;
     if (j >= limit) continue;
-    if (d->mask_kind == ATTN_MASK_BOOL && *at(&d->mask, b, h, i, j) == 0.0f) continue;
-    const float *kr = at(&d->k, b, kh, j, 0);
+    if (d->mask_kind == ATTN_MASK_BOOL && ld(&d->mask, idx(&d->mask, b, h, i, j)) == 0.0)
+      continue;
+    load_row(&d->k, idx(&d->k, b, kh, j, 0), d->k.strides[3], D, w->kv);
+    const double *kr = w->kv;
     double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
     int64_t c = 0;
-    if (ks == 1) {
-      for (; c + 4 <= D; c += 4) {
-        s0 += w->q[c] * kr[c];
-        s1 += w->q[c + 1] * kr[c + 1];
-        s2 += w->q[c + 2] * kr[c + 2];
-        s3 += w->q[c + 3] * kr[c + 3];
-      }
+    for (; c + 4 <= D; c += 4) {
+      s0 += w->q[c] * kr[c];
+      s1 += w->q[c + 1] * kr[c + 1];
+      s2 += w->q[c + 2] * kr[c + 2];
+      s3 += w->q[c + 3] * kr[c + 3];
     }
-    for (; c < D; c++) s0 += w->q[c] * kr[c * ks];
+    for (; c < D; c++) s0 += w->q[c] * kr[c];
     double s = scale * ((s0 + s1) + (s2 + s3));
-    if (d->mask_kind == ATTN_MASK_ADDITIVE) s += (double)*at(&d->mask, b, h, i, j);
+    if (d->mask_kind == ATTN_MASK_ADDITIVE) s += ld(&d->mask, idx(&d->mask, b, h, i, j));
     w->seen[j] = 1;
     w->s[j] = s;
     if (s != -INFINITY) any = 1;
     if (s > mx) mx = s;
   }
 
-  float *o = at_mut(&d->out, b, h, i, 0);
-  const int64_t os = d->out.strides[3];
+  const int64_t o = idx(&d->out, b, h, i, 0), os = d->out.strides[3];
   if (!any) {
     /* No visible key: zeros and lse = -inf, never NaN. */
-    for (int64_t c = 0; c < Dv; c++) o[c * os] = 0.0f;
+    for (int64_t c = 0; c < Dv; c++) st(&d->out, o + c * os, 0.0);
     if (d->weights.buf)
-      for (int64_t j = 0; j < Skv; j++) *at_mut(&d->weights, b, h, i, j) = 0.0f;
-    if (d->lse.buf) *at_mut(&d->lse, b, h, i, 0) = -INFINITY;
+      for (int64_t j = 0; j < Skv; j++) st(&d->weights, idx(&d->weights, b, h, i, j), 0.0);
+    if (d->lse.buf) st(&d->lse, idx(&d->lse, b, h, i, 0), -INFINITY);
     return;
   }
   /* If every visible score but a NaN is -inf, mx stays -inf and the
@@ -242,21 +270,17 @@ static void sdpa_row(const attn_sdpa_desc *d, int64_t b, int64_t h, int64_t i,
       sum += w->s[j];
     }
   for (int64_t c = 0; c < Dv; c++) w->acc[c] = 0;
-  const int64_t vs = d->v.strides[3];
   for (int64_t j = 0; j < Skv; j++) {
     if (!w->seen[j]) continue;
     const double p = w->s[j] / sum;
-    const float *vr = at(&d->v, b, kh, j, 0);
-    if (vs == 1)
-      for (int64_t c = 0; c < Dv; c++) w->acc[c] += p * vr[c];
-    else
-      for (int64_t c = 0; c < Dv; c++) w->acc[c] += p * vr[c * vs];
+    load_row(&d->v, idx(&d->v, b, kh, j, 0), d->v.strides[3], Dv, w->kv);
+    for (int64_t c = 0; c < Dv; c++) w->acc[c] += p * w->kv[c];
   }
-  for (int64_t c = 0; c < Dv; c++) o[c * os] = (float)w->acc[c];
+  for (int64_t c = 0; c < Dv; c++) st(&d->out, o + c * os, w->acc[c]);
   if (d->weights.buf)
     for (int64_t j = 0; j < Skv; j++)
-      *at_mut(&d->weights, b, h, i, j) = w->seen[j] ? (float)(w->s[j] / sum) : 0.0f;
-  if (d->lse.buf) *at_mut(&d->lse, b, h, i, 0) = (float)(mx + log(sum));
+      st(&d->weights, idx(&d->weights, b, h, i, j), w->seen[j] ? w->s[j] / sum : 0.0);
+  if (d->lse.buf) st(&d->lse, idx(&d->lse, b, h, i, 0), mx + log(sum));
 }
 
 /* Rows [first, last) of the flattened (b, h, i) index, for one thread. */
@@ -274,9 +298,10 @@ static void *sdpa_worker(void *arg) {
   row_scratch w;
   w.s = malloc((size_t)Skv * sizeof *w.s);
   w.q = malloc((size_t)D * sizeof *w.q);
+  w.kv = malloc((size_t)(D > Dv ? D : Dv) * sizeof *w.kv);
   w.acc = malloc((size_t)Dv * sizeof *w.acc);
   w.seen = malloc((size_t)Skv);
-  if (!w.s || !w.q || !w.acc || !w.seen) {
+  if (!w.s || !w.q || !w.kv || !w.acc || !w.seen) {
     job->status = ATTN_ERR_NOMEM; /* reported by the calling thread */
   } else {
     for (int64_t r = job->first; r < job->last; r++)
@@ -285,6 +310,7 @@ static void *sdpa_worker(void *arg) {
   }
   free(w.s);
   free(w.q);
+  free(w.kv);
   free(w.acc);
   free(w.seen);
   return NULL;
@@ -292,7 +318,7 @@ static void *sdpa_worker(void *arg) {
 
 #define REF_MAX_THREADS 8
 
-static attn_status ref_sdpa(attn_backend_ctx *ctx, const attn_sdpa_desc *d) {
+static attn_status ref_sdpa(const attn_sdpa_desc *d) {
   const int64_t rows = d->q.shape[0] * d->q.shape[1] * d->q.shape[2];
   const double work = (double)rows * (double)d->k.shape[2] *
                       (double)(d->q.shape[3] + d->v.shape[3]);
@@ -323,6 +349,11 @@ static attn_status ref_sdpa(attn_backend_ctx *ctx, const attn_sdpa_desc *d) {
       return host->error(jobs[t].status, "ref: out of host memory for a row of %lld scores",
                          (long long)d->k.shape[2]);
   return ATTN_OK;
+}
+
+static attn_status ref_run(attn_backend_ctx *ctx, attn_stage stage, const void *desc) {
+  (void)ctx;
+  return stage == ATTN_STAGE_SDPA ? ref_sdpa(desc) : ref_linear(desc);
 }
 
 static attn_status ref_synchronize(attn_backend_ctx *ctx) { return ATTN_OK; }
@@ -503,8 +534,7 @@ static const attn_backend_vtable ref_vtable = {
     .buffer_write = ref_buffer_write,
     .buffer_read = ref_buffer_read,
     .supports = ref_supports,
-    .linear = ref_linear,
-    .sdpa = ref_sdpa,
+    .run = ref_run,
     .synchronize = ref_synchronize,
     .peaks = ref_peaks,
 };

@@ -242,6 +242,7 @@ static void fuzz_sdpa(reader *r) {
                 os[4] = {B, Hq, Sq, Dv}, ws[4] = {B, Hq, Sq, Skv};
   attn_sdpa_args a;
   memset(&a, 0, sizeof a);
+  a.struct_size = sizeof a;
   a.q = new_operand(&s, r, pool, 4, qs, 0);
   a.k = new_operand(&s, r, pool, 4, ks, 0);
   a.v = new_operand(&s, r, pool, 4, vs, 0);
@@ -383,6 +384,7 @@ static void fuzz_mha(reader *r) {
   attn_tensor *pool = new_storage(&s, 1024, 0);
   attn_mha_desc d;
   memset(&d, 0, sizeof d);
+  d.struct_size = sizeof d;
   d.d_model = near(r, 1 + take(r) % 6);
   d.d_kv = (take(r) & 3) == 0 ? near(r, 1 + take(r) % 6) : 0;
   d.n_heads = near(r, 1 + take(r) % 3);
