@@ -79,13 +79,13 @@ uint64_t attn__dtype_features(const attn_view *const *v, int n) {
   return f;
 }
 
-attn_status attn__copy_struct(void *dst, size_t dst_size, const void *src, const char *name) {
+attn_status attn__copy_struct(void *dst, size_t dst_size, const void *src, const char *name,
+                              const char *init) {
   size_t n;
   memcpy(&n, src, sizeof n);
   if (n < sizeof(size_t))
     return attn__error(ATTN_ERR_INVALID_ARG,
-                       "%s.struct_size: %zu (initialise the struct with its _INIT macro)", name,
-                       n);
+                       "%s.struct_size: %zu (initialise the struct with %s)", name, n, init);
   memset(dst, 0, dst_size);
   if (n > dst_size) {
     /* A newer header's struct: the fields this library does not know must be

@@ -349,7 +349,7 @@ attn_status attn_mha_create(attn_context *ctx, const attn_mha_desc *desc, const 
   if (!w) return attn__error(ATTN_ERR_INVALID_ARG, "w: NULL");
   if (!graph) return attn__error(ATTN_ERR_INVALID_ARG, "graph: NULL");
   attn_mha_desc dcopy; /* the caller's may be an older (shorter) or newer struct */
-  if ((s = attn__copy_struct(&dcopy, sizeof dcopy, desc, "desc"))) return s;
+  if ((s = attn__copy_struct(&dcopy, sizeof dcopy, desc, "desc", "ATTN_MHA_DESC_INIT"))) return s;
   desc = &dcopy;
   if ((s = check_desc(desc))) return s;
 

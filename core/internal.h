@@ -164,7 +164,7 @@ ATTN_INTERNAL uint64_t attn__dtype_features(const attn_view *const *v, int n);
  * of dst_size bytes: a smaller one leaves the rest zero, a larger one must
  * have zeros past dst_size. name is the argument ("args"). */
 ATTN_INTERNAL attn_status attn__copy_struct(void *dst, size_t dst_size, const void *src,
-                                            const char *name);
+                                            const char *name, const char *init);
 
 /* ---- sdpa.c ---------------------------------------------------------------- */
 /* Validate args against the contract and build the backend descriptor. */

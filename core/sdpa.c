@@ -84,7 +84,7 @@ attn_status attn__sdpa_prepare(attn_context *ctx, const attn_sdpa_args *args,
   if (!args) return attn__error(ATTN_ERR_INVALID_ARG, "args: NULL");
   /* The caller's struct may be an older (shorter) or newer one. */
   attn_sdpa_args copy;
-  if ((s = attn__copy_struct(&copy, sizeof copy, args, "args"))) return s;
+  if ((s = attn__copy_struct(&copy, sizeof copy, args, "args", "ATTN_SDPA_ARGS_INIT"))) return s;
   const attn_sdpa_args *a = &copy;
   if (!a->q) return attn__error(ATTN_ERR_INVALID_ARG, "q: NULL");
   if (!a->k) return attn__error(ATTN_ERR_INVALID_ARG, "k: NULL");
