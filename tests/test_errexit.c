@@ -154,6 +154,17 @@ static void test_cannot_fail(void **state) {
   assert_string_equal(attn_device_type_str((attn_device_type)0), "other");
   assert_string_equal(attn_device_type_str((attn_device_type)-1), "other");
   assert_string_equal(attn_device_type_str(ATTN_DEVICE_GPU), "gpu");
+  assert_string_equal(attn_dtype_str((attn_dtype)3), "?");
+  assert_string_equal(attn_dtype_str((attn_dtype)-1), "?");
+  assert_int_equal(attn_dtype_size((attn_dtype)7), 0);
+  assert_int_equal(attn_dtype_size(ATTN_BF16), 2);
+  assert_int_equal(attn_tensor_dtype(NULL), ATTN_F32);
+  attn_dtype dt = ATTN_BF16;
+  EXPECT(attn_dtype_parse(NULL, &dt), ATTN_ERR_INVALID_ARG, "attn_dtype_parse", "s: NULL");
+  EXPECT(attn_dtype_parse("f16", NULL), ATTN_ERR_INVALID_ARG, "attn_dtype_parse", "t: NULL");
+  EXPECT(attn_dtype_parse("F16", &dt), ATTN_ERR_INVALID_ARG, "attn_dtype_parse", "\"F16\"");
+  EXPECT(attn_dtype_parse("", &dt), ATTN_ERR_INVALID_ARG, "attn_dtype_parse", "s: \"\"");
+  assert_int_equal(dt, ATTN_BF16); /* unchanged */
   char v[32];
   snprintf(v, sizeof v, "%d.%d.%d", ATTN_VERSION_MAJOR, ATTN_VERSION_MINOR, ATTN_VERSION_PATCH);
   assert_string_equal(attn_version(), v);
@@ -289,6 +300,25 @@ static void test_tensor_create(void **state) {
   attn_tensor *t = POISON;
   EXPECT(attn_tensor_create(NULL, 4, ok, &t), ATTN_ERR_INVALID_ARG, "attn_tensor_create", "ctx");
   assert_null(t);
+  /* The typed form: the same checks, and the dtype. */
+  t = POISON;
+  EXPECT(attn_tensor_create_typed(ctx, (attn_dtype)3, 4, ok, &t), ATTN_ERR_INVALID_ARG,
+         "attn_tensor_create_typed", "dtype: 3");
+  assert_null(t);
+  t = POISON;
+  EXPECT(attn_tensor_create_typed(ctx, (attn_dtype)-1, 4, ok, &t), ATTN_ERR_INVALID_ARG,
+         "attn_tensor_create_typed", "dtype: -1");
+  assert_null(t);
+  t = POISON;
+  EXPECT(attn_tensor_create_typed(NULL, ATTN_F16, 4, ok, &t), ATTN_ERR_INVALID_ARG,
+         "attn_tensor_create_typed", "ctx");
+  assert_null(t);
+  EXPECT(attn_tensor_create_typed(ctx, ATTN_F16, 4, ok, NULL), ATTN_ERR_INVALID_ARG,
+         "attn_tensor_create_typed", "t: NULL");
+  t = POISON;
+  EXPECT(attn_tensor_create_typed(ctx, ATTN_BF16, 4, neg3, &t), ATTN_ERR_INVALID_ARG,
+         "attn_tensor_create_typed", "shape[3]: -5");
+  assert_null(t);
   /* Shape checked before ndim's other dims are read: ndim 1 ignores the rest. */
   const int64_t one[4] = {3, -1, -1, -1};
   OK(attn_tensor_create(ctx, 1, one, &t));
@@ -381,6 +411,24 @@ static void test_tensor_io(void **state) {
          "count: 11 != numel 12");
   EXPECT(attn_tensor_read(cols, NULL, 12), ATTN_ERR_INVALID_ARG, "attn_tensor_read", "dst");
   for (int i = 0; i < 32; i++) assert_true(buf[i] == -1.0f); /* dst untouched */
+
+  /* The raw forms: the same checks. */
+  EXPECT(attn_tensor_write_raw(NULL, buf, 12), ATTN_ERR_INVALID_ARG, "attn_tensor_write_raw", "t");
+  EXPECT(attn_tensor_write_raw(cols, NULL, 12), ATTN_ERR_INVALID_ARG, "attn_tensor_write_raw",
+         "src");
+  EXPECT(attn_tensor_write_raw(cols, buf, 13), ATTN_ERR_INVALID_ARG, "attn_tensor_write_raw",
+         "count: 13 != numel 12");
+  EXPECT(attn_tensor_read_raw(cols, NULL, 12), ATTN_ERR_INVALID_ARG, "attn_tensor_read_raw", "dst");
+  EXPECT(attn_tensor_read_raw(cols, buf, 0), ATTN_ERR_INVALID_ARG, "attn_tensor_read_raw",
+         "count: 0");
+  {
+    attn_tensor *bc2 = view(t, 0, 2, bs, bst);
+    EXPECT(attn_tensor_write_raw(bc2, buf, 24), ATTN_ERR_INVALID_ARG, "attn_tensor_write_raw",
+           "t: stride 0 is 0");
+    attn_tensor_free(bc2);
+  }
+  for (int i = 0; i < 32; i++) assert_true(buf[i] == -1.0f); /* dst untouched */
+  assert_sentinel(t);
 
   /* The accessors take NULL outputs. */
   attn_tensor_shape(t, NULL, NULL);
@@ -609,6 +657,24 @@ static void test_mha_create(void **state) {
   attn_mha_weights gw = split_w(&m), pw = packed_w(&m);
   OK(attn_mha_create(ctx, &good, &gw, &g));
   attn_mha_free(g);
+  {
+    /* dtypes and struct_size of the desc. */
+    attn_mha_desc bd = good;
+    bd.dtype = (attn_dtype)5;
+    g = POISON;
+    EXPECT(attn_mha_create(ctx, &bd, &gw, &g), ATTN_ERR_INVALID_ARG, "attn_mha_create",
+           "desc.dtype: 5");
+    assert_null(g);
+    bd = good;
+    bd.kv_dtype = (attn_dtype)-2;
+    EXPECT(attn_mha_create(ctx, &bd, &gw, &g), ATTN_ERR_INVALID_ARG, "attn_mha_create",
+           "desc.kv_dtype: -2");
+    bd = good;
+    bd.struct_size = 3;
+    EXPECT(attn_mha_create(ctx, &bd, &gw, &g), ATTN_ERR_INVALID_ARG, "attn_mha_create",
+           "desc.struct_size: 3");
+    assert_null(g);
+  }
   OK(attn_mha_create(ctx, &good, &pw, &g));
   attn_mha_free(g);
   attn_device_info info;
@@ -822,6 +888,20 @@ static void test_kv_cache(void **state) {
   attn_kv_cache *nc = POISON;
   EXPECT(attn_kv_cache_create(NULL, 1, 4, &nc), ATTN_ERR_INVALID_ARG, fn, "graph");
   assert_null(nc);
+  nc = POISON;
+  EXPECT(attn_kv_cache_create_typed(NULL, 1, 4, ATTN_BF16, &nc), ATTN_ERR_INVALID_ARG,
+         "attn_kv_cache_create_typed", "graph");
+  assert_null(nc);
+  nc = POISON;
+  EXPECT(attn_kv_cache_create_typed(g, 1, 4, (attn_dtype)9, &nc), ATTN_ERR_INVALID_ARG,
+         "attn_kv_cache_create_typed", "dtype: 9");
+  assert_null(nc);
+  nc = POISON;
+  EXPECT(attn_kv_cache_create_typed(g, 0, 4, ATTN_F16, &nc), ATTN_ERR_INVALID_ARG,
+         "attn_kv_cache_create_typed", "batch: 0");
+  assert_null(nc);
+  EXPECT(attn_kv_cache_create_typed(g, 1, 4, ATTN_F16, NULL), ATTN_ERR_INVALID_ARG,
+         "attn_kv_cache_create_typed", "cache: NULL");
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
     if (bad[i].st == ATTN_ERR_DEVICE_MEMORY && !info.max_alloc) continue;
     attn_kv_cache *c = POISON;
