@@ -7,7 +7,10 @@
  *   kbuf [B, Skv, Hkv*D] k projection (self/cross attention without a cache)
  *   vbuf [B, Skv, Hkv*D] v projection
  *   abuf [B, S,  Hq*D]   attention output, heads merged
- * A run is four linear nodes and one sdpa node. Splitting and merging heads
+ * A run is the plan's list of ops (kind, name, operands), executed in order:
+ * four linear nodes and one sdpa node today; a new node (a norm, RoPE) is a
+ * new entry, and the profile is a list of (node name, ms), so neither changes
+ * a public struct. Splitting and merging heads
  * costs nothing: a [B, S, H*D] buffer is read or written as [B, H, S, D]
  * through the strides (S*H*D, D, H*D, 1). Data stays on the device.
  *
@@ -19,7 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
+
 
 struct attn_kv_cache {
   attn_mha *g;
@@ -31,6 +34,22 @@ struct attn_kv_cache {
 enum { W_Q, W_K, W_V, W_O, B_Q, B_K, B_V, B_O, W_COUNT };
 static const char *const w_names[W_COUNT] = {"wq", "wk", "wv", "wo", "bq", "bk", "bv", "bo"};
 
+/* The activations an op reads or writes during a run. */
+typedef enum act_id { ACT_X, ACT_KVX, ACT_Q, ACT_K, ACT_V, ACT_ATTN, ACT_OUT } act_id;
+
+typedef enum op_kind { OP_LINEAR, OP_SDPA } op_kind;
+
+/* One planned node: a linear y = x W^T + b (src -> dst with weights w, b), or
+ * sdpa over (Q, K, V) -> ATTN. */
+typedef struct graph_op {
+  op_kind kind;
+  const char *name; /* as reported in the profile */
+  act_id src, dst;
+  int w, b;
+} graph_op;
+
+#define GRAPH_MAX_OPS ATTN_MHA_MAX_NODES
+
 struct attn_mha {
   attn_context *ctx;
   attn_mha *prev, *next; /* in ctx->graphs */
@@ -40,10 +59,25 @@ struct attn_mha {
   attn_view w[W_COUNT];             /* resolved views; biases buf NULL without bias */
   const attn_tensor *user_w[10];    /* the caller's weight tensors, for overlap checks */
   attn_tensor *qbuf, *kbuf, *vbuf, *abuf;
+  graph_op ops[GRAPH_MAX_OPS];
+  int nops;
   bool profiling;
   attn_mha_profile prof;
   attn_kv_cache *caches;
 };
+
+/* The plan: the nodes of every run, in order. */
+static void plan_ops(attn_mha *g) {
+  static const graph_op mha[] = {
+      {OP_LINEAR, "project_q", ACT_X, ACT_Q, W_Q, B_Q},
+      {OP_LINEAR, "project_k", ACT_KVX, ACT_K, W_K, B_K},
+      {OP_LINEAR, "project_v", ACT_KVX, ACT_V, W_V, B_V},
+      {OP_SDPA, "sdpa", ACT_Q, ACT_ATTN, 0, 0},
+      {OP_LINEAR, "project_out", ACT_ATTN, ACT_OUT, W_O, B_O},
+  };
+  g->nops = (int)(sizeof mha / sizeof mha[0]);
+  memcpy(g->ops, mha, sizeof mha);
+}
 
 /* ---- helpers ----------------------------------------------------------------- */
 
@@ -101,74 +135,84 @@ static attn_tensor heads_view(const attn_tensor *t, int64_t B, int64_t H, int64_
 /* x given as a [B, S, W] tensor, as the linear stage's [1, B, S, W]. */
 static attn_view x_view(const attn_tensor *x) { return attn__tensor_view4(x); }
 
-static double now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+/* Where one run's activations live: a [1, B, rows, W] view of each. */
+typedef struct run_ctx {
+  attn_mha *g;
+  const attn_tensor *x, *kvx;
+  attn_tensor *out;
+  const attn_tensor *kt, *vt; /* the k/v buffers: the cache's, or kbuf/vbuf */
+  int64_t B, S, Snew;         /* batch, query rows, new key rows */
+  int64_t kv_rows;            /* rows per batch item in kt/vt */
+  int64_t at;                 /* where the new key rows go */
+} run_ctx;
+
+static attn_view act(const run_ctx *r, act_id id) {
+  const attn_mha *g = r->g;
+  const int64_t HqD = g->Hq * g->D, HkvD = g->Hkv * g->D;
+  switch (id) {
+  case ACT_X: return x_view(r->x);
+  case ACT_KVX: return x_view(r->kvx);
+  case ACT_OUT: return x_view(r->out);
+  case ACT_Q: return act_view(g->qbuf, 0, r->B, r->S, HqD, r->S * HqD);
+  case ACT_ATTN: return act_view(g->abuf, 0, r->B, r->S, HqD, r->S * HqD);
+  case ACT_K: return act_view(r->kt, r->at * HkvD, r->B, r->Snew, HkvD, r->kv_rows * HkvD);
+  case ACT_V: return act_view(r->vt, r->at * HkvD, r->B, r->Snew, HkvD, r->kv_rows * HkvD);
+  }
+  return (attn_view){0};
 }
 
-/* With profiling on, wait for the node and record its wall time. */
-static attn_status end_node(attn_mha *g, double t0, double *ms) {
-  if (!g->profiling) return ATTN_OK;
-  attn_status s = attn__be_sync(g->ctx);
-  if (s) return s;
-  *ms = now_ms() - t0;
-  return ATTN_OK;
-}
-
-static attn_status linear_node(attn_mha *g, attn_view x, int wi, int bi, attn_view y, double *ms) {
-  attn_linear_desc d = {.struct_size = sizeof d, .x = x, .w = g->w[wi], .bias = g->w[bi], .y = y};
+static attn_status run_linear(const run_ctx *r, const graph_op *op) {
+  const attn_mha *g = r->g;
+  attn_linear_desc d = {.struct_size = sizeof d, .x = act(r, op->src), .w = g->w[op->w],
+                        .bias = g->w[op->b], .y = act(r, op->dst)};
   /* Rows are contiguous (checked); a width-1 row may carry any stride. */
   d.x.strides[3] = d.w.strides[3] = d.y.strides[3] = 1;
   const attn_view *views[4] = {&d.x, &d.w, &d.bias, &d.y};
   d.features = (d.bias.buf ? ATTN_FEAT_BIAS : 0) | attn__dtype_features(views, 4);
-  double t0 = g->profiling ? now_ms() : 0;
-  attn_status s = attn__run_linear(g->ctx, &d);
-  return s ? s : end_node(g, t0, ms);
+  return attn__run_linear(g->ctx, &d);
 }
 
-/* The nodes of one run. Without a cache: k/v come from kvx (x for self
- * attention) into kbuf/vbuf. With one: they are appended to the cache at
- * its length and sdpa reads everything cached so far. */
-static attn_status run_nodes(attn_mha *g, const attn_tensor *x, const attn_tensor *kvx,
-                             attn_tensor *out, const attn_kv_cache *c) {
-  const int64_t B = x->shape[0], S = x->shape[1], Snew = kvx->shape[1];
-  const int64_t HqD = g->Hq * g->D, HkvD = g->Hkv * g->D;
-  attn_mha_profile p;
-  memset(&p, 0, sizeof p);
-  g->prof = p;
-  attn_status s;
-
-  if ((s = linear_node(g, x_view(x), W_Q, B_Q, act_view(g->qbuf, 0, B, S, HqD, S * HqD),
-                       &p.project_q_ms)))
-    return s;
-
-  const attn_tensor *kt = c ? c->k : g->kbuf, *vt = c ? c->v : g->vbuf;
-  const int64_t kv_rows = c ? c->capacity : Snew; /* rows per batch item in kt/vt */
-  const int64_t at = c ? c->len : 0;              /* where the new rows go */
-  const int64_t Skv = at + Snew;                  /* rows sdpa attends over */
-  if ((s = linear_node(g, x_view(kvx), W_K, B_K,
-                       act_view(kt, at * HkvD, B, Snew, HkvD, kv_rows * HkvD), &p.project_k_ms)))
-    return s;
-  if ((s = linear_node(g, x_view(kvx), W_V, B_V,
-                       act_view(vt, at * HkvD, B, Snew, HkvD, kv_rows * HkvD), &p.project_v_ms)))
-    return s;
-
-  attn_tensor qh = heads_view(g->qbuf, B, g->Hq, S, g->D, S * HqD);
-  attn_tensor kh = heads_view(kt, B, g->Hkv, Skv, g->D, kv_rows * HkvD);
-  attn_tensor vh = heads_view(vt, B, g->Hkv, Skv, g->D, kv_rows * HkvD);
-  attn_tensor oh = heads_view(g->abuf, B, g->Hq, S, g->D, S * HqD);
+/* Attention over everything cached so far (or this run's keys), heads split
+ * and merged through strides. */
+static attn_status run_sdpa(const run_ctx *r) {
+  attn_mha *g = r->g;
+  const int64_t HqD = g->Hq * g->D, HkvD = g->Hkv * g->D, Skv = r->at + r->Snew;
+  attn_tensor qh = heads_view(g->qbuf, r->B, g->Hq, r->S, g->D, r->S * HqD);
+  attn_tensor kh = heads_view(r->kt, r->B, g->Hkv, Skv, g->D, r->kv_rows * HkvD);
+  attn_tensor vh = heads_view(r->vt, r->B, g->Hkv, Skv, g->D, r->kv_rows * HkvD);
+  attn_tensor oh = heads_view(g->abuf, r->B, g->Hq, r->S, g->D, r->S * HqD);
   attn_sdpa_args a = ATTN_SDPA_ARGS_INIT;
   a.q = &qh, a.k = &kh, a.v = &vh, a.out = &oh, a.causal = g->causal;
   attn_sdpa_desc d;
-  double t0 = g->profiling ? now_ms() : 0;
-  if ((s = attn__sdpa_prepare(g->ctx, &a, &d)) || (s = attn__run_sdpa(g->ctx, &d)) ||
-      (s = end_node(g, t0, &p.sdpa_ms)))
-    return s;
+  attn_status s = attn__sdpa_prepare(g->ctx, &a, &d);
+  return s ? s : attn__run_sdpa(g->ctx, &d);
+}
 
-  if ((s = linear_node(g, act_view(g->abuf, 0, B, S, HqD, S * HqD), W_O, B_O, x_view(out),
-                       &p.project_out_ms)))
-    return s;
+/* The ops of one run. Without a cache: k/v come from kvx (x for self
+ * attention) into kbuf/vbuf. With one: they are appended to the cache at
+ * its length and sdpa reads everything cached so far. With profiling on,
+ * each op is followed by a synchronisation and its wall time recorded. */
+static attn_status run_nodes(attn_mha *g, const attn_tensor *x, const attn_tensor *kvx,
+                             attn_tensor *out, const attn_kv_cache *c) {
+  run_ctx r = {.g = g, .x = x, .kvx = kvx, .out = out, .B = x->shape[0], .S = x->shape[1],
+               .Snew = kvx->shape[1]};
+  r.kt = c ? c->k : g->kbuf;
+  r.vt = c ? c->v : g->vbuf;
+  r.kv_rows = c ? c->capacity : r.Snew;
+  r.at = c ? c->len : 0;
+  attn_mha_profile p;
+  memset(&p, 0, sizeof p);
+  g->prof = p;
+  for (int i = 0; i < g->nops; i++) {
+    const graph_op *op = &g->ops[i];
+    const double t0 = g->profiling ? attn__now_ms() : 0;
+    attn_status s = op->kind == OP_SDPA ? run_sdpa(&r) : run_linear(&r, op);
+    if (!s && g->profiling) s = attn__be_sync(g->ctx);
+    if (s) return s;
+    snprintf(p.node[i].name, sizeof p.node[i].name, "%s", op->name);
+    p.node[i].ms = g->profiling ? attn__now_ms() - t0 : 0;
+  }
+  p.n = g->nops;
   g->prof = p;
   return ATTN_OK;
 }
@@ -402,6 +446,7 @@ attn_status attn_mha_create(attn_context *ctx, const attn_mha_desc *desc, const 
     free(g);
     return s;
   }
+  plan_ops(g);
   g->next = ctx->graphs;
   if (ctx->graphs) ctx->graphs->prev = g;
   ctx->graphs = g;
@@ -470,6 +515,13 @@ attn_status attn_mha_profile_get(const attn_mha *g, attn_mha_profile *p) {
   if (!p) return attn__error(ATTN_ERR_INVALID_ARG, "p: NULL");
   *p = g->prof;
   return ATTN_OK;
+}
+
+double attn_mha_profile_ms(const attn_mha_profile *p, const char *node) {
+  if (!p || !node) return -1;
+  for (int i = 0; i < p->n && i < ATTN_MHA_MAX_NODES; i++)
+    if (strcmp(p->node[i].name, node) == 0) return p->node[i].ms;
+  return -1;
 }
 
 /* ---- KV cache -------------------------------------------------------------------- */

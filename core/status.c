@@ -2,6 +2,8 @@
  * host services handed to backend modules. */
 #include "internal.h"
 
+#include <time.h>
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -97,3 +99,9 @@ static const attn_host host = {
 };
 
 const attn_host *attn__host(void) { return &host; }
+
+double attn__now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}

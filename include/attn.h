@@ -327,13 +327,23 @@ ATTN_API void attn_mha_free(attn_mha *graph);
 ATTN_API attn_status attn_mha_run(attn_mha *graph, const attn_tensor *x,
                                   const attn_tensor *kv_x, attn_tensor *out);
 
-/* Time spent in each node by the last run (host wall time with a device
- * synchronisation after each node when timing is on; 0 otherwise). */
+/* Time spent in each node by the last run, in the order they ran (host wall
+ * time with a device synchronisation after each node when profiling is on;
+ * 0 otherwise). Node names: "project_q", "project_k", "project_v", "sdpa",
+ * "project_out"; later versions may add nodes (a norm, RoPE). */
+#define ATTN_MHA_MAX_NODES 16
+typedef struct attn_mha_node_time {
+  char name[32];
+  double ms;
+} attn_mha_node_time;
 typedef struct attn_mha_profile {
-  double project_q_ms, project_k_ms, project_v_ms, sdpa_ms, project_out_ms;
+  int n; /* nodes of the last run (0 before any run) */
+  attn_mha_node_time node[ATTN_MHA_MAX_NODES];
 } attn_mha_profile;
 ATTN_API attn_status attn_mha_set_profiling(attn_mha *graph, bool on);
 ATTN_API attn_status attn_mha_profile_get(const attn_mha *graph, attn_mha_profile *p);
+/* The ms of the node of that name in p, or -1 if the last run had none. */
+ATTN_API double attn_mha_profile_ms(const attn_mha_profile *p, const char *node);
 
 /* ---- KV cache ------------------------------------------------------------ */
 

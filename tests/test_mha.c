@@ -488,8 +488,16 @@ static void test_profiling(void **state) {
   assert_int_equal(attn_mha_set_profiling(g, true), ATTN_OK);
   assert_int_equal(attn_mha_run(g, tx, NULL, to), ATTN_OK);
   assert_int_equal(attn_mha_profile_get(g, &p), ATTN_OK);
-  assert_true(p.project_q_ms > 0 && p.project_k_ms > 0 && p.project_v_ms > 0 && p.sdpa_ms > 0 &&
-              p.project_out_ms > 0);
+  /* The nodes in the order they ran, each timed. */
+  const char *names[5] = {"project_q", "project_k", "project_v", "sdpa", "project_out"};
+  assert_int_equal(p.n, 5);
+  for (int i = 0; i < 5; i++) {
+    assert_string_equal(p.node[i].name, names[i]);
+    assert_true(p.node[i].ms > 0);
+    assert_true(attn_mha_profile_ms(&p, names[i]) == p.node[i].ms);
+  }
+  assert_true(attn_mha_profile_ms(&p, "rope") == -1);
+  assert_true(attn_mha_profile_ms(NULL, "sdpa") == -1);
   /* Profiled results are the same results. */
   float *got = download(to);
   double *want = malloc(2 * 16 * 32 * sizeof *want);
@@ -498,7 +506,8 @@ static void test_profiling(void **state) {
   assert_int_equal(attn_mha_set_profiling(g, false), ATTN_OK);
   assert_int_equal(attn_mha_run(g, tx, NULL, to), ATTN_OK);
   assert_int_equal(attn_mha_profile_get(g, &p), ATTN_OK);
-  assert_true(p.project_q_ms == 0 && p.sdpa_ms == 0 && p.project_out_ms == 0);
+  assert_int_equal(p.n, 5);
+  for (int i = 0; i < 5; i++) assert_true(p.node[i].ms == 0);
   free(x), free(got), free(want);
   attn_tensor_free(tx), attn_tensor_free(to);
   attn_mha_free(g);

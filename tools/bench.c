@@ -93,6 +93,11 @@ void bench_help(FILE *f) {
 
 typedef enum { FMT_TABLE, FMT_JSON, FMT_CSV } out_format;
 
+/* The MHA graph's nodes, as bench reports them (medians in ms). */
+typedef struct mha_nodes {
+  double project_q_ms, project_k_ms, project_v_ms, sdpa_ms, project_out_ms;
+} mha_nodes;
+
 typedef struct options {
   const char *devices;
   bool quick, refresh_peaks;
@@ -210,7 +215,7 @@ typedef struct result {
   bool have_peaks;
   double peak_gflops, peak_gbps, flops_frac, bw_frac, frac;
   const char *basis; /* "flops" or "bandwidth" */
-  attn_mha_profile prof; /* mha: median per node */
+  mha_nodes prof;        /* mha: median per node */
   double proj_gflops;    /* mha: the four projections together */
 } result;
 
@@ -328,11 +333,11 @@ static attn_status run_mha_shape(attn_context *ctx, const options *o, const benc
         (s = attn_mha_profile_get(g, &p)))
       goto done;
     times[n] = cli_now_ms() - t0;
-    node[0][n] = p.project_q_ms;
-    node[1][n] = p.project_k_ms;
-    node[2][n] = p.project_v_ms;
-    node[3][n] = p.sdpa_ms;
-    node[4][n] = p.project_out_ms;
+    node[0][n] = attn_mha_profile_ms(&p, "project_q");
+    node[1][n] = attn_mha_profile_ms(&p, "project_k");
+    node[2][n] = attn_mha_profile_ms(&p, "project_v");
+    node[3][n] = attn_mha_profile_ms(&p, "sdpa");
+    node[4][n] = attn_mha_profile_ms(&p, "project_out");
     spent += times[n++];
   }
   r->repeats = n;
