@@ -1,7 +1,6 @@
 /* The seam between the core and a backend module: every call into a vtable
  * goes through here, so that error messages, the ABI feature check and the
  * stage dispatch are written once. */
-#include "config.h"
 #include "internal.h"
 
 #include <string.h>
@@ -95,8 +94,9 @@ attn_status attn__copy_struct(void *dst, size_t dst_size, const void *src, const
       if (extra[i])
         return attn__error(ATTN_ERR_INVALID_ARG,
                            "%s.struct_size: %zu > %zu and byte %zu is set: a field this "
-                           "library (%s) does not know",
-                           name, n, dst_size, dst_size + i, PACKAGE_VERSION);
+                           "library (%d.%d) does not know",
+                           name, n, dst_size, dst_size + i, ATTN_VERSION_MAJOR,
+                           ATTN_VERSION_MINOR);
     n = dst_size;
   }
   memcpy(dst, src, n);

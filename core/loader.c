@@ -12,7 +12,6 @@
  * `attn devices` can print it and a selector naming that backend can fail
  * with it. Modules that passed the checks are never dlclose'd (OpenCL drivers
  * do not survive unloading reliably, see attn_plugin.h). */
-#include "config.h"
 #include "internal.h"
 
 #include <dirent.h>
@@ -164,10 +163,10 @@ static attn_status load_module(attn_registry *reg, const char *path) {
     snprintf(why, sizeof why, "%s returned NULL", ATTN_BACKEND_ENTRY_SYMBOL);
   } else if (vt->abi_major != ATTN_ABI_MAJOR) {
     /* Both versions and the file: which side to rebuild. */
-    snprintf(why, sizeof why, "built for plugin ABI %u.%u, but libattn %s expects ABI %d.x "
+    snprintf(why, sizeof why, "built for plugin ABI %u.%u, but libattn expects ABI %d.x "
              "(at most %d.%d): rebuild the module against this libattn's attn_plugin.h",
-             (unsigned)vt->abi_major, (unsigned)vt->abi_minor, PACKAGE_VERSION,
-             ATTN_ABI_MAJOR, ATTN_ABI_MAJOR, ATTN_ABI_MINOR);
+             (unsigned)vt->abi_major, (unsigned)vt->abi_minor, ATTN_ABI_MAJOR, ATTN_ABI_MAJOR,
+             ATTN_ABI_MINOR);
   } else if (vt->struct_size < ABI_2_0_SIZE) {
     snprintf(why, sizeof why, "vtable struct_size %u is smaller than the %zu bytes of ABI %d.0",
              (unsigned)vt->struct_size, (size_t)ABI_2_0_SIZE, ATTN_ABI_MAJOR);

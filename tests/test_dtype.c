@@ -219,23 +219,7 @@ static attn_tensor *upload(attn_context *ctx, attn_dtype t, int nd, const int64_
 /* The contract's bound for an output of type t against the double oracle. */
 static void check_typed(const char *what, attn_dtype t, const float *got, const double *want,
                         size_t n) {
-  double mx = 0;
-  for (size_t i = 0; i < n; i++)
-    if (isfinite(want[i]) && fabs(want[i]) > mx) mx = fabs(want[i]);
-  const double half_ulp = t == ATTN_F16 ? ldexp(1, -11) : t == ATTN_BF16 ? ldexp(1, -8) : 0;
-  double worst = 0;
-  size_t wi = 0;
-  for (size_t i = 0; i < n; i++) {
-    if (isnan(want[i]) != isnan(got[i]) || (isinf(want[i]) && got[i] != want[i]))
-      fail_msg("%s[%zu]: got %g, want %g", what, i, got[i], want[i]);
-    if (!isfinite(want[i])) continue;
-    const double tol = TU_ATOL + TU_RTOL * mx + half_ulp * fabs(want[i]);
-    const double err = fabs(got[i] - want[i]);
-    if (err > tol) fail_msg("%s[%zu]: got %.9g, want %.9g (err %.3g > %.3g)", what, i, got[i],
-                            want[i], err, tol);
-    if (err > worst) worst = err, wi = i;
-  }
-  (void)wi;
+  if (!tu_check_close_typed(what, t, got, want, n, NULL)) fail_msg("%s: see above", what);
 }
 
 static void run_sdpa_mix(attn_context *ctx, const mix *m, const shape_case *s, uint64_t seed) {

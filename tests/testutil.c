@@ -124,6 +124,13 @@ void tu_fill_nan(float *x, size_t n) {
 
 int tu_check_close(const char *what, const float *got, const double *want, size_t n,
                    double *max_err) {
+  return tu_check_close_typed(what, ATTN_F32, got, want, n, max_err);
+}
+
+int tu_check_close_typed(const char *what, attn_dtype t, const float *got, const double *want,
+                         size_t n, double *max_err) {
+  /* Half an ulp of the output type, relative to each element. */
+  const double u = t == ATTN_F16 ? ldexp(1, -11) : t == ATTN_BF16 ? ldexp(1, -8) : 0;
   /* The scale of the values: the largest finite |want|. */
   double scale = 0;
   for (size_t i = 0; i < n; i++)
@@ -145,7 +152,7 @@ int tu_check_close(const char *what, const float *got, const double *want, size_
         worst = e;
         worst_i = i;
       }
-      ok = e <= tol;
+      ok = e <= tol + u * fabs(w);
     }
     if (!ok && bad == n) bad = i;
   }

@@ -54,6 +54,11 @@ void tu_fill_nan(float *x, size_t n);
 #define TU_ATOL 1e-6
 int tu_check_close(const char *what, const float *got, const double *want, size_t n,
                    double *max_err);
+/* The same for an output stored as t (the README's numerics contract): each
+ * element may also differ by half an ulp of t, relative to it (f16: 2^-11,
+ * bf16: 2^-8), the rounding of a correct result to its storage type. */
+int tu_check_close_typed(const char *what, attn_dtype t, const float *got, const double *want,
+                         size_t n, double *max_err);
 
 /* The devices the numerical suites run on: every device of every backend
  * found (ref, pocl, clblast, ...), or those of $ATTN_TEST_DEVICES (a comma

@@ -92,10 +92,10 @@ static float next_value(void) {
 
 /* A contiguous 1-D storage of n floats, filled by kind: 0 uniform in [-1, 1],
  * 1 zeros and ones, 2 zeros and -inf (for additive masks only). */
-static attn_tensor *new_storage(state *s, int64_t n, int kind) {
+static attn_tensor *new_storage(state *s, int64_t n, int kind, attn_dtype dt) {
   attn_tensor *t = NULL;
   if (n < 1 || n > 4096 || s->nbase >= MAX_T) return NULL;
-  if (attn_tensor_create(ctx, 1, &n, &t) != ATTN_OK) {
+  if (attn_tensor_create_typed(ctx, dt, 1, &n, &t) != ATTN_OK) {
     FUZZ_CHECK(0, "cannot create %lld floats: %s", (long long)n, attn_last_error());
   }
   float host[4096];
@@ -142,8 +142,12 @@ static attn_tensor *new_operand(state *s, reader *r, attn_tensor *pool, int ndim
   for (int i = 0; i < nd; i++)
     if (shape[i] > 0 && shape[i] < 64 && strides[i] >= 0 && strides[i] < 4096)
       span += (shape[i] - 1) * strides[i];
-  attn_tensor *base = (layout == 5 || (take(r) & 7) == 7) ? pool
-                                                            : new_storage(s, span - (take(r) % 16 == 0), fill);
+  /* Mostly f32; one in four storages f16 or bf16 (the pool is f32). */
+  const unsigned tb = take(r);
+  const attn_dtype dt = (tb & 3) ? ATTN_F32 : (tb & 4) ? ATTN_F16 : ATTN_BF16;
+  attn_tensor *base = (layout == 5 || (take(r) & 7) == 7)
+                          ? pool
+                          : new_storage(s, span - (take(r) % 16 == 0), fill, dt);
   if (!base) return NULL;
   attn_tensor *v = NULL;
   attn_status st2 = attn_tensor_view(base, offset, nd, shape, strides, &v);
@@ -234,7 +238,7 @@ static void check_refusal(attn_status st, const char *fn, const char *msg) {
 
 static void fuzz_sdpa(reader *r) {
   state s = {.nt = 0};
-  attn_tensor *pool = new_storage(&s, 1024, 0);
+  attn_tensor *pool = new_storage(&s, 1024, 0, ATTN_F32);
   const int64_t B = 1 + take(r) % 2, Hkv = 1 + take(r) % 2, Hq = Hkv * (1 + take(r) % 2),
                 Sq = 1 + take(r) % 3, Skv = 1 + take(r) % 4, D = 1 + take(r) % 4,
                 Dv = 1 + take(r) % 3;
@@ -304,12 +308,14 @@ static void fuzz_sdpa(reader *r) {
   FUZZ_CHECK(want_o && want_w && want_l, "out of memory");
   tu_sdpa_double(&p, want_o, want_w, want_l);
   float *got = read_all(a.out);
-  FUZZ_CHECK(tu_check_close("fuzz sdpa out", got, want_o, no, NULL),
+  FUZZ_CHECK(tu_check_close_typed("fuzz sdpa out", attn_tensor_dtype(a.out), got, want_o, no,
+                                  NULL),
              "out differs from the oracle");
   free(got);
   if (a.weights) {
     got = read_all(a.weights);
-    FUZZ_CHECK(tu_check_close("fuzz sdpa weights", got, want_w, nw, NULL),
+    FUZZ_CHECK(tu_check_close_typed("fuzz sdpa weights", attn_tensor_dtype(a.weights), got,
+                                    want_w, nw, NULL),
                "weights differ from the oracle");
     free(got);
   }
@@ -381,7 +387,7 @@ static void mha_oracle(const attn_mha_desc *d, int64_t Hkv, int64_t D, int64_t E
 
 static void fuzz_mha(reader *r) {
   state s = {.nt = 0};
-  attn_tensor *pool = new_storage(&s, 1024, 0);
+  attn_tensor *pool = new_storage(&s, 1024, 0, ATTN_F32);
   attn_mha_desc d;
   memset(&d, 0, sizeof d);
   d.struct_size = sizeof d;
