@@ -3,7 +3,8 @@
  * Nth buffer allocation, program build, kernel enqueue, buffer write, buffer
  * read or queue finish of a context, for every N over a whole SDPA (with
  * weights and lse) and a whole MHA graph run (creation, run, KV-cache
- * prefill and decode step), once and from-then-on. Each failing call must
+ * prefill and decode step), and on clblast the same SDPA in bf16 (its
+ * fp32-scratch convert path), once and from-then-on. Each failing call must
  * return the status the runtime maps that CL error to, with the CL error's
  * name and the public function's name in attn_last_error(); no device
  * buffer may outlive its tensor (the context's storages against the
@@ -75,6 +76,11 @@ static int orphan_buffers(attn_context *ctx) { return cl_of(ctx)->n_buffers - li
 enum { SB = 1, SHQ = 4, SHKV = 2, SSQ = 5, SSKV = 9, SD = 16, SDV = 8 };
 static float *s_q, *s_k, *s_v;
 static double s_out[SB * SHQ * SSQ * SDV], s_w[SB * SHQ * SSQ * SSKV], s_lse[SB * SHQ * SSQ];
+/* The same SDPA in bf16 (q, k, v, out, weights; lse f32) on clblast, whose
+ * 16-bit path allocates and converts through scratch: its answers come from
+ * the inputs as rounded to bf16. */
+static float *s_qb, *s_kb, *s_vb;
+static double s_outb[SB * SHQ * SSQ * SDV], s_wb[SB * SHQ * SSQ * SSKV], s_lseb[SB * SHQ * SSQ];
 
 /* MHA: self attention, GQA, bias, causal; the KV-cache runs prefill S-1
  * tokens then decode one, which must equal the causal full run's rows. */
@@ -129,6 +135,61 @@ static attn_status tensor(world *w, int ndim, const int64_t *shape, const float 
   *out = t;
   if (data) STEP(w, st, attn_tensor_write(t, data, (size_t)attn_tensor_numel(t)));
   return st;
+}
+
+/* The same, of element type t (contiguous). */
+static attn_status tensor_typed(world *w, attn_dtype t, int ndim, const int64_t *shape,
+                                const float *data, attn_tensor **out) {
+  attn_tensor *x = NULL;
+  attn_status st = ATTN_OK;
+  STEP(w, st, attn_tensor_create_typed(w->ctx, t, ndim, shape, &x));
+  if (st != ATTN_OK) return st;
+  w->t[w->nt++] = x;
+  *out = x;
+  if (data) STEP(w, st, attn_tensor_write(x, data, (size_t)attn_tensor_numel(x)));
+  return st;
+}
+
+static attn_status scenario_sdpa_bf16(world *w) {
+  const int64_t qs[4] = {SB, SHQ, SSQ, SD}, ks[4] = {SB, SHKV, SSKV, SD},
+                vs[4] = {SB, SHKV, SSKV, SDV}, os[4] = {SB, SHQ, SSQ, SDV},
+                ws[4] = {SB, SHQ, SSQ, SSKV}, ls[3] = {SB, SHQ, SSQ};
+  attn_tensor *q = NULL, *k = NULL, *v = NULL, *o = NULL, *wt = NULL, *l = NULL;
+  attn_status st = tensor_typed(w, ATTN_BF16, 4, qs, s_qb, &q);
+  if (st == ATTN_OK) st = tensor_typed(w, ATTN_BF16, 4, ks, s_kb, &k);
+  if (st == ATTN_OK) st = tensor_typed(w, ATTN_BF16, 4, vs, s_vb, &v);
+  if (st == ATTN_OK) st = tensor_typed(w, ATTN_BF16, 4, os, NULL, &o);
+  if (st == ATTN_OK) st = tensor_typed(w, ATTN_BF16, 4, ws, NULL, &wt);
+  if (st == ATTN_OK) st = tensor(w, 3, ls, NULL, &l);
+  attn_sdpa_args a = {.struct_size = sizeof(attn_sdpa_args), .q = q, .k = k, .v = v, .out = o, .causal = true, .weights = wt, .lse = l};
+  STEP(w, st, attn_sdpa(w->ctx, &a));
+  STEP(w, st, attn_synchronize(w->ctx));
+  STEP(w, st, attn_tensor_read(o, w->got[0], sizeof s_outb / sizeof s_outb[0]));
+  STEP(w, st, attn_tensor_read(wt, w->got[1], sizeof s_wb / sizeof s_wb[0]));
+  STEP(w, st, attn_tensor_read(l, w->got[2], sizeof s_lseb / sizeof s_lseb[0]));
+  return st;
+}
+
+/* got within the fp32 error plus one bf16 rounding (rel = 1.5 * 2^-8, 0 for
+ * f32 outputs) of want; infinities equal. */
+static int close_rounded(const char *what, const float *got, const double *want, size_t n,
+                         double rel) {
+  for (size_t i = 0; i < n; i++) {
+    const double g = got[i], t = want[i];
+    if (isinf(t) ? g != t : !(fabs(g - t) <= 1e-5 * (1 + fabs(t)) + rel * fabs(t))) {
+      printf("%s[%zu] = %.9g, want %.9g\n", what, i, g, t);
+      return 0;
+    }
+  }
+  return 1;
+}
+
+static int check_sdpa_bf16(const world *w) {
+  const double rel = 1.5 / 256;
+  return close_rounded("sdpa bf16 out", w->got[0], s_outb, sizeof s_outb / sizeof s_outb[0],
+                       rel) &&
+         close_rounded("sdpa bf16 weights", w->got[1], s_wb, sizeof s_wb / sizeof s_wb[0], rel) &&
+         close_rounded("sdpa bf16 lse", w->got[2], s_lseb, sizeof s_lseb / sizeof s_lseb[0], 0);
 }
 
 static attn_status scenario_sdpa(world *w) {
@@ -199,7 +260,8 @@ typedef struct scenario {
   int (*check)(const world *);
 } scenario;
 static const scenario scenarios[] = {{"sdpa", scenario_sdpa, check_sdpa},
-                                     {"mha", scenario_mha, check_mha}};
+                                     {"mha", scenario_mha, check_mha},
+                                     {"sdpa bf16", scenario_sdpa_bf16, check_sdpa_bf16}};
 
 /* ---- data and reference answers --------------------------------------------------- */
 
@@ -212,6 +274,15 @@ static void make_data(void) {
                        .Dv = SDV, .q = s_q, .k = s_k, .v = s_v, .causal = true,
                        .scale = 1.0 / sqrt((double)SD)};
   tu_sdpa_double(&p, s_out, s_w, s_lse);
+  float **bf[3] = {&s_qb, &s_kb, &s_vb};
+  const float *src[3] = {s_q, s_k, s_v};
+  const size_t nbf[3] = {SB * SHQ * SSQ * SD, SB * SHKV * SSKV * SD, SB * SHKV * SSKV * SDV};
+  for (int i = 0; i < 3; i++) {
+    *bf[i] = malloc(nbf[i] * sizeof **bf[i]);
+    for (size_t j = 0; j < nbf[i]; j++) (*bf[i])[j] = attn_bf16_to_f32(attn_f32_to_bf16(src[i][j]));
+  }
+  p.q = s_qb, p.k = s_kb, p.v = s_vb;
+  tu_sdpa_double(&p, s_outb, s_wb, s_lseb);
 
   const int64_t rows[4] = {MH * MD, MHKV * MD, MHKV * MD, ME};
   const int64_t cols[4] = {ME, ME, ME, MH * MD};
@@ -418,6 +489,14 @@ static void test_sweep_mha(void **state) {
   for (int d = 0; d < g_ndev; d++) sweep(g_sel[d], &scenarios[1]);
 }
 
+/* clblast's 16-bit path: its scratch buffers and conversion kernels fail
+ * cleanly too (pocl refuses 16-bit storage, so clblast devices only). */
+static void test_sweep_sdpa_bf16(void **state) {
+  (void)state;
+  for (int d = 0; d < g_ndev; d++)
+    if (strncmp(g_sel[d], "clblast", 7) == 0) sweep(g_sel[d], &scenarios[2]);
+}
+
 /* A malformed ATTN_FAULT fails the open, naming the variable; nothing is
  * injected into contexts opened after it is unset. */
 static void test_malformed_spec(void **state) {
@@ -511,12 +590,16 @@ int main(void) {
       cmocka_unit_test(test_malformed_spec),
       cmocka_unit_test(test_sweep_sdpa),
       cmocka_unit_test(test_sweep_mha),
+      cmocka_unit_test(test_sweep_sdpa_bf16),
       cmocka_unit_test(test_clblast_broken_kernel_dir),
   };
   int rc = cmocka_run_group_tests(tests, NULL, NULL);
   free(s_q);
   free(s_k);
   free(s_v);
+  free(s_qb);
+  free(s_kb);
+  free(s_vb);
   for (int i = 0; i < 8; i++) free(m_w[i]);
   free(m_x);
   free(m_xp);

@@ -24,6 +24,10 @@
  * which reach ~7 GFLOP/s on this machine's POCL: clblast on POCL is for
  * testing, the pocl backend is the CPU path.
  *
+ * 16-bit storage (f16, bf16, any mix over any operand): converted on the
+ * device to fp32 scratch and back around the fp32 path (kernels/convert.cl;
+ * see "the convert path" below for why not CLBlast's half routines).
+ *
  * Every GEMM goes through CLBlastSgemmStridedBatched (batch 1 when nothing is
  * batched): CLBlast compiles one program per routine and device on first use,
  * which takes seconds on POCL, so one routine family keeps start-up short.
@@ -41,6 +45,8 @@
 #include "attn_plugin.h"
 
 #define KERNELS "clblast_sdpa"
+/* f16/bf16 <-> f32 conversions (kernels/convert.cl), built on first use. */
+#define CONVERT "convert"
 /* Bytes of scores one SDPA tile may hold on the device. */
 #define SCORE_BUDGET ((size_t)256 << 20)
 #define SCORE_BUDGET_CPU ((size_t)64 << 20)
@@ -58,6 +64,7 @@ struct attn_backend_ctx {
   size_t sm_wg;    /* work-group size of softmax_rows */
   attn_buffer *scores; /* grow-only scratch for one tile of scores */
   size_t score_budget;  /* bytes one tile of scores may take */
+  bool has_fp16;        /* the device reports cl_khr_fp16 (only logged: see convert path) */
 };
 
 /* ---- errors ------------------------------------------------------------------ */
@@ -115,6 +122,21 @@ static attn_status clb_device_info(int index, attn_device_info *info) {
   return ATTN_OK;
 }
 
+/* Does the device list cl_khr_fp16? A failed query counts as no. */
+static bool device_has_fp16(cl_device_id id) {
+  size_t len = 0;
+  if (clGetDeviceInfo(id, CL_DEVICE_EXTENSIONS, 0, NULL, &len) != CL_SUCCESS || !len) return false;
+  char *ext = malloc(len + 1);
+  if (!ext) return false;
+  bool yes = false;
+  if (clGetDeviceInfo(id, CL_DEVICE_EXTENSIONS, len, ext, NULL) == CL_SUCCESS) {
+    ext[len] = '\0';
+    yes = strstr(ext, "cl_khr_fp16") != NULL;
+  }
+  free(ext);
+  return yes;
+}
+
 static attn_status clb_open(int index, attn_backend_ctx **out) {
   if (index < 0 || index >= clb_probe())
     return host->error(ATTN_ERR_INVALID_ARG, "device index %d out of range [0, %d)", index,
@@ -145,6 +167,7 @@ static attn_status clb_open(int index, attn_backend_ctx **out) {
   }
   if (c->cl.max_alloc && c->score_budget > c->cl.max_alloc)
     c->score_budget = (size_t)c->cl.max_alloc;
+  c->has_fp16 = device_has_fp16(c->cl.dev.id);
   /* Build our kernels now so that a broken kernel fails the open, not a run. */
   cl_program prog;
   st = clrt_program_get(&c->cl, KERNELS, c->opts, &prog);
@@ -180,11 +203,13 @@ static attn_status clb_buffer_read(attn_backend_ctx *c, attn_buffer *buf, size_t
 static attn_status clb_synchronize(attn_backend_ctx *c) { return clrt_finish(&c->cl); }
 
 /* Every stage descriptor the core accepts can be run: views CLBlast cannot
- * express are copied into contiguous temporaries first. */
-#define CLB_LINEAR_FEATURES (ATTN_FEAT_BIAS)
+ * express are copied into contiguous temporaries first, and 16-bit operands
+ * (any mix, on any operand) go through fp32 scratch (see the convert path). */
+#define CLB_DTYPE_FEATURES (ATTN_FEAT_F16 | ATTN_FEAT_BF16)
+#define CLB_LINEAR_FEATURES (ATTN_FEAT_BIAS | CLB_DTYPE_FEATURES)
 #define CLB_SDPA_FEATURES                                                                  \
   (ATTN_FEAT_MASK_BOOL | ATTN_FEAT_MASK_ADDITIVE | ATTN_FEAT_CAUSAL | ATTN_FEAT_KV_LENS |   \
-   ATTN_FEAT_WEIGHTS | ATTN_FEAT_LSE)
+   ATTN_FEAT_WEIGHTS | ATTN_FEAT_LSE | CLB_DTYPE_FEATURES)
 
 static attn_status clb_supports(attn_backend_ctx *c, attn_stage stage, const void *desc,
                                 char *why, size_t why_len) {
@@ -222,12 +247,13 @@ static cl_long4 to_cl(i64x4 v) {
   return r;
 }
 
-/* Enqueue copy4d or add4d: dst view (+)= src view over shape. */
-static attn_status enqueue_elementwise(attn_backend_ctx *c, const char *kname, cl_mem src,
-                                       int64_t s_off, i64x4 s_str4, cl_mem dst, int64_t d_off,
-                                       i64x4 d_str4, i64x4 shape4) {
+/* Enqueue kernel kname of program prog with copy4d's signature: dst view
+ * (op)= src view over shape. */
+static attn_status enqueue_4d(attn_backend_ctx *c, const char *prog, const char *kname,
+                              cl_mem src, int64_t s_off, i64x4 s_str4, cl_mem dst, int64_t d_off,
+                              i64x4 d_str4, i64x4 shape4) {
   cl_kernel k;
-  attn_status st = clrt_kernel_get(&c->cl, KERNELS, c->opts, kname, &k);
+  attn_status st = clrt_kernel_get(&c->cl, prog, c->opts, kname, &k);
   if (st != ATTN_OK) return st;
   cl_ulong so = (cl_ulong)s_off, dof = (cl_ulong)d_off;
   cl_long4 s_str = to_cl(s_str4), d_str = to_cl(d_str4), shape = to_cl(shape4);
@@ -237,6 +263,13 @@ static attn_status enqueue_elementwise(attn_backend_ctx *c, const char *kname, c
   if (st != ATTN_OK) return st;
   size_t local = 64, global = clrt_round_up((size_t)n, local);
   return clrt_enqueue(&c->cl, k, 1, &global, &local);
+}
+
+/* copy4d or add4d of kernels/clblast_sdpa.cl. */
+static attn_status enqueue_elementwise(attn_backend_ctx *c, const char *kname, cl_mem src,
+                                       int64_t s_off, i64x4 s_str4, cl_mem dst, int64_t d_off,
+                                       i64x4 d_str4, i64x4 shape4) {
+  return enqueue_4d(c, KERNELS, kname, src, s_off, s_str4, dst, d_off, d_str4, shape4);
 }
 
 /* A row-major matrix operand as CLBlast takes it. */
@@ -303,7 +336,7 @@ static attn_status gemm(attn_backend_ctx *c, const char *what, bool trans_b, siz
 /* ---- linear ----------------------------------------------------------------------- */
 
 /* y[b] = x[b] W^T + bias with x [1,B,M,K], w [1,1,N,K], y [1,B,M,N]. */
-static attn_status clb_linear(attn_backend_ctx *c, const attn_linear_desc *d) {
+static attn_status clb_linear_f32(attn_backend_ctx *c, const attn_linear_desc *d) {
   const int64_t B = d->x.shape[1], M = d->x.shape[2], K = d->x.shape[3], N = d->w.shape[2];
   attn_buffer *tx = NULL, *tw = NULL, *ty = NULL;
   attn_view x, w, y = d->y;
@@ -442,7 +475,7 @@ static attn_status enqueue_pv_rows(attn_backend_ctx *c, const attn_sdpa_desc *d,
   return clrt_enqueue(&c->cl, k, 3, global, NULL);
 }
 
-static attn_status clb_sdpa(attn_backend_ctx *c, const attn_sdpa_desc *d) {
+static attn_status clb_sdpa_f32(attn_backend_ctx *c, const attn_sdpa_desc *d) {
   const int64_t B = d->q.shape[0], Hq = d->q.shape[1], Sq = d->q.shape[2], D = d->q.shape[3];
   const int64_t Hkv = d->k.shape[1], Skv = d->k.shape[2], Dv = d->v.shape[3];
   if (Sq > INT32_MAX || Skv > INT32_MAX)
@@ -544,6 +577,173 @@ static attn_status clb_sdpa(attn_backend_ctx *c, const attn_sdpa_desc *d) {
   clrt_buffer_free(&c->cl, tk);
   clrt_buffer_free(&c->cl, tv);
   clrt_buffer_free(&c->cl, to);
+  return st;
+}
+
+/* ---- 16-bit storage: the convert path ----------------------------------------------
+ * CLBlast's half routines (HGEMM) need cl_khr_fp16 and have no bf16 at all,
+ * and our softmax/pv kernels are fp32. So every f16 or bf16 operand, on
+ * every device, is widened on the device into a contiguous f32 scratch
+ * buffer (kernels/convert.cl), the fp32 path runs on the scratch views, and
+ * each 16-bit output is narrowed back into the caller's view (its strides
+ * respected, round to nearest even, NaN kept). Accumulation is fp32 and each
+ * output is rounded once, which is what ref computes.
+ *
+ * Why not HGEMM where cl_khr_fp16 exists: POCL's CPU device (the only one
+ * this backend is tested on) does not report cl_khr_fp16, so a native half
+ * path could be neither measured nor tested here; CLBlast's half kernels
+ * also keep their accumulators in half (its `real` is `half` at precision
+ * 16), which breaks the ABI's fp32 accumulation, and HGEMM would cover only
+ * all-f16 GEMMs (not bf16, not mixes, not the softmax). The convert
+ * path costs one extra read and write of each 16-bit operand, small next to
+ * the GEMMs. ATTN_DEBUG=1 says which path runs and why.
+ *
+ * Scratch comes from clrt_scratch_alloc (counted, fault-injectable) and is
+ * released right after the last kernel using it is enqueued, on success and
+ * on failure alike. Outputs are whole f32 buffers: the weights output of a
+ * 16-bit SDPA takes B*Hq*Sq*Skv*4 bytes of scratch besides the score tile. */
+
+/* One f32 scratch buffer standing in for a 16-bit operand; buf wraps the
+ * cl_mem so that views (which hold an attn_buffer *) can point at it. */
+typedef struct f32_scratch {
+  attn_buffer buf;
+} f32_scratch;
+
+static void scratch_release(attn_backend_ctx *c, f32_scratch *s, int n) {
+  for (int i = 0; i < n; i++) {
+    clrt_scratch_free(&c->cl, s[i].buf.mem);
+    s[i].buf.mem = NULL;
+  }
+}
+
+/* A contiguous f32 view of v's shape in new scratch s; dims that v
+ * broadcasts (stride 0) stay broadcast, stored once; *cshape is the shape
+ * actually stored (1 along those dims). */
+static attn_status scratch_view(attn_backend_ctx *c, const attn_view *v, f32_scratch *s,
+                                const char *what, attn_view *out, i64x4 *cshape) {
+  int64_t cs[4], str[4];
+  for (int i = 0; i < 4; i++) cs[i] = v->strides[i] == 0 ? 1 : v->shape[i];
+  str[3] = 1, str[2] = cs[3], str[1] = cs[2] * str[2], str[0] = cs[1] * str[1];
+  const size_t n = (size_t)(cs[0] * str[0]);
+  attn_status st =
+      clrt_scratch_alloc(&c->cl, CL_MEM_READ_WRITE, n * sizeof(float), NULL, what, &s->buf.mem);
+  if (st != ATTN_OK) return st;
+  s->buf.bytes = n * sizeof(float);
+  *out = *v;
+  out->buf = &s->buf;
+  out->offset = 0;
+  out->dtype = ATTN_F32;
+  for (int i = 0; i < 4; i++) out->strides[i] = v->strides[i] == 0 ? 0 : str[i];
+  *cshape = long4_of(cs[0], cs[1], cs[2], cs[3]);
+  return ATTN_OK;
+}
+
+static i64x4 view_str4(const attn_view *v) {
+  return long4_of(v->strides[0], v->strides[1], v->strides[2], v->strides[3]);
+}
+
+/* Input *v, if present and 16-bit, becomes an f32 scratch copy. */
+static attn_status widen_input(attn_backend_ctx *c, attn_view *v, f32_scratch *s,
+                               const char *what) {
+  if (!v->buf || v->dtype == ATTN_F32) return ATTN_OK;
+  attn_view w;
+  i64x4 cs;
+  attn_status st = scratch_view(c, v, s, what, &w, &cs);
+  if (st != ATTN_OK) return st;
+  st = enqueue_4d(c, CONVERT, v->dtype == ATTN_F16 ? "f16_to_f32" : "bf16_to_f32", v->buf->mem,
+                  v->offset, view_str4(v), w.buf->mem, 0, view_str4(&w), cs);
+  if (st == ATTN_OK) *v = w;
+  return st;
+}
+
+/* Output *v, if present and 16-bit, becomes an f32 scratch view (written by
+ * the fp32 path, narrowed back by narrow_output). */
+static attn_status scratch_output(attn_backend_ctx *c, attn_view *v, f32_scratch *s,
+                                  const char *what) {
+  if (!v->buf || v->dtype == ATTN_F32) return ATTN_OK;
+  attn_view w;
+  i64x4 cs;
+  attn_status st = scratch_view(c, v, s, what, &w, &cs);
+  if (st == ATTN_OK) *v = w;
+  return st;
+}
+
+/* The caller's 16-bit output view orig = its f32 scratch view tmp, rounded. */
+static attn_status narrow_output(attn_backend_ctx *c, const attn_view *orig,
+                                 const attn_view *tmp) {
+  if (!orig->buf || orig->dtype == ATTN_F32) return ATTN_OK;
+  const int64_t *sh = orig->shape;
+  return enqueue_4d(c, CONVERT, orig->dtype == ATTN_F16 ? "f32_to_f16" : "f32_to_bf16",
+                    tmp->buf->mem, tmp->offset, view_str4(tmp), orig->buf->mem, orig->offset,
+                    view_str4(orig), long4_of(sh[0], sh[1], sh[2], sh[3]));
+}
+
+/* Appends " name=dtype" for a 16-bit operand to the debug line. */
+static void note_dtype(char *buf, size_t len, const char *name, const attn_view *v) {
+  if (!v->buf || v->dtype == ATTN_F32) return;
+  size_t used = strlen(buf);
+  if (used < len)
+    snprintf(buf + used, len - used, " %s=%s", name, v->dtype == ATTN_F16 ? "f16" : "bf16");
+}
+
+static void log_convert_path(attn_backend_ctx *c, const char *stage, const char *which) {
+  host->debug("clblast: %s f16/bf16 operands via fp32 scratch (%s):%s", stage,
+              c->has_fp16 ? "convert path chosen over CLBlast half routines"
+                          : "device has no cl_khr_fp16",
+              which);
+}
+
+static bool is16(const attn_view *v) { return v->buf && v->dtype != ATTN_F32; }
+
+static attn_status clb_linear(attn_backend_ctx *c, const attn_linear_desc *d) {
+  if (!is16(&d->x) && !is16(&d->w) && !is16(&d->bias) && !is16(&d->y))
+    return clb_linear_f32(c, d);
+  char which[96] = "";
+  note_dtype(which, sizeof which, "x", &d->x);
+  note_dtype(which, sizeof which, "w", &d->w);
+  note_dtype(which, sizeof which, "bias", &d->bias);
+  note_dtype(which, sizeof which, "y", &d->y);
+  log_convert_path(c, "linear", which);
+  attn_linear_desc e = *d;
+  f32_scratch s[4] = {{{0}}};
+  attn_status st = widen_input(c, &e.x, &s[0], "linear: f32 copy of x");
+  if (st == ATTN_OK) st = widen_input(c, &e.w, &s[1], "linear: f32 copy of w");
+  if (st == ATTN_OK) st = widen_input(c, &e.bias, &s[2], "linear: f32 copy of bias");
+  if (st == ATTN_OK) st = scratch_output(c, &e.y, &s[3], "linear: f32 y");
+  if (st == ATTN_OK) st = clb_linear_f32(c, &e);
+  if (st == ATTN_OK) st = narrow_output(c, &d->y, &e.y);
+  scratch_release(c, s, 4);
+  return st;
+}
+
+static attn_status clb_sdpa(attn_backend_ctx *c, const attn_sdpa_desc *d) {
+  if (!is16(&d->q) && !is16(&d->k) && !is16(&d->v) && !is16(&d->mask) && !is16(&d->out) &&
+      !is16(&d->weights) && !is16(&d->lse))
+    return clb_sdpa_f32(c, d);
+  char which[128] = "";
+  note_dtype(which, sizeof which, "q", &d->q);
+  note_dtype(which, sizeof which, "k", &d->k);
+  note_dtype(which, sizeof which, "v", &d->v);
+  note_dtype(which, sizeof which, "mask", &d->mask);
+  note_dtype(which, sizeof which, "out", &d->out);
+  note_dtype(which, sizeof which, "weights", &d->weights);
+  note_dtype(which, sizeof which, "lse", &d->lse);
+  log_convert_path(c, "sdpa", which);
+  attn_sdpa_desc e = *d;
+  f32_scratch s[7] = {{{0}}};
+  attn_status st = widen_input(c, &e.q, &s[0], "sdpa: f32 copy of q");
+  if (st == ATTN_OK) st = widen_input(c, &e.k, &s[1], "sdpa: f32 copy of k");
+  if (st == ATTN_OK) st = widen_input(c, &e.v, &s[2], "sdpa: f32 copy of v");
+  if (st == ATTN_OK) st = widen_input(c, &e.mask, &s[3], "sdpa: f32 copy of mask");
+  if (st == ATTN_OK) st = scratch_output(c, &e.out, &s[4], "sdpa: f32 out");
+  if (st == ATTN_OK) st = scratch_output(c, &e.weights, &s[5], "sdpa: f32 weights");
+  /* lse is f32 by the ABI; converted anyway should a core ever send another. */
+  if (st == ATTN_OK) st = scratch_output(c, &e.lse, &s[6], "sdpa: f32 lse");
+  if (st == ATTN_OK) st = clb_sdpa_f32(c, &e);
+  if (st == ATTN_OK) st = narrow_output(c, &d->out, &e.out);
+  if (st == ATTN_OK) st = narrow_output(c, &d->weights, &e.weights);
+  if (st == ATTN_OK) st = narrow_output(c, &d->lse, &e.lse);
+  scratch_release(c, s, 7);
   return st;
 }
 
