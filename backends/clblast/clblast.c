@@ -515,13 +515,8 @@ static attn_status clb_sdpa_f32(attn_backend_ctx *c, const attn_sdpa_desc *d) {
       /* Keys [0, n_eff) are visible to some row of the tile (kv_lens, and
        * the causal diagonal of its last row); only those are computed. Keys
        * [0, c0) are visible to every row (c0 = the first row's limit). */
-      int64_t n_eff = kvlen < Skv ? kvlen : Skv, c0 = n_eff;
-      if (d->causal) {
-        if (i0 + T + Skv - Sq < n_eff) n_eff = i0 + T + Skv - Sq;
-        if (i0 + 1 + Skv - Sq < c0) c0 = i0 + 1 + Skv - Sq;
-      }
-      if (n_eff < 0) n_eff = 0;
-      if (c0 < 0) c0 = 0;
+      const int64_t n_eff = attn_visible_limit(i0 + T - 1, Sq, Skv, d->causal, kvlen),
+                    c0 = attn_visible_limit(i0, Sq, Skv, d->causal, kvlen);
       const int64_t ld = n_eff > 0 ? n_eff : 1; /* score row pitch */
       const size_t s_head = (size_t)(T * ld);   /* scores of one head */
       for (int64_t oi = 0; st == ATTN_OK && n_eff > 0 && oi < hs.nouter; oi++) {
