@@ -81,14 +81,6 @@ static void plan_ops(attn_mha *g) {
 
 /* ---- helpers ----------------------------------------------------------------- */
 
-static const char *fmt_dims(char *buf, size_t n, int ndim, const int64_t *d) {
-  size_t used = (size_t)snprintf(buf, n, "[");
-  for (int i = 0; i < ndim && used < n; i++)
-    used += (size_t)snprintf(buf + used, n - used, i ? ",%lld" : "%lld", (long long)d[i]);
-  if (used < n) snprintf(buf + used, n - used, "]");
-  return buf;
-}
-
 /* A tensor argument must exist, be on ctx, have this shape, and (for the
  * linear stage) contiguous rows. */
 static attn_status check_arg(attn_context *ctx, const attn_tensor *t, const char *name, int ndim,
@@ -102,7 +94,8 @@ static attn_status check_arg(attn_context *ctx, const attn_tensor *t, const char
   for (int i = 0; i < ndim; i++)
     if (t->shape[i] != want[i])
       return attn__error(ATTN_ERR_SHAPE, "%s: shape %s != %s", name,
-                         fmt_dims(a, sizeof a, ndim, t->shape), fmt_dims(b, sizeof b, ndim, want));
+                         attn__fmt_dims(a, sizeof a, ndim, t->shape),
+                         attn__fmt_dims(b, sizeof b, ndim, want));
   if (rows_contiguous && t->shape[ndim - 1] > 1 && t->strides[ndim - 1] != 1)
     return attn__error(ATTN_ERR_INVALID_ARG, "%s: rows must be contiguous (last stride %lld != 1)",
                        name, (long long)t->strides[ndim - 1]);

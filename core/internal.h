@@ -24,6 +24,8 @@ ATTN_INTERNAL attn_status attn__error(attn_status s, const char *fmt, ...)
 ATTN_INTERNAL attn_status attn__verror(attn_status s, const char *fmt, va_list ap);
 /* The current function's name ("attn" outside any call). */
 ATTN_INTERNAL const char *attn__current_fn(void);
+/* "[2,3,4]" for messages (truncated to fit n). */
+ATTN_INTERNAL const char *attn__fmt_dims(char *buf, size_t n, int ndim, const int64_t *d);
 /* Monotonic wall clock in milliseconds. */
 ATTN_INTERNAL double attn__now_ms(void);
 /* ATTN_DEBUG=1: log to stderr, "attn: " prefixed. */

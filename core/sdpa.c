@@ -8,15 +8,6 @@
 #include <stdio.h>
 #include <string.h>
 
-/* "[2,3,4]" for messages. */
-static const char *fmt_dims(char *buf, size_t n, int ndim, const int64_t *d) {
-  size_t used = (size_t)snprintf(buf, n, "[");
-  for (int i = 0; i < ndim && used < n; i++)
-    used += (size_t)snprintf(buf + used, n - used, i ? ",%lld" : "%lld", (long long)d[i]);
-  if (used < n) snprintf(buf + used, n - used, "]");
-  return buf;
-}
-
 static attn_status check_tensor(attn_context *ctx, const attn_tensor *t, const char *name,
                                 int ndim) {
   if (t->st->ctx != ctx)
@@ -32,8 +23,8 @@ static attn_status check_dims(const attn_tensor *t, const char *name, const int6
     if (t->shape[i] != want[i]) {
       char a[96], b[96];
       return attn__error(ATTN_ERR_SHAPE, "%s: shape %s != %s", name,
-                         fmt_dims(a, sizeof a, t->ndim, t->shape),
-                         fmt_dims(b, sizeof b, t->ndim, want));
+                         attn__fmt_dims(a, sizeof a, t->ndim, t->shape),
+                         attn__fmt_dims(b, sizeof b, t->ndim, want));
     }
   return ATTN_OK;
 }
@@ -137,7 +128,7 @@ attn_status attn__sdpa_prepare(attn_context *ctx, const attn_sdpa_args *args,
     if ((m[0] != 1 && m[0] != B) || (m[1] != 1 && m[1] != Hq) || m[2] != Sq || m[3] != Skv) {
       char got[96];
       return attn__error(ATTN_ERR_SHAPE, "mask: shape %s != [1|%lld,1|%lld,%lld,%lld]",
-                         fmt_dims(got, sizeof got, 4, m), (long long)B, (long long)Hq,
+                         attn__fmt_dims(got, sizeof got, 4, m), (long long)B, (long long)Hq,
                          (long long)Sq, (long long)Skv);
     }
   }

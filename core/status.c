@@ -105,3 +105,11 @@ double attn__now_ms(void) {
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
 }
+
+const char *attn__fmt_dims(char *buf, size_t n, int ndim, const int64_t *d) {
+  size_t used = (size_t)snprintf(buf, n, "[");
+  for (int i = 0; i < ndim && used < n; i++)
+    used += (size_t)snprintf(buf + used, n - used, i ? ",%lld" : "%lld", (long long)d[i]);
+  if (used < n) snprintf(buf + used, n - used, "]");
+  return buf;
+}

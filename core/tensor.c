@@ -21,17 +21,6 @@ static int add_overflow(int64_t a, int64_t b, int64_t *r) {
   return __builtin_add_overflow(a, b, r) ? 1 : 0;
 }
 
-/* "[2,3,4]" for messages. */
-static const char *fmt_shape(char *buf, size_t n, int ndim, const int64_t *shape) {
-  size_t used = 0;
-  buf[0] = '\0';
-  used += (size_t)snprintf(buf + used, n - used, "[");
-  for (int i = 0; i < ndim && used < n; i++)
-    used += (size_t)snprintf(buf + used, n - used, i ? ",%lld" : "%lld", (long long)shape[i]);
-  if (used < n) snprintf(buf + used, n - used, "]");
-  return buf;
-}
-
 /* Checks a rank and shape given by a caller. */
 static attn_status check_shape(int ndim, const int64_t *shape) {
   if (ndim < 1 || ndim > ATTN_MAX_DIMS)
@@ -52,15 +41,15 @@ static attn_status contiguous_bytes(const attn_context *ctx, attn_dtype dtype, i
   for (int i = 0; i < ndim; i++)
     if (attn__mul_overflow(n, shape[i], &n))
       return attn__error(ATTN_ERR_OVERFLOW, "shape: %s: element count overflows",
-                         fmt_shape(s, sizeof s, ndim, shape));
+                         attn__fmt_dims(s, sizeof s, ndim, shape));
   if (attn__mul_overflow(n, (int64_t)attn_dtype_size(dtype), &b) || (uint64_t)b > SIZE_MAX)
     return attn__error(ATTN_ERR_OVERFLOW, "shape: %s: byte count overflows",
-                       fmt_shape(s, sizeof s, ndim, shape));
+                       attn__fmt_dims(s, sizeof s, ndim, shape));
   if (ctx->info.max_alloc && (uint64_t)b > ctx->info.max_alloc)
     return attn__error(ATTN_ERR_DEVICE_MEMORY,
                        "shape: %s: %lld bytes exceed the device's largest allocation "
                        "(%llu bytes on %s)",
-                       fmt_shape(s, sizeof s, ndim, shape), (long long)b,
+                       attn__fmt_dims(s, sizeof s, ndim, shape), (long long)b,
                        (unsigned long long)ctx->info.max_alloc, ctx->info.selector);
   *bytes = (size_t)b;
   return ATTN_OK;
