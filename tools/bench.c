@@ -22,7 +22,7 @@
  * progress bar goes to stderr only when stderr is a terminal. */
 #include "config.h"
 
-#include "bench.h"
+#include "commands.h"
 #include "npy.h"
 
 #include <errno.h>
@@ -116,13 +116,12 @@ typedef struct bench_shape {
 } bench_shape;
 
 static double sdpa_flops(const bench_shape *s) {
-  double f = 4.0 * s->B * s->Hq * s->Sq * s->Skv * s->D;
-  return s->causal && s->Sq == s->Skv ? f / 2 : f;
+  return cli_sdpa_flops(s->B, s->Hq, s->Sq, s->Skv, s->D, s->causal);
 }
 
 /* q and out projections E->Hq*D, k and v E->Hkv*D, over B*S rows. */
 static double proj_flops(const bench_shape *s) {
-  return 2.0 * s->B * s->Sq * s->E * (2.0 * s->Hq * s->D + 2.0 * s->Hkv * s->D);
+  return cli_proj_flops(s->B, s->Sq, s->Sq, s->E, s->E, s->Hq, s->Hkv, s->D);
 }
 
 static double shape_flops(const bench_shape *s) {
@@ -134,18 +133,6 @@ static double shape_bytes(const bench_shape *s) {
   if (s->kind == CASE_MHA) /* x read, out written, the four weights read */
     return 4.0 * (2.0 * s->B * s->Sq * s->E + 4.0 * s->E * s->Hq * s->D);
   return 4.0 * (q + 2 * kv + q);
-}
-
-static bool parse_i64(const char *opt, const char *s, int64_t min, int64_t max, int64_t *out) {
-  char *end;
-  errno = 0;
-  long long v = strtoll(s, &end, 10);
-  if (errno || end == s || *end || v < min || v > max) {
-    cli_usage_fail("%s: '%s' is not an integer in [%" PRId64 ", %" PRId64 "]", opt, s, min, max);
-    return false;
-  }
-  *out = v;
-  return true;
 }
 
 /* "256,1024,4096" into list; every entry an integer in [1, max]. */
@@ -163,7 +150,7 @@ static bool parse_list(const char *opt, const char *s, int64_t max, int64_t *lis
       cli_usage_fail("%s: more than %d values", opt, MAX_LIST);
       return false;
     }
-    if (!parse_i64(opt, tok, 1, max, &list[*n])) return false;
+    if (!cli_parse_int(opt, tok, 1, max, &list[*n])) return false;
     (*n)++;
   }
   if (*n == 0 || s[0] == ',' || s[strlen(s) - 1] == ',' || strstr(s, ",,")) {
@@ -214,16 +201,6 @@ typedef struct result {
   double proj_gflops;    /* mha: the four projections together */
 } result;
 
-static int cmp_double(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
-}
-
-static double median_of(double *v, int n) {
-  qsort(v, (size_t)n, sizeof *v, cmp_double);
-  return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
-
 /* A tensor of the given shape filled with uniform numbers in [-1, 1]. */
 static attn_status random_tensor(attn_context *ctx, int n, const int64_t *dims, uint64_t *state,
                                  attn_tensor **t) {
@@ -234,12 +211,7 @@ static attn_status random_tensor(attn_context *ctx, int n, const int64_t *dims, 
     cli_errline("out of host memory for a tensor of %" PRId64 " floats", count);
     return ATTN_ERR_NOMEM;
   }
-  attn_status s = attn_tensor_create(ctx, n, dims, t);
-  if (s == ATTN_OK) s = attn_tensor_write(*t, p, (size_t)count);
-  if (s != ATTN_OK) {
-    attn_tensor_free(*t);
-    *t = NULL;
-  }
+  attn_status s = cli_upload(ctx, n, dims, p, t);
   free(p);
   return s;
 }
@@ -280,7 +252,7 @@ static attn_status run_sdpa_shape(attn_context *ctx, const options *o, const ben
     spent += times[n++];
   }
   r->repeats = n;
-  r->med_ms = median_of(times, n);
+  r->med_ms = cli_median(times, n);
   r->min_ms = times[0];
   r->max_ms = times[n - 1];
 done:
@@ -336,14 +308,14 @@ static attn_status run_mha_shape(attn_context *ctx, const options *o, const benc
     spent += times[n++];
   }
   r->repeats = n;
-  r->med_ms = median_of(times, n);
+  r->med_ms = cli_median(times, n);
   r->min_ms = times[0];
   r->max_ms = times[n - 1];
-  r->prof.project_q_ms = median_of(node[0], n);
-  r->prof.project_k_ms = median_of(node[1], n);
-  r->prof.project_v_ms = median_of(node[2], n);
-  r->prof.sdpa_ms = median_of(node[3], n);
-  r->prof.project_out_ms = median_of(node[4], n);
+  r->prof.project_q_ms = cli_median(node[0], n);
+  r->prof.project_k_ms = cli_median(node[1], n);
+  r->prof.project_v_ms = cli_median(node[2], n);
+  r->prof.sdpa_ms = cli_median(node[3], n);
+  r->prof.project_out_ms = cli_median(node[4], n);
   double proj_ms = r->prof.project_q_ms + r->prof.project_k_ms + r->prof.project_v_ms +
                    r->prof.project_out_ms;
   r->proj_gflops = proj_ms > 0 ? proj_flops(sh) / (proj_ms * 1e6) : 0;
@@ -651,13 +623,13 @@ static int parse_options(int argc, char **argv, options *o) {
       ok = parse_list("--dim", optarg, 4096, o->dim, &o->ndim);
       dim_given = true;
       break;
-    case O_HEADS: ok = parse_i64("--heads", optarg, 1, 4096, &o->heads); break;
+    case O_HEADS: ok = cli_parse_int("--heads", optarg, 1, 4096, &o->heads); break;
     case O_REPEAT:
-      ok = parse_i64("--repeat", optarg, 1, 256, &o->repeat);
+      ok = cli_parse_int("--repeat", optarg, 1, 256, &o->repeat);
       o->repeat_given = true;
       break;
     case O_WARMUP:
-      ok = parse_i64("--warmup", optarg, 0, 1000, &o->warmup);
+      ok = cli_parse_int("--warmup", optarg, 0, 1000, &o->warmup);
       warmup_given = true;
       break;
     case O_REFLIMIT: {
