@@ -190,7 +190,107 @@ void cli_print_device(attn_context *ctx) {
            attn_device_type_str(info.type), info.name);
 }
 
+/* ---- element types ----------------------------------------------------------------- */
+
+bool cli_parse_dtype(const char *opt, const char *s, attn_dtype *t) {
+  static const struct {
+    const char *name;
+    attn_dtype t;
+  } names[] = {{"f32", ATTN_F32},     {"float32", ATTN_F32}, {"f16", ATTN_F16},
+               {"float16", ATTN_F16}, {"bf16", ATTN_BF16},   {"bfloat16", ATTN_BF16}};
+  for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+    if (strcmp(s, names[i].name) == 0) {
+      *t = names[i].t;
+      return true;
+    }
+  cli_usage_fail("%s: '%s' is not f32, f16 or bf16", opt, s);
+  return false;
+}
+
+npy_dtype cli_npy_dtype(attn_dtype t) {
+  return t == ATTN_F16 ? NPY_F16 : t == ATTN_BF16 ? NPY_BF16 : NPY_F32;
+}
+
+attn_dtype cli_attn_dtype(npy_dtype t) {
+  return t == NPY_F16 ? ATTN_F16 : t == NPY_BF16 ? ATTN_BF16 : ATTN_F32;
+}
+
+/* Exact widening of the 16-bit types (every f16 and bf16 value is a float). */
+static float bits_f32(uint32_t u) {
+  float f;
+  memcpy(&f, &u, 4);
+  return f;
+}
+
+static float f16_to_f32(uint16_t h) {
+  uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+  if (e == 0x1f) return bits_f32(sign | 0x7f800000u | (m << 13)); /* inf, NaN (payload kept) */
+  if (e == 0) {
+    float f = ldexpf((float)m, -24); /* zero or subnormal: m * 2^-24 */
+    return sign ? -f : f;
+  }
+  return bits_f32(sign | ((e + 112u) << 23) | (m << 13));
+}
+
+float *cli_to_floats(attn_dtype t, const void *data, size_t n, const char *what) {
+  float *f = malloc((n ? n : 1) * sizeof *f);
+  if (!f) {
+    if (what) cli_errline("%s: out of host memory for %zu floats", what, n);
+    return NULL;
+  }
+  if (t == ATTN_F32) {
+    memcpy(f, data, n * sizeof *f);
+  } else {
+    const uint16_t *h = data;
+    for (size_t i = 0; i < n; i++)
+      f[i] = t == ATTN_F16 ? f16_to_f32(h[i]) : bits_f32((uint32_t)h[i] << 16);
+  }
+  return f;
+}
+
+attn_status cli_upload_input(attn_context *ctx, const cli_input *in, attn_tensor **t) {
+  *t = NULL;
+  attn_status s = attn_tensor_create_typed(ctx, in->dtype, in->ndim, in->shape, t);
+  if (s != ATTN_OK) return s;
+  size_t n = (size_t)attn_tensor_numel(*t);
+  if (in->src == in->dtype) {
+    s = attn_tensor_write_raw(*t, in->data, n);
+  } else if (in->src == ATTN_F32) {
+    s = attn_tensor_write(*t, in->data, n);
+  } else {
+    float *f = cli_to_floats(in->src, in->data, n, NULL);
+    s = f ? attn_tensor_write(*t, f, n) : ATTN_ERR_NOMEM;
+    free(f);
+  }
+  if (s != ATTN_OK) {
+    attn_tensor_free(*t);
+    *t = NULL;
+  }
+  return s;
+}
+
+attn_status cli_read_back(const attn_tensor *t, cli_input *in) {
+  memset(in, 0, sizeof *in);
+  in->src = in->dtype = attn_tensor_dtype(t);
+  in->ndim = attn_tensor_ndim(t);
+  attn_tensor_shape(t, in->shape, NULL);
+  size_t n = (size_t)attn_tensor_numel(t);
+  void *p = malloc((n ? n : 1) * attn_dtype_size(in->dtype));
+  if (!p) return ATTN_ERR_NOMEM;
+  attn_status s = attn_tensor_read_raw(t, p, n);
+  if (s != ATTN_OK) {
+    free(p);
+    return s;
+  }
+  in->data = p;
+  return ATTN_OK;
+}
+
 /* ---- --check and outputs ---------------------------------------------------------- */
+
+double cli_dtype_rtol(attn_dtype t) {
+  return t == ATTN_BF16 ? 0x1p-7 : t == ATTN_F16 ? 0x1p-10 : 0;
+}
 
 bool cli_check_close(const char *what, const float *got, const float *ref, size_t n,
                      double extra_rtol) {

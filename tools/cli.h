@@ -84,6 +84,38 @@ bool cli_load_npy(const char *opt, const char *path, unsigned dtypes, int min_ra
 /* "device: SEL (backend B, TYPE, NAME)" on stdout. */
 void cli_print_device(attn_context *ctx);
 
+/* ---- element types ----------------------------------------------------------------- */
+
+/* A --dtype style option: f32, f16 or bf16 (also float32, float16, bfloat16).
+ * On a bad value prints the usage error and returns false. */
+bool cli_parse_dtype(const char *opt, const char *s, attn_dtype *t);
+/* The .npy dtype of a tensor type ('<f4', '<f2', '<V2') and back; an npy
+ * dtype that is not a float type maps to ATTN_F32. */
+npy_dtype cli_npy_dtype(attn_dtype t);
+attn_dtype cli_attn_dtype(npy_dtype t);
+/* n elements of type t (float, or uint16_t bit patterns) as floats, exactly;
+ * malloc'ed; NULL when out of memory, with a message naming what (none if
+ * what is NULL). */
+float *cli_to_floats(attn_dtype t, const void *data, size_t n, const char *what);
+
+/* Host data headed for a tensor: n elements of src (float for ATTN_F32,
+ * uint16_t bit patterns for the 16-bit types) in row-major order of shape,
+ * stored as dtype: copied as they are when src == dtype, else converted by
+ * libattn (attn_tensor_write: round to nearest even). */
+typedef struct cli_input {
+  attn_dtype src, dtype;
+  int ndim;
+  int64_t shape[4];
+  const void *data;
+} cli_input;
+
+/* A new tensor on ctx of in->dtype holding in's data; *t is NULL on failure. */
+attn_status cli_upload_input(attn_context *ctx, const cli_input *in, attn_tensor **t);
+/* The elements a tensor stores, read back as they are (its own type):
+ * *in describes them (src == dtype), in->data malloc'ed (free it). --check
+ * uploads these to ref, so that both backends see the same rounded values. */
+attn_status cli_read_back(const attn_tensor *t, cli_input *in);
+
 /* ---- --check and outputs ---------------------------------------------------------- */
 
 /* --check: every output must satisfy max|got - ref| <= CLI_CHECK_ATOL +
@@ -91,6 +123,11 @@ void cli_print_device(attn_context *ctx);
  * against the double-accumulating ref backend allows). */
 #define CLI_CHECK_ATOL 1e-5
 #define CLI_CHECK_RTOL 1e-4
+
+/* The relative rounding of an output of type t that --check allows on top:
+ * one unit in the last place (2^-7 bf16, 2^-10 f16, 0 f32), since the two
+ * backends' results may round to neighbouring 16-bit values. */
+double cli_dtype_rtol(attn_dtype t);
 
 /* Compare got with ref (from the ref backend): max abs error and that error
  * relative to max|ref|. Equal infinities (an LSE of -inf) count as equal; a
