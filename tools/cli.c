@@ -160,18 +160,6 @@ float *cli_alloc_floats(int n, const int64_t *shape, const char *what) {
   return p;
 }
 
-attn_status cli_upload(attn_context *ctx, int n, const int64_t *shape, const float *data,
-                       attn_tensor **t) {
-  attn_status s = attn_tensor_create(ctx, n, shape, t);
-  if (s != ATTN_OK) return s;
-  s = attn_tensor_write(*t, data, (size_t)attn_tensor_numel(*t));
-  if (s != ATTN_OK) {
-    attn_tensor_free(*t);
-    *t = NULL;
-  }
-  return s;
-}
-
 bool cli_load_npy(const char *opt, const char *path, unsigned dtypes, int min_rank, int max_rank,
                   npy_array *a) {
   npy_want w = {dtypes, min_rank, max_rank};

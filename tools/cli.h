@@ -72,10 +72,6 @@ float *cli_random_floats(int64_t n, uint64_t *state);
  * naming what. */
 float *cli_alloc_floats(int n, const int64_t *shape, const char *what);
 
-/* A new f32 tensor on ctx holding host data; *t is NULL on failure. */
-attn_status cli_upload(attn_context *ctx, int n, const int64_t *shape, const float *data,
-                       attn_tensor **t);
-
 /* Read a .npy file given to option opt (dtypes: NPY_* bits); on failure prints
  * "opt: <the reader's message>" and returns false. */
 bool cli_load_npy(const char *opt, const char *path, unsigned dtypes, int min_rank, int max_rank,
