@@ -4,11 +4,12 @@
  * The reader accepts format versions 1.0, 2.0 and 3.0, C order only, and the
  * dtypes the CLI needs: little-endian float32 ('<f4'), float16 ('<f2'),
  * bfloat16 ('<V2', what numpy.save writes for an ml_dtypes.bfloat16 array),
- * bool ('|b1') and little-endian int32 ('<i4'). Everything else ('|V2' raw
- * void bytes, '>f2', '<V4', '<f8', ...) (bad magic, unknown version, a
- * header that lies about its length or is not padded and terminated, a dict
- * that does not parse, Fortran order, big-endian, a wrong dtype or rank, a
- * zero, negative or overflowing dimension, truncated or trailing data) is
+ * bool ('|b1') and little-endian int32 ('<i4'). Everything else (another
+ * descr such as '|V2' raw void bytes, '>f2', '<V4' or '<f8', bad magic, an
+ * unknown version, a header that lies about its length or is not padded and
+ * terminated, a dict that does not parse, Fortran order, a dtype the caller
+ * does not take, a wrong rank, a zero, negative or overflowing dimension,
+ * truncated or trailing data) is
  * refused with ATTN_ERR_FORMAT and a message that names the file and says
  * exactly what is wrong. I/O failures give ATTN_ERR_IO.
  *
