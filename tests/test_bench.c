@@ -92,8 +92,11 @@ static void near(const char *line, const char *what, double got, double want) {
 
 /* Check every line of a --json run on device (a backend name); returns the
  * number of lines. */
-static int check_json(const char *out, const char *backend) {
+/* Every line of a --json run checked; nkv: how many --kv-dtype types it ran
+ * (one decode line each); *n16: the lines whose k and v were 16-bit. */
+static int check_json(const char *out, const char *backend, int nkv, int *n16) {
   int n = 0, decode = 0, mha = 0, causal = 0;
+  if (n16) *n16 = 0;
   const char *p = out;
   while (*p) {
     const char *nl = strchr(p, '\n');
@@ -116,6 +119,12 @@ static int check_json(const char *out, const char *backend) {
     assert_non_null(c);
     assert_true(!strncmp(c, "true", 4) || !strncmp(c, "false", 5));
     bool is_causal = c[0] == 't';
+    /* the storage type of k and v, on every line */
+    const char *kt = field(line, "kv_dtype");
+    assert_non_null(kt);
+    bool kv16 = !strncmp(kt, "\"f16\"", 5) || !strncmp(kt, "\"bf16\"", 6);
+    assert_true(kv16 || !strncmp(kt, "\"f32\"", 5));
+    if (n16 && kv16) (*n16)++;
     double ms = positive(line, "median_ms"), gflops = positive(line, "gflops");
     double gbps = positive(line, "gbps"), frac = num(line, "peak_fraction");
     assert_true(num(line, "min_ms") <= ms && ms <= num(line, "max_ms"));
@@ -139,9 +148,9 @@ static int check_json(const char *out, const char *backend) {
       continue;
     }
     /* The rates, recomputed from the contract: 4*B*Hq*Sq*Skv*D, halved when
-     * causal with Sq == Skv; bytes of q, k, v and out, 4 each. */
+     * causal with Sq == Skv; bytes of q and out, 4 each, of k and v, 4 or 2. */
     double flops = 4.0 * B * Hq * Sq * Skv * D / (is_causal && Sq == Skv ? 2 : 1);
-    double bytes = 4.0 * (2.0 * B * Hq * Sq * D + 2.0 * B * Hkv * Skv * D);
+    double bytes = 4.0 * 2.0 * B * Hq * Sq * D + (kv16 ? 2.0 : 4.0) * 2.0 * B * Hkv * Skv * D;
     near(line, "gflops", gflops, flops / (ms * 1e6));
     near(line, "gbps", gbps, bytes / (ms * 1e6));
     if (Sq == 1) {
@@ -152,7 +161,7 @@ static int check_json(const char *out, const char *backend) {
     }
     causal += is_causal && Sq > 1;
   }
-  assert_int_equal(decode, 1);
+  assert_int_equal(decode, nkv);
   assert_int_equal(mha, 1);
   assert_true(causal >= 1);
   return n;
@@ -175,7 +184,33 @@ static void quick_json_on(const char *backend) {
   RUN(&r, "bench", "--quick", "--json", "--device", backend);
   spawn_expect_status(&r, 0);
   /* the quick sweep: 3 sdpa + 3 causal + 3 gqa + decode + mha */
-  assert_int_equal(check_json(r.out, backend), 11);
+  assert_int_equal(check_json(r.out, backend, 1, NULL), 11);
+}
+
+/* --kv-dtype f32,bf16: the sweeps and decode once per type, mha once (f32,
+ * the first); bf16 rows say so and count k and v in 2 bytes. On ref, which
+ * stores every type. */
+static void kv_dtypes(void **state) {
+  (void)state;
+  spawn_result r;
+  RUN(&r, "bench", "--quick", "--json", "--device", "ref", "--seq", "32", "--repeat", "1",
+      "--kv-dtype", "f32,bf16");
+  spawn_expect_status(&r, 0);
+  int n16;
+  assert_int_equal(check_json(r.out, "ref", 2, &n16), 2 * 4 + 1);
+  assert_int_equal(n16, 4);
+  assert_non_null(strstr(r.out, "\"case\":\"decode\",\"batch\":1"));
+  /* the table has a kv column; the CSV a kv_dtype column at the end */
+  RUN(&r, "bench", "--quick", "--device", "ref", "--seq", "32", "--repeat", "1", "--kv-dtype",
+      "f16");
+  spawn_expect_status(&r, 0);
+  assert_non_null(strstr(r.out, " kv "));
+  assert_non_null(strstr(r.out, " f16 "));
+  RUN(&r, "bench", "--quick", "--csv", "--device", "ref", "--seq", "32", "--repeat", "1",
+      "--kv-dtype", "bf16");
+  spawn_expect_status(&r, 0);
+  assert_non_null(strstr(r.out, ",kv_dtype\n"));
+  assert_non_null(strstr(r.out, ",bf16\n"));
 }
 
 static void json_ref(void **state) {
@@ -276,6 +311,9 @@ static void bad_options(void **state) {
       {{"--ref-limit", "-1"}, "--ref-limit"},
       {{"--svg"}, "needs an argument"},
       {{"stray"}, "unexpected argument 'stray'"},
+      {{"--kv-dtype", "f64"}, "--kv-dtype: 'f64' is not f32, f16 or bf16"},
+      {{"--kv-dtype", "f32,f32"}, "listed twice"},
+      {{"--kv-dtype", "f32,"}, "--kv-dtype"},
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     const char *argv[8] = {"bench"};
@@ -367,6 +405,7 @@ int main(void) {
       cmocka_unit_test(json_ref),        cmocka_unit_test(json_pocl),
       cmocka_unit_test(two_devices_csv), cmocka_unit_test(svg_file),
       cmocka_unit_test(bad_options),     cmocka_unit_test(peaks_every_device),
+      cmocka_unit_test(kv_dtypes),
   };
   int rc = cmocka_run_group_tests(tests, NULL, NULL);
   char cmd[300];

@@ -121,6 +121,125 @@ static void expect_close(const char *what, const float *got, const double *want,
   }
 }
 
+
+/* ---- 16-bit types, independently of the library -------------------------------------- */
+
+/* Round to nearest even to p significant bits, with no bit below 2^lsb_min
+ * (the subnormals); the values here never overflow. */
+static float round_sig(float x, int p, int lsb_min) {
+  if (x == 0 || !isfinite(x)) return x;
+  int e;
+  frexp(x, &e); /* |x| in [2^(e-1), 2^e) */
+  int lsb = e - p < lsb_min ? lsb_min : e - p;
+  return (float)ldexp(nearbyint(ldexp(x, -lsb)), lsb);
+}
+static float to_bf16(float x) { return round_sig(x, 8, -133); }
+static float to_f16(float x) { return round_sig(x, 11, -24); }
+
+/* Bit patterns of values that are exact in the type. */
+static uint16_t bf16_bits(float r) {
+  uint32_t u;
+  memcpy(&u, &r, 4);
+  assert_int_equal(u & 0xffff, 0);
+  return (uint16_t)(u >> 16);
+}
+static uint16_t f16_bits(float r) {
+  uint16_t sign = signbit(r) ? 0x8000 : 0;
+  double a = fabs(r);
+  if (a == 0) return sign;
+  if (a < ldexp(1, -14)) return (uint16_t)(sign | (uint16_t)(a * ldexp(1, 24)));
+  int e;
+  double f = frexp(a, &e); /* a = 2f * 2^(e-1), 2f in [1, 2) */
+  return (uint16_t)(sign | (uint16_t)((e - 1 + 15) << 10) | (uint16_t)((2 * f - 1) * 1024));
+}
+static float bf16_val(uint16_t h) {
+  uint32_t u = (uint32_t)h << 16;
+  float f;
+  memcpy(&f, &u, 4);
+  return f;
+}
+static float f16_val(uint16_t h) {
+  int e = (h >> 10) & 0x1f, m = h & 0x3ff;
+  assert_true(e != 0x1f); /* no inf or NaN in these tests */
+  double a = e ? ldexp(1024 + m, e - 25) : ldexp(m, -24);
+  return (float)(h & 0x8000 ? -a : a);
+}
+
+/* n values rounded to a type, in place: every q, k, v of a test goes through here */
+static void round_all(float *x, size_t n, float (*rnd)(float)) {
+  for (size_t i = 0; i < n; i++) x[i] = rnd(x[i]);
+}
+
+/* A float16 or bfloat16 .npy file of values exact in that type, through the
+ * project's writer. */
+static void save_half(const char *name, npy_dtype t, int ndim, const int64_t *shape,
+                      const float *vals, char *path, size_t cap) {
+  size_t n = 1;
+  for (int i = 0; i < ndim; i++) n *= (size_t)shape[i];
+  uint16_t *h = malloc(n * sizeof *h);
+  assert_non_null(h);
+  for (size_t i = 0; i < n; i++) {
+    h[i] = t == NPY_F16 ? f16_bits(vals[i]) : bf16_bits(vals[i]);
+    assert_true((t == NPY_F16 ? f16_val(h[i]) : bf16_val(h[i])) == vals[i]);
+  }
+  char err[NPY_ERR_MAX];
+  path_in(path, cap, name);
+  attn_status s = npy_write_typed(path, t, ndim, shape, h, err, sizeof err);
+  if (s != ATTN_OK) print_error("%s\n", err);
+  assert_int_equal(s, ATTN_OK);
+  free(h);
+}
+
+/* A file's descr, as written in its header. */
+static void expect_descr(const char *path, const char *descr) {
+  char head[129] = "", want[32];
+  FILE *f = fopen(path, "rb");
+  assert_non_null(f);
+  size_t n = fread(head, 1, 128, f);
+  fclose(f);
+  head[n] = '\0';
+  snprintf(want, sizeof want, "'descr': '%s'", descr);
+  if (!strstr(head + 10, want)) {
+    print_error("%s: header %s does not have %s\n", path, head + 10, want);
+    fail();
+  }
+}
+
+/* A 16-bit output file, checked to be of type t ('<f2' or '<V2' in its
+ * header), as floats. */
+static float *load_half(const char *path, npy_dtype t, int ndim, const int64_t *shape) {
+  expect_descr(path, t == NPY_F16 ? "<f2" : "<V2");
+  npy_want w = {t, ndim, ndim};
+  npy_array a;
+  char err[NPY_ERR_MAX];
+  attn_status s = npy_read_file(path, &w, &a, err, sizeof err);
+  if (s != ATTN_OK) print_error("%s\n", err);
+  assert_int_equal(s, ATTN_OK);
+  for (int i = 0; i < ndim; i++) assert_int_equal(a.shape[i], shape[i]);
+  float *f = malloc(a.count * sizeof *f);
+  assert_non_null(f);
+  const uint16_t *h = a.data;
+  for (size_t i = 0; i < a.count; i++) f[i] = t == NPY_F16 ? f16_val(h[i]) : bf16_val(h[i]);
+  npy_free(&a);
+  return f;
+}
+
+/* As expect_close, allowing also the rounding of a 16-bit output: u * |want|
+ * (u = 2^-8 for bf16, 2^-11 for f16: half a unit in the last place). */
+static void expect_close_u(const char *what, const float *got, const double *want, size_t n,
+                           double u) {
+  double mx = 0;
+  for (size_t i = 0; i < n; i++)
+    if (isfinite(want[i]) && fabs(want[i]) > mx) mx = fabs(want[i]);
+  for (size_t i = 0; i < n; i++) {
+    double tol = 1e-6 + 2e-5 * mx + u * fabs(want[i]);
+    if (!(fabs(got[i] - want[i]) <= tol)) {
+      print_error("%s[%zu] = %.9g, want %.9g (tolerance %.3g)\n", what, i, got[i], want[i], tol);
+      fail();
+    }
+  }
+}
+
 /* ---- the contract, in double ----------------------------------------------------- */
 
 typedef struct prob {
@@ -567,6 +686,325 @@ static void test_mha(void **state) {
   for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) free(all[i]);
 }
 
+
+/* Element types: --dtype, --kv-dtype and --out-dtype on f32 files; 16-bit
+ * files keeping their type or converted; the output written as '<V2' for
+ * bf16 (as numpy.save writes an ml_dtypes.bfloat16 array) or '<f2'. Each
+ * against sdpa_ref on the inputs rounded here, independently. */
+static void test_run_dtypes(void **state) {
+  (void)state;
+  enum { B = 2, HQ = 4, HKV = 2, SQ = 5, SKV = 7, D = 8, DV = 6 };
+  enum { NQ = B * HQ * SQ * D, NK = B * HKV * SKV * D, NV = B * HKV * SKV * DV,
+         NO = B * HQ * SQ * DV };
+  const int64_t qs[4] = {B, HQ, SQ, D}, ks[4] = {B, HKV, SKV, D}, vs[4] = {B, HKV, SKV, DV};
+  const int64_t os[4] = {B, HQ, SQ, DV}, wsh[4] = {B, HQ, SQ, SKV}, lsh[3] = {B, HQ, SQ};
+  float *q = rand_array(NQ), *k = rand_array(NK), *v = rand_array(NV);
+  float *qb = malloc(sizeof(float) * NQ), *kb = malloc(sizeof(float) * NK),
+        *vb = malloc(sizeof(float) * NV), *kh = malloc(sizeof(float) * NK),
+        *vh = malloc(sizeof(float) * NV), *qh = malloc(sizeof(float) * NQ);
+  assert_true(qb && kb && vb && kh && vh && qh);
+  memcpy(qb, q, sizeof(float) * NQ);
+  memcpy(kb, k, sizeof(float) * NK);
+  memcpy(vb, v, sizeof(float) * NV);
+  memcpy(qh, q, sizeof(float) * NQ);
+  memcpy(kh, k, sizeof(float) * NK);
+  memcpy(vh, v, sizeof(float) * NV);
+  round_all(qb, NQ, to_bf16);
+  round_all(kb, NK, to_bf16);
+  round_all(vb, NV, to_bf16);
+  round_all(qh, NQ, to_f16);
+  round_all(kh, NK, to_f16);
+  round_all(vh, NV, to_f16);
+  char pq[320], pk[320], pv[320], po[320], pw[320], pe[320];
+  save_f32("tq.npy", 4, qs, q, pq, sizeof pq);
+  save_f32("tk.npy", 4, ks, k, pk, sizeof pk);
+  save_f32("tv.npy", 4, vs, v, pv, sizeof pv);
+  path_in(po, sizeof po, "to.npy");
+  path_in(pw, sizeof pw, "tw.npy");
+  path_in(pe, sizeof pe, "tlse.npy");
+  double out[NO], w[B * HQ * SQ * SKV], lse[B * HQ * SQ];
+  spawn_result r;
+
+  /* --dtype bf16: q, k, v and out bf16; out written as '<V2' */
+  RUN(&r, "run", "--device", "ref", "--q", pq, "--k", pk, "--v", pv, "--dtype", "bf16",
+      "--causal", "--out", po, "--check");
+  spawn_expect_status(&r, 0);
+  assert_non_null(strstr(r.out, "dtype q bf16  k bf16  v bf16  out bf16"));
+  assert_non_null(strstr(r.out, "check out"));
+  prob p = {B, HQ, HKV, SQ, SKV, D, DV, qb, kb, vb, NULL, 1, 1, false, true, 1 / sqrt(D), NULL};
+  sdpa_ref(&p, out, NULL, NULL);
+  float *g = load_half(po, NPY_BF16, 4, os);
+  expect_close_u("bf16 out", g, out, NO, 0x1p-8);
+  free(g);
+
+  /* --dtype bf16 --out-dtype f32: the same inputs, an f32 out (no output
+   * rounding), and weights and lse, float32 always */
+  RUN(&r, "run", "--q", pq, "--k", pk, "--v", pv, "--dtype", "bf16", "--out-dtype", "f32",
+      "--causal", "--out", po, "--weights-out", pw, "--lse-out", pe, "--check");
+  spawn_expect_status(&r, 0);
+  assert_non_null(strstr(r.out, "dtype q bf16  k bf16  v bf16  out f32"));
+  sdpa_ref(&p, out, w, lse);
+  expect_descr(po, "<f4");
+  expect_descr(pw, "<f4");
+  expect_descr(pe, "<f4");
+  g = load_f32(po, 4, os);
+  expect_close("bf16 in, f32 out", g, out, NO);
+  free(g);
+  g = load_f32(pw, 4, wsh);
+  expect_close("weights", g, w, B * HQ * SQ * SKV);
+  free(g);
+  g = load_f32(pe, 3, lsh);
+  expect_close("lse", g, lse, B * HQ * SQ);
+  free(g);
+  unlink(pw);
+  unlink(pe);
+
+  /* --kv-dtype f16 under f32 q: k and v rounded, q and out f32 */
+  RUN(&r, "run", "--q", pq, "--k", pk, "--v", pv, "--kv-dtype", "f16", "--out", po, "--check");
+  spawn_expect_status(&r, 0);
+  assert_non_null(strstr(r.out, "dtype q f32  k f16  v f16  out f32"));
+  prob pkv = {B, HQ, HKV, SQ, SKV, D, DV, q, kh, vh, NULL, 1, 1, false, false, 1 / sqrt(D), NULL};
+  sdpa_ref(&pkv, out, NULL, NULL);
+  expect_descr(po, "<f4");
+  g = load_f32(po, 4, os);
+  expect_close("f16 kv", g, out, NO);
+  free(g);
+
+  /* --kv-dtype overrides --dtype for k and v */
+  RUN(&r, "run", "--q", pq, "--k", pk, "--v", pv, "--dtype", "bf16", "--kv-dtype", "f16",
+      "--out", po);
+  spawn_expect_status(&r, 0);
+  assert_non_null(strstr(r.out, "dtype q bf16  k f16  v f16  out bf16"));
+
+  /* float16 files keep their type: out is f16, written '<f2' */
+  char hq[320], hk[320], hv[320], bk[320], bv[320], bq[320];
+  save_half("hq.npy", NPY_F16, 4, qs, qh, hq, sizeof hq);
+  save_half("hk.npy", NPY_F16, 4, ks, kh, hk, sizeof hk);
+  save_half("hv.npy", NPY_F16, 4, vs, vh, hv, sizeof hv);
+  RUN(&r, "run", "--q", hq, "--k", hk, "--v", hv, "--out", po, "--check");
+  spawn_expect_status(&r, 0);
+  assert_non_null(strstr(r.out, "dtype q f16  k f16  v f16  out f16"));
+  prob ph = {B, HQ, HKV, SQ, SKV, D, DV, qh, kh, vh, NULL, 1, 1, false, false, 1 / sqrt(D), NULL};
+  sdpa_ref(&ph, out, NULL, NULL);
+  g = load_half(po, NPY_F16, 4, os);
+  expect_close_u("f16 files", g, out, NO, 0x1p-11);
+  free(g);
+
+  /* bfloat16 k and v files under an f32 q file: each keeps its type */
+  save_half("bk.npy", NPY_BF16, 4, ks, kb, bk, sizeof bk);
+  save_half("bv.npy", NPY_BF16, 4, vs, vb, bv, sizeof bv);
+  RUN(&r, "run", "--q", pq, "--k", bk, "--v", bv, "--out", po, "--check");
+  spawn_expect_status(&r, 0);
+  assert_non_null(strstr(r.out, "dtype q f32  k bf16  v bf16  out f32"));
+  prob pb = {B, HQ, HKV, SQ, SKV, D, DV, q, kb, vb, NULL, 1, 1, false, false, 1 / sqrt(D), NULL};
+  sdpa_ref(&pb, out, NULL, NULL);
+  g = load_f32(po, 4, os);
+  expect_close("bf16 kv files", g, out, NO);
+  free(g);
+
+  /* --dtype converts a file on upload: bf16 files stored as f16 */
+  save_half("bq.npy", NPY_BF16, 4, qs, qb, bq, sizeof bq);
+  RUN(&r, "run", "--q", bq, "--k", bk, "--v", bv, "--dtype", "f16", "--out", po);
+  spawn_expect_status(&r, 0);
+  assert_non_null(strstr(r.out, "dtype q f16  k f16  v f16  out f16"));
+  float *qbh = malloc(sizeof(float) * NQ), *kbh = malloc(sizeof(float) * NK),
+        *vbh = malloc(sizeof(float) * NV);
+  assert_true(qbh && kbh && vbh);
+  memcpy(qbh, qb, sizeof(float) * NQ);
+  memcpy(kbh, kb, sizeof(float) * NK);
+  memcpy(vbh, vb, sizeof(float) * NV);
+  round_all(qbh, NQ, to_f16);
+  round_all(kbh, NK, to_f16);
+  round_all(vbh, NV, to_f16);
+  prob pc = {B, HQ, HKV, SQ, SKV, D, DV, qbh, kbh, vbh, NULL, 1, 1, false, false, 1 / sqrt(D),
+             NULL};
+  sdpa_ref(&pc, out, NULL, NULL);
+  g = load_half(po, NPY_F16, 4, os);
+  expect_close_u("bf16 files as f16", g, out, NO, 0x1p-11);
+  free(g);
+  unlink(po);
+
+  /* a bfloat16 mask is refused, naming its descr; nothing is written */
+  char pm[320];
+  const int64_t ms[2] = {SQ, SKV};
+  float zeros[SQ * SKV] = {0};
+  save_half("bmask.npy", NPY_BF16, 2, ms, zeros, pm, sizeof pm);
+  RUN(&r, "run", "--q", pq, "--k", pk, "--v", pv, "--mask", pm, "--out", po);
+  spawn_expect_status(&r, 1);
+  expect_error_line(&r, "--mask");
+  expect_error_line(&r, "'<V2'");
+  assert_false(exists(po));
+
+  /* bad type names: usage errors, one line, nothing run */
+  static const struct {
+    const char *opt, *val, *msg;
+  } bad[] = {{"--dtype", "f64", "--dtype: 'f64' is not f32, f16 or bf16"},
+             {"--kv-dtype", "half", "--kv-dtype: 'half'"},
+             {"--out-dtype", "", "--out-dtype: ''"},
+             {"--dtype", "BF16", "--dtype: 'BF16'"}};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    RUN(&r, "run", "--seq", "3", bad[i].opt, bad[i].val, "--out", po);
+    spawn_expect_status(&r, 2);
+    expect_error_line(&r, bad[i].msg);
+    assert_string_equal(r.out, "");
+    assert_false(exists(po));
+  }
+  RUN(&r, "run", "--dtype");
+  spawn_expect_status(&r, 2);
+  expect_error_line(&r, "needs an argument");
+
+  /* random inputs take the types too */
+  RUN(&r, "run", "--seq", "4", "--heads", "2", "--dim", "8", "--dtype", "f16", "--kv-dtype",
+      "bf16", "--out-dtype", "bf16", "--check", "--out", po);
+  spawn_expect_status(&r, 0);
+  assert_non_null(strstr(r.out, "dtype q f16  k bf16  v bf16  out bf16"));
+  const int64_t ros[4] = {1, 2, 4, 8};
+  g = load_half(po, NPY_BF16, 4, ros);
+  free(g);
+  unlink(po);
+
+  float *all[] = {q, k, v, qb, kb, vb, qh, kh, vh, qbh, kbh, vbh};
+  for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) free(all[i]);
+}
+
+/* MHA in double: x [B, S, E] through wq/wk/wv [E, E] (no biases), heads of
+ * D = E / H, optionally causal, keys and values rounded by kv_round (NULL:
+ * none), then wo. */
+static void mha_ref(int B, int S, int E, int H, const float *x, const float *wq,
+                    const float *wk, const float *wv, const float *wo, bool causal,
+                    float (*kv_round)(float), double *want) {
+  int D = E / H;
+  size_t n = (size_t)B * S * E;
+  double *Q = malloc(n * sizeof *Q), *K = malloc(n * sizeof *K), *V = malloc(n * sizeof *V),
+         *att = malloc(n * sizeof *att), *sc = malloc((size_t)S * sizeof *sc);
+  assert_true(Q && K && V && att && sc);
+  for (int r = 0; r < B * S; r++)
+    for (int o = 0; o < E; o++) {
+      double a = 0, b = 0, c = 0;
+      for (int i = 0; i < E; i++) {
+        a += (double)x[r * E + i] * wq[o * E + i];
+        b += (double)x[r * E + i] * wk[o * E + i];
+        c += (double)x[r * E + i] * wv[o * E + i];
+      }
+      Q[r * E + o] = a;
+      K[r * E + o] = kv_round ? kv_round((float)b) : b;
+      V[r * E + o] = kv_round ? kv_round((float)c) : c;
+    }
+  for (int b = 0; b < B; b++)
+    for (int h = 0; h < H; h++)
+      for (int i = 0; i < S; i++) {
+        int last = causal ? i : S - 1;
+        double mx = -INFINITY, z = 0;
+        for (int j = 0; j <= last; j++) {
+          sc[j] = 0;
+          for (int d = 0; d < D; d++)
+            sc[j] += Q[(b * S + i) * E + h * D + d] * K[(b * S + j) * E + h * D + d];
+          sc[j] /= sqrt(D);
+          if (sc[j] > mx) mx = sc[j];
+        }
+        for (int j = 0; j <= last; j++) z += exp(sc[j] - mx);
+        for (int d = 0; d < D; d++) {
+          double acc = 0;
+          for (int j = 0; j <= last; j++)
+            acc += exp(sc[j] - mx) / z * V[(b * S + j) * E + h * D + d];
+          att[(b * S + i) * E + h * D + d] = acc;
+        }
+      }
+  for (int r = 0; r < B * S; r++)
+    for (int o = 0; o < E; o++) {
+      double a = 0;
+      for (int i = 0; i < E; i++) a += att[r * E + i] * wo[o * E + i];
+      want[r * E + o] = a;
+    }
+  free(Q);
+  free(K);
+  free(V);
+  free(att);
+  free(sc);
+}
+
+/* attn mha with bfloat16 weight files (as a checkpoint stores them): they
+ * keep their type under f32 activations; with a bf16 x the activations and
+ * out are bf16 ('<V2'); --kv-dtype f16 --decode runs through an f16 cache. */
+static void test_mha_16bit(void **state) {
+  (void)state;
+  enum { B = 2, S = 5, E = 8, H = 2, N = B * S * E };
+  const int64_t xs[3] = {B, S, E}, ws[2] = {E, E};
+  float *x = rand_array(N), *w[4];
+  const char *names[4] = {"bwq.npy", "bwk.npy", "bwv.npy", "bwo.npy"};
+  char pw[4][320], px[320], pxb[320], po[320];
+  for (int i = 0; i < 4; i++) {
+    w[i] = rand_array(E * E);
+    round_all(w[i], E * E, to_bf16);
+    save_half(names[i], NPY_BF16, 2, ws, w[i], pw[i], sizeof pw[i]);
+  }
+  save_f32("bx.npy", 3, xs, x, px, sizeof px);
+  path_in(po, sizeof po, "bmo.npy");
+  double want[N];
+  spawn_result r;
+
+  /* f32 x over bf16 weights: f32 activations, exact weights */
+  RUN(&r, "mha", "--device", "ref", "--x", px, "--wq", pw[0], "--wk", pw[1], "--wv", pw[2],
+      "--wo", pw[3], "--heads", "2", "--out", po, "--check");
+  spawn_expect_status(&r, 0);
+  assert_non_null(strstr(r.out, "dtype x f32  kv f32  out f32  weights bf16"));
+  assert_non_null(strstr(r.out, "check out"));
+  mha_ref(B, S, E, H, x, w[0], w[1], w[2], w[3], false, NULL, want);
+  expect_descr(po, "<f4");
+  float *g = load_f32(po, 3, xs);
+  expect_close("mha bf16 weights", g, want, N);
+  free(g);
+
+  /* --causal --decode --kv-dtype f16: token by token through an f16 cache;
+   * the oracle rounds the projected keys and values to f16 (the device's
+   * f32 projection may round to the neighbouring f16 value: a looser bound) */
+  RUN(&r, "mha", "--x", px, "--wq", pw[0], "--wk", pw[1], "--wv", pw[2], "--wo", pw[3],
+      "--heads", "2", "--causal", "--decode", "--kv-dtype", "f16", "--out", po, "--check");
+  spawn_expect_status(&r, 0);
+  assert_non_null(strstr(r.out, "dtype x f32  kv f16  out f32"));
+  assert_non_null(strstr(r.out, "decode: 5 steps"));
+  mha_ref(B, S, E, H, x, w[0], w[1], w[2], w[3], true, to_f16, want);
+  g = load_f32(po, 3, xs);
+  expect_close_u("mha f16 cache", g, want, N, 0x1p-9);
+  free(g);
+
+  /* bf16 x: bf16 activations, out '<V2'; the oracle rounds only x, so the
+   * intermediates' roundings bound the difference */
+  float *xb = malloc(sizeof(float) * N);
+  assert_non_null(xb);
+  memcpy(xb, x, sizeof(float) * N);
+  round_all(xb, N, to_bf16);
+  save_half("bxb.npy", NPY_BF16, 3, xs, xb, pxb, sizeof pxb);
+  RUN(&r, "mha", "--x", pxb, "--wq", pw[0], "--wk", pw[1], "--wv", pw[2], "--wo", pw[3],
+      "--heads", "2", "--out", po, "--check");
+  spawn_expect_status(&r, 0);
+  assert_non_null(strstr(r.out, "dtype x bf16  kv bf16  out bf16  weights bf16"));
+  mha_ref(B, S, E, H, xb, w[0], w[1], w[2], w[3], false, NULL, want);
+  g = load_half(po, NPY_BF16, 3, xs);
+  double mx = 0;
+  for (int i = 0; i < N; i++) mx = fmax(mx, fabs(want[i]));
+  for (int i = 0; i < N; i++)
+    if (!(fabs(g[i] - want[i]) <= 0x1p-5 * mx)) {
+      print_error("bf16 mha out[%d] = %.6g, want %.6g\n", i, g[i], want[i]);
+      fail();
+    }
+  free(g);
+
+  /* a bad --kv-dtype, and --decode without --causal: usage errors */
+  RUN(&r, "mha", "--x", px, "--wq", pw[0], "--wk", pw[1], "--wv", pw[2], "--wo", pw[3],
+      "--heads", "2", "--kv-dtype", "f8");
+  spawn_expect_status(&r, 2);
+  expect_error_line(&r, "--kv-dtype: 'f8'");
+  RUN(&r, "mha", "--x", px, "--wq", pw[0], "--wk", pw[1], "--wv", pw[2], "--wo", pw[3],
+      "--heads", "2", "--decode");
+  spawn_expect_status(&r, 2);
+  expect_error_line(&r, "--decode needs --causal");
+  unlink(po);
+  free(x);
+  free(xb);
+  for (int i = 0; i < 4; i++) free(w[i]);
+}
+
 static int rm_tree(void) {
   char cmdpath[512];
   /* remove the files this suite wrote; the directory holds nothing else */
@@ -578,7 +1016,12 @@ static int rm_tree(void) {
                                 "x.npy",      "wq.npy",     "wk.npy",       "wv.npy",
                                 "wo.npy",     "bq.npy",     "bk.npy",       "bv.npy",
                                 "bo.npy",     "inp.npy",    "inb.npy",      "mha1.npy",
-                                "mha2.npy"};
+                                "mha2.npy",   "tq.npy",     "tk.npy",       "tv.npy",
+                                "to.npy",     "tw.npy",     "tlse.npy",     "hq.npy",
+                                "hk.npy",     "hv.npy",     "bk.npy",       "bv.npy",
+                                "bq.npy",     "bmask.npy",  "bwq.npy",      "bwk.npy",
+                                "bwv.npy",    "bwo.npy",    "bx.npy",       "bxb.npy",
+                                "bmo.npy"};
   for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
     snprintf(cmdpath, sizeof cmdpath, "%s/%s", dir, names[i]);
     unlink(cmdpath);
@@ -615,6 +1058,8 @@ int main(void) {
       cmocka_unit_test(test_run_files_additive_mask),
       cmocka_unit_test(test_run_failures),
       cmocka_unit_test(test_mha),
+      cmocka_unit_test(test_run_dtypes),
+      cmocka_unit_test(test_mha_16bit),
   };
   return cmocka_run_group_tests(tests, NULL, teardown);
 }

@@ -47,6 +47,7 @@ static void make_img(img *m, int major, int minor, const char *dict, size_t alig
 
 static const npy_want want_f32_4 = {NPY_F32, 4, 4};
 static const npy_want want_any = {NPY_F32 | NPY_BOOL | NPY_I32, 1, 4};
+static const npy_want want_all = {NPY_F32 | NPY_BOOL | NPY_I32 | NPY_F16 | NPY_BF16, 1, 4};
 
 static void expect_fail(const img *m, const npy_want *w, attn_status want_status,
                         const char *substr) {
@@ -302,14 +303,18 @@ static void test_every_truncation(void **state) {
 static void test_corruptions(void **state) {
   (void)state;
   uint64_t s = 0x2545F4914F6CDD1DULL;
-  img base[3];
+  img base[5];
   make_img(&base[0], 1, 0, good_dict, 64, f6, sizeof f6);
+  make_img(&base[3], 1, 0, "{'descr': '<f2', 'fortran_order': False, 'shape': (2, 3), }", 64, f6,
+           12);
+  make_img(&base[4], 2, 0, "{'descr': '<V2', 'fortran_order': False, 'shape': (3, 1), }", 64, f6,
+           6);
   make_img(&base[1], 3, 0, "{'descr': '|b1', 'fortran_order': False, 'shape': (2, 1, 3), }", 16,
            "\1\0\1\0\1\1", 6);
   make_img(&base[2], 2, 0, "{'descr': '<i4', 'fortran_order': False, 'shape': (6,), }", 64, f6,
            sizeof f6);
   for (int it = 0; it < 20000; it++) {
-    img m = base[it % 3];
+    img m = base[it % 5];
     int flips = 1 + (int)(s % 3);
     for (int f = 0; f < flips; f++) {
       s ^= s << 13;
@@ -324,15 +329,164 @@ static void test_corruptions(void **state) {
     memcpy(copy, m.b, m.len);
     npy_array a;
     char err[NPY_ERR_MAX];
-    attn_status st = npy_parse(copy, m.len, "f", &want_any, &a, err, sizeof err);
+    attn_status st = npy_parse(copy, m.len, "f", &want_all, &a, err, sizeof err);
     assert_true(st == ATTN_OK || st == ATTN_ERR_FORMAT);
     if (st == ATTN_OK) {
-      size_t item = a.dtype == NPY_BOOL ? 1 : 4;
+      size_t item = npy_dtype_size(a.dtype);
       assert_true(a.count * item <= m.len);
       npy_free(&a);
     } else {
       assert_non_null(strstr(err, "f: "));
     }
+    free(copy);
+  }
+}
+
+
+/* ---- 16-bit types: '<f2' (float16) and '<V2' (bfloat16, as numpy.save writes an
+ * ml_dtypes.bfloat16 array) ------------------------------------------------------- */
+
+/* float16 bit patterns: zeros, the smallest and largest subnormals, the smallest
+ * normal, one, the largest finite, infinities, quiet and signalling NaNs with
+ * payloads. They must survive the writer and the parser bit for bit. */
+static const uint16_t f16_bits[12] = {0x0000, 0x8000, 0x0001, 0x03ff, 0x0400, 0x3c00,
+                                      0x7bff, 0x7c00, 0xfc00, 0x7e00, 0x7d01, 0xfe3f};
+/* bfloat16: 1.5, -2, the smallest subnormal, inf, -inf, NaNs, -0, 65504-ish */
+static const uint16_t bf16_bits[8] = {0x3fc0, 0xc000, 0x0001, 0x7f80,
+                                      0xff80, 0x7fc1, 0x8000, 0x477f};
+
+/* The data bytes of an encoded image: after the header, little-endian. */
+static void expect_le16_payload(const void *buf, size_t len, const uint16_t *bits, size_t n) {
+  const unsigned char *b = buf;
+  assert_true(len >= 2 * n);
+  const unsigned char *d = b + len - 2 * n;
+  for (size_t i = 0; i < n; i++) {
+    assert_int_equal(d[2 * i], bits[i] & 0xff);
+    assert_int_equal(d[2 * i + 1], bits[i] >> 8);
+  }
+}
+
+static void test_half_roundtrip(void **state) {
+  (void)state;
+  static const struct {
+    npy_dtype t;
+    const char *descr;
+    const uint16_t *bits;
+    size_t n;
+    int ndim;
+    int64_t shape[4];
+  } cases[] = {{NPY_F16, "'descr': '<f2'", f16_bits, 12, 4, {1, 2, 3, 2}},
+               {NPY_F16, "'descr': '<f2'", f16_bits, 12, 1, {12}},
+               {NPY_BF16, "'descr': '<V2'", bf16_bits, 8, 2, {2, 4}},
+               {NPY_BF16, "'descr': '<V2'", bf16_bits, 8, 3, {8, 1, 1}}};
+  for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+    void *buf;
+    size_t len;
+    char err[NPY_ERR_MAX];
+    assert_int_equal(npy_encode(cases[c].t, cases[c].ndim, cases[c].shape, cases[c].bits, &buf,
+                                &len, err, sizeof err),
+                     ATTN_OK);
+    /* numpy's layout: a 64-byte aligned header with exactly this descr */
+    assert_int_equal((len - 2 * cases[c].n) % 64, 0);
+    char hdr[128];
+    memcpy(hdr, (const char *)buf + 10, sizeof hdr - 1);
+    hdr[sizeof hdr - 1] = '\0';
+    assert_non_null(strstr(hdr, cases[c].descr));
+    expect_le16_payload(buf, len, cases[c].bits, cases[c].n);
+    npy_array a;
+    npy_want w = {cases[c].t, 1, 4};
+    assert_int_equal(npy_parse(buf, len, "h", &w, &a, err, sizeof err), ATTN_OK);
+    assert_int_equal(a.dtype, cases[c].t);
+    assert_int_equal(a.ndim, cases[c].ndim);
+    assert_int_equal(a.count, cases[c].n);
+    assert_memory_equal(a.data, cases[c].bits, 2 * cases[c].n);
+    npy_free(&a);
+    /* the other 16-bit type is not silently accepted in its place */
+    npy_want other = {cases[c].t == NPY_F16 ? NPY_BF16 : NPY_F16, 1, 4};
+    assert_int_equal(npy_parse(buf, len, "h", &other, &a, err, sizeof err), ATTN_ERR_FORMAT);
+    assert_non_null(strstr(err, cases[c].t == NPY_F16 ? "dtype is float16 ('<f2')"
+                                                      : "dtype is bfloat16 ('<V2')"));
+    free(buf);
+  }
+  /* An image written by hand as numpy writes it (bytes, not our encoder). */
+  const unsigned char le[6] = {0x00, 0x3c, 0x00, 0xc0, 0x01, 0x00}; /* 1, -2, 2^-24 */
+  img m;
+  make_img(&m, 1, 0, "{'descr': '<f2', 'fortran_order': False, 'shape': (3,), }", 64, le, 6);
+  npy_array a;
+  char err[NPY_ERR_MAX];
+  assert_int_equal(npy_parse(m.b, m.len, "hand", &want_all, &a, err, sizeof err), ATTN_OK);
+  assert_int_equal(a.dtype, NPY_F16);
+  const uint16_t *h = a.data;
+  assert_int_equal(h[0], 0x3c00);
+  assert_int_equal(h[1], 0xc000);
+  assert_int_equal(h[2], 0x0001);
+  npy_free(&a);
+  make_img(&m, 3, 0, "{'descr': '<V2', 'fortran_order': False, 'shape': (1, 3), }", 16, le, 6);
+  assert_int_equal(npy_parse(m.b, m.len, "hand", &want_all, &a, err, sizeof err), ATTN_OK);
+  assert_int_equal(a.dtype, NPY_BF16);
+  h = a.data;
+  assert_int_equal(h[0], 0x3c00);
+  assert_int_equal(h[2], 0x0001);
+  npy_free(&a);
+}
+
+static void test_half_refused(void **state) {
+  (void)state;
+  img m;
+  const unsigned char z[64] = {0};
+  /* wrong byte counts: odd, short by one element, one element too many */
+  make_img(&m, 1, 0, "{'descr': '<f2', 'fortran_order': False, 'shape': (2, 3), }", 64, z, 11);
+  expect_fail(&m, &want_all, ATTN_ERR_FORMAT, "truncated data: 11 bytes");
+  expect_fail(&m, &want_all, ATTN_ERR_FORMAT, "float16 ('<f2') needs 12");
+  make_img(&m, 1, 0, "{'descr': '<f2', 'fortran_order': False, 'shape': (2, 3), }", 64, z, 14);
+  expect_fail(&m, &want_all, ATTN_ERR_FORMAT, "2 bytes of trailing data after the 12 bytes");
+  /* float32 bytes under a float16 header: twice the data */
+  make_img(&m, 1, 0, "{'descr': '<f2', 'fortran_order': False, 'shape': (2, 3), }", 64, f6,
+           sizeof f6);
+  expect_fail(&m, &want_all, ATTN_ERR_FORMAT, "12 bytes of trailing data");
+  /* '<V2' declared, the data truncated */
+  make_img(&m, 1, 0, "{'descr': '<V2', 'fortran_order': False, 'shape': (4, 4), }", 64, z, 30);
+  expect_fail(&m, &want_all, ATTN_ERR_FORMAT, "truncated data: 30 bytes");
+  expect_fail(&m, &want_all, ATTN_ERR_FORMAT, "bfloat16 ('<V2') needs 32");
+  make_img(&m, 2, 0, "{'descr': '<V2', 'fortran_order': False, 'shape': (4,), }", 64, z, 0);
+  expect_fail(&m, &want_all, ATTN_ERR_FORMAT, "truncated data: 0 bytes");
+  /* descrs that are not ours, each named */
+  static const struct {
+    const char *dict, *msg;
+  } bad[] = {
+      {"{'descr': '|V2', 'fortran_order': False, 'shape': (3,), }", "unsupported dtype '|V2'"},
+      {"{'descr': '>f2', 'fortran_order': False, 'shape': (3,), }", "big-endian dtype '>f2'"},
+      {"{'descr': '>V2', 'fortran_order': False, 'shape': (3,), }", "big-endian dtype '>V2'"},
+      {"{'descr': '<V4', 'fortran_order': False, 'shape': (3,), }", "unsupported dtype '<V4'"},
+      {"{'descr': '<f8', 'fortran_order': False, 'shape': (3,), }", "unsupported dtype '<f8'"},
+      {"{'descr': '|f2', 'fortran_order': False, 'shape': (3,), }", "unsupported dtype '|f2'"},
+      {"{'descr': '<u2', 'fortran_order': False, 'shape': (3,), }", "unsupported dtype '<u2'"},
+      {"{'descr': '<e', 'fortran_order': False, 'shape': (3,), }", "unsupported dtype '<e'"},
+      {"{'descr': 'bfloat16', 'fortran_order': False, 'shape': (3,), }",
+       "unsupported dtype 'bfloat16'"},
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    make_img(&m, 1, 0, bad[i].dict, 64, z, 6);
+    expect_fail(&m, &want_all, ATTN_ERR_FORMAT, bad[i].msg);
+  }
+  /* '|V2' says how to write a bfloat16 file attn reads */
+  make_img(&m, 1, 0, bad[0].dict, 64, z, 6);
+  expect_fail(&m, &want_all, ATTN_ERR_FORMAT, "ml_dtypes.bfloat16");
+  /* a 16-bit type where the caller does not take it (a mask: bool or float) */
+  make_img(&m, 1, 0, "{'descr': '<V2', 'fortran_order': False, 'shape': (3,), }", 64, z, 6);
+  npy_want mask = {NPY_F32 | NPY_F16 | NPY_BOOL, 1, 4};
+  expect_fail(&m, &mask, ATTN_ERR_FORMAT, "dtype is bfloat16 ('<V2'); expected");
+  make_img(&m, 1, 0, "{'descr': '<f2', 'fortran_order': False, 'shape': (3,), }", 64, z, 6);
+  expect_fail(&m, &want_any, ATTN_ERR_FORMAT, "dtype is float16 ('<f2'); expected");
+  /* every prefix of a 16-bit image is refused */
+  make_img(&m, 1, 0, "{'descr': '<V2', 'fortran_order': False, 'shape': (3,), }", 64, z, 6);
+  for (size_t n = 0; n < m.len; n++) {
+    npy_array a;
+    char err[NPY_ERR_MAX];
+    unsigned char *copy = malloc(n ? n : 1);
+    assert_non_null(copy);
+    memcpy(copy, m.b, n);
+    assert_int_equal(npy_parse(copy, n, "t", &want_all, &a, err, sizeof err), ATTN_ERR_FORMAT);
     free(copy);
   }
 }
@@ -402,6 +556,25 @@ static void test_file_roundtrip(void **state) {
   assert_memory_equal(a.data, f6, sizeof f6);
   npy_free(&a);
 
+  /* 16-bit files through the atomic writer and the file reader, bits kept. */
+  char hpath[512];
+  snprintf(hpath, sizeof hpath, "%s/rt16.npy", tmpdir);
+  for (int t = 0; t < 2; t++) {
+    npy_dtype dt = t ? NPY_BF16 : NPY_F16;
+    const uint16_t *bits = t ? bf16_bits : f16_bits;
+    const int64_t sh[2] = {t ? 2 : 3, 4}; /* 8 bf16, 12 f16 patterns */
+    assert_int_equal(npy_write_typed(hpath, dt, 2, sh, bits, err, sizeof err), ATTN_OK);
+    assert_int_equal(count_entries(tmpdir), 2);
+    npy_want hw = {dt, 2, 2};
+    assert_int_equal(npy_read_file(hpath, &hw, &a, err, sizeof err), ATTN_OK);
+    assert_int_equal(a.dtype, dt);
+    assert_int_equal(a.shape[0], sh[0]);
+    assert_int_equal(a.shape[1], sh[1]);
+    assert_memory_equal(a.data, bits, 2 * a.count);
+    npy_free(&a);
+  }
+  unlink(hpath);
+
   /* Missing files and directories are I/O errors naming the path. */
   char missing[512];
   snprintf(missing, sizeof missing, "%s/nope.npy", tmpdir);
@@ -465,6 +638,8 @@ int main(void) {
       cmocka_unit_test(test_bad_dims_and_data),
       cmocka_unit_test(test_every_truncation),
       cmocka_unit_test(test_corruptions),
+      cmocka_unit_test(test_half_roundtrip),
+      cmocka_unit_test(test_half_refused),
       cmocka_unit_test(test_file_roundtrip),
       cmocka_unit_test(test_atomic_write_failures),
   };

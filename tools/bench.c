@@ -22,7 +22,7 @@
  * progress bar goes to stderr only when stderr is a terminal. */
 #include "config.h"
 
-#include "bench.h"
+#include "commands.h"
 #include "npy.h"
 
 #include <errno.h>
@@ -43,6 +43,7 @@
 
 #define MAX_LIST 32     /* entries of --seq / --dim */
 #define MAX_DEVICES 16  /* alternatives of --device */
+#define MAX_SHAPES 1024 /* of one sweep: (2 + --dim entries) * --seq entries + 2, per kv type */
 #define REF_LIMIT_DEFAULT 2.5 /* GFLOP per run above which ref is skipped */
 
 void bench_help(FILE *f) {
@@ -76,6 +77,11 @@ void bench_help(FILE *f) {
           "  --csv           CSV with a header line on stdout\n"
           "  --svg FILE      also plot GFLOP/s against sequence length, one line per device\n"
           "                  and case, into FILE (written only if the run succeeded)\n"
+          "  --kv-dtype LIST storage types of k and v, e.g. f32,bf16 (f32, f16, bf16;\n"
+          "                  default f32): the sweeps and the decode case run once per type,\n"
+          "                  q and out f32; mha once, its keys and values of the first type.\n"
+          "                  Rows say the type (kv column, kv_dtype field); GB/s counts k\n"
+          "                  and v in their type\n"
           "  -h, --help      this help\n"
           "\n"
           "Each shape runs --warmup times untimed, then --repeat times; reported are the\n"
@@ -108,6 +114,8 @@ typedef struct options {
   int64_t heads, repeat, warmup;
   bool repeat_given;
   double ref_limit; /* GFLOP; 0 = none */
+  attn_dtype kv_dtype[3]; /* --kv-dtype: the sweeps and decode run once per type */
+  int nkv;
 } options;
 
 typedef enum { CASE_SDPA, CASE_DECODE, CASE_MHA } case_kind;
@@ -118,16 +126,16 @@ typedef struct bench_shape {
   int64_t B, Hq, Hkv, Sq, Skv, D;
   bool causal;
   int64_t E; /* mha: d_model */
+  attn_dtype kv_dtype; /* of k and v (q and out are f32); mha: desc.kv_dtype */
 } bench_shape;
 
 static double sdpa_flops(const bench_shape *s) {
-  double f = 4.0 * s->B * s->Hq * s->Sq * s->Skv * s->D;
-  return s->causal && s->Sq == s->Skv ? f / 2 : f;
+  return cli_sdpa_flops(s->B, s->Hq, s->Sq, s->Skv, s->D, s->causal);
 }
 
 /* q and out projections E->Hq*D, k and v E->Hkv*D, over B*S rows. */
 static double proj_flops(const bench_shape *s) {
-  return 2.0 * s->B * s->Sq * s->E * (2.0 * s->Hq * s->D + 2.0 * s->Hkv * s->D);
+  return cli_proj_flops(s->B, s->Sq, s->Sq, s->E, s->E, s->Hq, s->Hkv, s->D);
 }
 
 static double shape_flops(const bench_shape *s) {
@@ -138,19 +146,8 @@ static double shape_bytes(const bench_shape *s) {
   double q = (double)s->B * s->Hq * s->Sq * s->D, kv = (double)s->B * s->Hkv * s->Skv * s->D;
   if (s->kind == CASE_MHA) /* x read, out written, the four weights read */
     return 4.0 * (2.0 * s->B * s->Sq * s->E + 4.0 * s->E * s->Hq * s->D);
-  return 4.0 * (q + 2 * kv + q);
-}
-
-static bool parse_i64(const char *opt, const char *s, int64_t min, int64_t max, int64_t *out) {
-  char *end;
-  errno = 0;
-  long long v = strtoll(s, &end, 10);
-  if (errno || end == s || *end || v < min || v > max) {
-    cli_usage_fail("%s: '%s' is not an integer in [%" PRId64 ", %" PRId64 "]", opt, s, min, max);
-    return false;
-  }
-  *out = v;
-  return true;
+  /* q read and out written in f32, k and v read in their type */
+  return 4.0 * (q + q) + (double)attn_dtype_size(s->kv_dtype) * 2 * kv;
 }
 
 /* "256,1024,4096" into list; every entry an integer in [1, max]. */
@@ -168,11 +165,38 @@ static bool parse_list(const char *opt, const char *s, int64_t max, int64_t *lis
       cli_usage_fail("%s: more than %d values", opt, MAX_LIST);
       return false;
     }
-    if (!parse_i64(opt, tok, 1, max, &list[*n])) return false;
+    if (!cli_parse_int(opt, tok, 1, max, &list[*n])) return false;
     (*n)++;
   }
   if (*n == 0 || s[0] == ',' || s[strlen(s) - 1] == ',' || strstr(s, ",,")) {
     cli_usage_fail("%s: '%s' is not a ',' separated list of integers", opt, s);
+    return false;
+  }
+  return true;
+}
+
+/* "f32,bf16" into o->kv_dtype: each of f32, f16, bf16 at most once. */
+static bool parse_dtype_list(const char *s, options *o) {
+  char buf[64];
+  if (strlen(s) >= sizeof buf) {
+    cli_usage_fail("--kv-dtype: list too long");
+    return false;
+  }
+  strcpy(buf, s);
+  o->nkv = 0;
+  char *save = NULL;
+  for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+    attn_dtype t;
+    if (!cli_parse_dtype("--kv-dtype", tok, &t)) return false;
+    for (int i = 0; i < o->nkv; i++)
+      if (o->kv_dtype[i] == t) {
+        cli_usage_fail("--kv-dtype: %s is listed twice", attn_dtype_str(t));
+        return false;
+      }
+    o->kv_dtype[o->nkv++] = t;
+  }
+  if (o->nkv == 0 || s[0] == ',' || s[strlen(s) - 1] == ',' || strstr(s, ",,")) {
+    cli_usage_fail("--kv-dtype: '%s' is not a ',' separated list of f32, f16, bf16", s);
     return false;
   }
   return true;
@@ -187,20 +211,24 @@ static int build_shapes(const options *o, bench_shape *out, int cap) {
   do {                                                      \
     if (n < cap) out[n++] = (bench_shape){__VA_ARGS__};            \
   } while (0)
-  for (int d = 0; d < o->ndim; d++)
+  for (int t = 0; t < o->nkv; t++) {
+    const attn_dtype kt = o->kv_dtype[t];
+    for (int d = 0; d < o->ndim; d++)
+      for (int i = 0; i < o->nseq; i++)
+        ADD("sdpa", CASE_SDPA, 1, H, H, o->seq[i], o->seq[i], o->dim[d], false, 0, kt);
     for (int i = 0; i < o->nseq; i++)
-      ADD("sdpa", CASE_SDPA, 1, H, H, o->seq[i], o->seq[i], o->dim[d], false, 0);
-  for (int i = 0; i < o->nseq; i++)
-    ADD("causal", CASE_SDPA, 1, H, H, o->seq[i], o->seq[i], D0, true, 0);
-  /* GQA costs what sdpa costs; its longest lengths add little but time. */
-  for (int i = 0; i < o->nseq; i++)
-    if (o->quick || o->seq[i] <= 2048)
-      ADD("gqa", CASE_SDPA, 1, H, Hkv_gqa, o->seq[i], o->seq[i], D0, false, 0);
-  /* Decode: causal (a step over a cache sees every cached key, bottom-right aligned). */
-  if (o->quick) ADD("decode", CASE_DECODE, 1, 8, 2, 1, 1024, 64, true, 0);
-  else ADD("decode", CASE_DECODE, 1, 32, 8, 1, 8192, 128, true, 0);
-  if (o->quick) ADD("mha", CASE_MHA, 1, 4, 4, 128, 128, 32, false, 128);
-  else ADD("mha", CASE_MHA, 1, 8, 8, 1024, 1024, 64, false, 512);
+      ADD("causal", CASE_SDPA, 1, H, H, o->seq[i], o->seq[i], D0, true, 0, kt);
+    /* GQA costs what sdpa costs; its longest lengths add little but time. */
+    for (int i = 0; i < o->nseq; i++)
+      if (o->quick || o->seq[i] <= 2048)
+        ADD("gqa", CASE_SDPA, 1, H, Hkv_gqa, o->seq[i], o->seq[i], D0, false, 0, kt);
+    /* Decode: causal (a step over a cache sees every cached key, bottom-right aligned). */
+    if (o->quick) ADD("decode", CASE_DECODE, 1, 8, 2, 1, 1024, 64, true, 0, kt);
+    else ADD("decode", CASE_DECODE, 1, 32, 8, 1, 8192, 128, true, 0, kt);
+  }
+  /* The graph once, its keys and values of the first type listed. */
+  if (o->quick) ADD("mha", CASE_MHA, 1, 4, 4, 128, 128, 32, false, 128, o->kv_dtype[0]);
+  else ADD("mha", CASE_MHA, 1, 8, 8, 1024, 1024, 64, false, 512, o->kv_dtype[0]);
 #undef ADD
   return n;
 }
@@ -219,19 +247,9 @@ typedef struct result {
   double proj_gflops;    /* mha: the four projections together */
 } result;
 
-static int cmp_double(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
-}
-
-static double median_of(double *v, int n) {
-  qsort(v, (size_t)n, sizeof *v, cmp_double);
-  return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
-
-/* A tensor of the given shape filled with uniform numbers in [-1, 1]. */
-static attn_status random_tensor(attn_context *ctx, int n, const int64_t *dims, uint64_t *state,
-                                 attn_tensor **t) {
+/* A tensor of the given shape and type filled with uniform numbers in [-1, 1]. */
+static attn_status random_tensor(attn_context *ctx, attn_dtype dtype, int n, const int64_t *dims,
+                                 uint64_t *state, attn_tensor **t) {
   int64_t count = 1;
   for (int i = 0; i < n; i++) count *= dims[i];
   float *p = cli_random_floats(count, state);
@@ -239,12 +257,9 @@ static attn_status random_tensor(attn_context *ctx, int n, const int64_t *dims, 
     cli_errline("out of host memory for a tensor of %" PRId64 " floats", count);
     return ATTN_ERR_NOMEM;
   }
-  attn_status s = attn_tensor_create(ctx, n, dims, t);
-  if (s == ATTN_OK) s = attn_tensor_write(*t, p, (size_t)count);
-  if (s != ATTN_OK) {
-    attn_tensor_free(*t);
-    *t = NULL;
-  }
+  cli_input in = {ATTN_F32, dtype, n, {0}, p};
+  memcpy(in.shape, dims, (size_t)n * sizeof *dims);
+  attn_status s = cli_upload_input(ctx, &in, t);
   free(p);
   return s;
 }
@@ -265,8 +280,10 @@ static attn_status run_sdpa_shape(attn_context *ctx, const options *o, const ben
   int64_t qs[4] = {sh->B, sh->Hq, sh->Sq, sh->D}, ks[4] = {sh->B, sh->Hkv, sh->Skv, sh->D};
   double times[256];
   attn_status s;
-  if ((s = random_tensor(ctx, 4, qs, &state, &q)) || (s = random_tensor(ctx, 4, ks, &state, &k)) ||
-      (s = random_tensor(ctx, 4, ks, &state, &v)) || (s = attn_tensor_create(ctx, 4, qs, &out)))
+  if ((s = random_tensor(ctx, ATTN_F32, 4, qs, &state, &q)) ||
+      (s = random_tensor(ctx, sh->kv_dtype, 4, ks, &state, &k)) ||
+      (s = random_tensor(ctx, sh->kv_dtype, 4, ks, &state, &v)) ||
+      (s = attn_tensor_create(ctx, 4, qs, &out)))
     goto done;
   attn_sdpa_args a = ATTN_SDPA_ARGS_INIT;
   a.q = q;
@@ -285,7 +302,7 @@ static attn_status run_sdpa_shape(attn_context *ctx, const options *o, const ben
     spent += times[n++];
   }
   r->repeats = n;
-  r->med_ms = median_of(times, n);
+  r->med_ms = cli_median(times, n);
   r->min_ms = times[0];
   r->max_ms = times[n - 1];
 done:
@@ -306,8 +323,9 @@ static attn_status run_mha_shape(attn_context *ctx, const options *o, const benc
   double times[256], node[5][256];
   attn_status s;
   for (int i = 0; i < 4; i++)
-    if ((s = random_tensor(ctx, 2, i == 3 ? wos : ws, &state, &w[i]))) goto done;
-  if ((s = random_tensor(ctx, 3, xs, &state, &x)) || (s = attn_tensor_create(ctx, 3, xs, &out)))
+    if ((s = random_tensor(ctx, ATTN_F32, 2, i == 3 ? wos : ws, &state, &w[i]))) goto done;
+  if ((s = random_tensor(ctx, ATTN_F32, 3, xs, &state, &x)) ||
+      (s = attn_tensor_create(ctx, 3, xs, &out)))
     goto done;
   attn_mha_desc d = ATTN_MHA_DESC_INIT;
   d.d_model = E;
@@ -316,6 +334,7 @@ static attn_status run_mha_shape(attn_context *ctx, const options *o, const benc
   d.head_dim = sh->D;
   d.max_batch = sh->B;
   d.max_seq = sh->Sq;
+  d.kv_dtype = sh->kv_dtype;
   attn_mha_weights mw = {0};
   mw.wq = w[0];
   mw.wk = w[1];
@@ -341,14 +360,14 @@ static attn_status run_mha_shape(attn_context *ctx, const options *o, const benc
     spent += times[n++];
   }
   r->repeats = n;
-  r->med_ms = median_of(times, n);
+  r->med_ms = cli_median(times, n);
   r->min_ms = times[0];
   r->max_ms = times[n - 1];
-  r->prof.project_q_ms = median_of(node[0], n);
-  r->prof.project_k_ms = median_of(node[1], n);
-  r->prof.project_v_ms = median_of(node[2], n);
-  r->prof.sdpa_ms = median_of(node[3], n);
-  r->prof.project_out_ms = median_of(node[4], n);
+  r->prof.project_q_ms = cli_median(node[0], n);
+  r->prof.project_k_ms = cli_median(node[1], n);
+  r->prof.project_v_ms = cli_median(node[2], n);
+  r->prof.sdpa_ms = cli_median(node[3], n);
+  r->prof.project_out_ms = cli_median(node[4], n);
   double proj_ms = r->prof.project_q_ms + r->prof.project_k_ms + r->prof.project_v_ms +
                    r->prof.project_out_ms;
   r->proj_gflops = proj_ms > 0 ? proj_flops(sh) / (proj_ms * 1e6) : 0;
@@ -364,6 +383,9 @@ done:
 
 static bool g_bar; /* a progress bar is on stderr's line */
 
+/* " kv=" before a 16-bit kv type in messages; nothing for f32 (as before). */
+static const char *kv_tag(const bench_shape *sh) { return sh->kv_dtype != ATTN_F32 ? " kv=" : ""; }
+
 static void bar_clear(void) {
   if (g_bar) {
     fputs("\r\033[K", stderr);
@@ -377,8 +399,9 @@ static void bar_show(int done, int total, const char *dev, const bench_shape *sh
   int w = total ? done * 30 / total : 30;
   for (int i = 0; i < 30; i++) fill[i] = i < w ? '#' : '.';
   fill[30] = '\0';
-  fprintf(stderr, "\r\033[K[%s] %d/%d %s %s S=%" PRId64 " D=%" PRId64, fill, done, total, dev,
-          sh->name, sh->Skv, sh->D);
+  fprintf(stderr, "\r\033[K[%s] %d/%d %s %s S=%" PRId64 " D=%" PRId64 "%s%s", fill, done, total,
+          dev, sh->name, sh->Skv, sh->D, kv_tag(sh),
+          kv_tag(sh)[0] ? attn_dtype_str(sh->kv_dtype) : "");
   fflush(stderr);
   g_bar = true;
 }
@@ -386,7 +409,8 @@ static void bar_show(int done, int total, const char *dev, const bench_shape *sh
 static const char *csv_header =
     "device,backend,case,batch,heads,kv_heads,seq,kv_seq,dim,causal,repeats,median_ms,min_ms,"
     "max_ms,gflops,gbps,peak_gflops,peak_gbps,flops_fraction,bw_fraction,peak_fraction,"
-    "peak_basis,project_q_ms,project_k_ms,project_v_ms,sdpa_ms,project_out_ms,proj_gflops\n";
+    "peak_basis,project_q_ms,project_k_ms,project_v_ms,sdpa_ms,project_out_ms,proj_gflops,"
+    "kv_dtype\n";
 
 static void print_result(const options *o, const result *r, bool first_of_device) {
   const bench_shape *s = &r->sh;
@@ -412,7 +436,7 @@ static void print_result(const options *o, const result *r, bool first_of_device
              "\"proj_gflops\":%.6g",
              s->E, r->prof.project_q_ms, r->prof.project_k_ms, r->prof.project_v_ms,
              r->prof.sdpa_ms, r->prof.project_out_ms, r->proj_gflops);
-    printf("}\n");
+    printf(",\"kv_dtype\":\"%s\"}\n", attn_dtype_str(s->kv_dtype));
   } else if (o->fmt == FMT_CSV) {
     printf("%s,%s,%s,%" PRId64 ",%" PRId64 ",%" PRId64 ",%" PRId64 ",%" PRId64 ",%" PRId64
            ",%d,%d,%.6g,%.6g,%.6g,%.6g,%.6g,",
@@ -424,22 +448,23 @@ static void print_result(const options *o, const result *r, bool first_of_device
     else
       printf(",,,,,,");
     if (mha)
-      printf("%.6g,%.6g,%.6g,%.6g,%.6g,%.6g\n", r->prof.project_q_ms, r->prof.project_k_ms,
+      printf("%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,", r->prof.project_q_ms, r->prof.project_k_ms,
              r->prof.project_v_ms, r->prof.sdpa_ms, r->prof.project_out_ms, r->proj_gflops);
     else
-      printf(",,,,,\n");
+      printf(",,,,,,");
+    printf("%s\n", attn_dtype_str(s->kv_dtype));
   } else {
     if (first_of_device)
-      printf("%-7s %3s %4s %4s %6s %6s %4s %-3s %10s %10s %10s %9s %8s %6s\n", "case", "B", "Hq",
-             "Hkv", "Sq", "Skv", "D", "cau", "median ms", "min ms", "max ms", "GFLOP/s", "GB/s",
-             "%peak");
+      printf("%-7s %3s %4s %4s %6s %6s %4s %-4s %-3s %10s %10s %10s %9s %8s %6s\n", "case", "B",
+             "Hq", "Hkv", "Sq", "Skv", "D", "kv", "cau", "median ms", "min ms", "max ms",
+             "GFLOP/s", "GB/s", "%peak");
     char frac[16] = "-";
     if (r->have_peaks) snprintf(frac, sizeof frac, "%.1f%s", 100 * r->frac,
                                 s->kind == CASE_DECODE ? "bw" : "");
     printf("%-7s %3" PRId64 " %4" PRId64 " %4" PRId64 " %6" PRId64 " %6" PRId64 " %4" PRId64
-           " %-3s %10.3f %10.3f %10.3f %9.2f %8.2f %6s\n",
-           s->name, s->B, s->Hq, s->Hkv, s->Sq, s->Skv, s->D, s->causal ? "yes" : "no", r->med_ms,
-           r->min_ms, r->max_ms, r->gflops, r->gbps, frac);
+           " %-4s %-3s %10.3f %10.3f %10.3f %9.2f %8.2f %6s\n",
+           s->name, s->B, s->Hq, s->Hkv, s->Sq, s->Skv, s->D, attn_dtype_str(s->kv_dtype),
+           s->causal ? "yes" : "no", r->med_ms, r->min_ms, r->max_ms, r->gflops, r->gbps, frac);
     if (mha)
       printf("        mha E=%" PRId64 ": project q %.3f ms, k %.3f ms, v %.3f ms, sdpa %.3f ms, "
              "project out %.3f ms; projections %.2f GFLOP/s\n",
@@ -515,7 +540,8 @@ static void sb_add_xml(sbuf *b, const char *t) {
 
 /* The series of the plot: the SDPA sweeps, one per device, case and head dim. */
 static bool same_series(const result *a, const result *b) {
-  return !strcmp(a->device, b->device) && !strcmp(a->sh.name, b->sh.name) && a->sh.D == b->sh.D;
+  return !strcmp(a->device, b->device) && !strcmp(a->sh.name, b->sh.name) && a->sh.D == b->sh.D &&
+         a->sh.kv_dtype == b->sh.kv_dtype;
 }
 
 static double nice_step(double range) {
@@ -601,8 +627,9 @@ static int write_svg(const char *path, const result *res, int nres) {
            "<text x=\"%g\" y=\"%g\">",
            L + pw + 15, ly, L + pw + 40, ly, col, dash, L + pw + 46, ly + 4);
     sb_add_xml(&b, res[i].device);
-    sb_add(&b, " %s D=%" PRId64 " Hq=%" PRId64 " Hkv=%" PRId64 "</text>\n", res[i].sh.name,
-           res[i].sh.D, res[i].sh.Hq, res[i].sh.Hkv);
+    sb_add(&b, " %s D=%" PRId64 " Hq=%" PRId64 " Hkv=%" PRId64 "%s%s</text>\n", res[i].sh.name,
+           res[i].sh.D, res[i].sh.Hq, res[i].sh.Hkv, res[i].sh.kv_dtype != ATTN_F32 ? " kv " : "",
+           res[i].sh.kv_dtype != ATTN_F32 ? attn_dtype_str(res[i].sh.kv_dtype) : "");
     series++;
   }
 #undef PX
@@ -624,7 +651,7 @@ static int write_svg(const char *path, const result *res, int nres) {
 
 static int parse_options(int argc, char **argv, options *o) {
   enum { O_DEVICE = 300, O_QUICK, O_SEQ, O_DIM, O_HEADS, O_REPEAT, O_WARMUP, O_REFLIMIT,
-         O_REFRESH, O_JSON, O_CSV, O_SVG };
+         O_REFRESH, O_JSON, O_CSV, O_SVG, O_KVDTYPE };
   static const struct option opts[] = {{"device", required_argument, NULL, O_DEVICE},
                                        {"quick", no_argument, NULL, O_QUICK},
                                        {"seq", required_argument, NULL, O_SEQ},
@@ -637,6 +664,7 @@ static int parse_options(int argc, char **argv, options *o) {
                                        {"json", no_argument, NULL, O_JSON},
                                        {"csv", no_argument, NULL, O_CSV},
                                        {"svg", required_argument, NULL, O_SVG},
+                                       {"kv-dtype", required_argument, NULL, O_KVDTYPE},
                                        {"help", no_argument, NULL, 'h'},
                                        {NULL, 0, NULL, 0}};
   bool seq_given = false, dim_given = false, warmup_given = false;
@@ -656,13 +684,13 @@ static int parse_options(int argc, char **argv, options *o) {
       ok = parse_list("--dim", optarg, 4096, o->dim, &o->ndim);
       dim_given = true;
       break;
-    case O_HEADS: ok = parse_i64("--heads", optarg, 1, 4096, &o->heads); break;
+    case O_HEADS: ok = cli_parse_int("--heads", optarg, 1, 4096, &o->heads); break;
     case O_REPEAT:
-      ok = parse_i64("--repeat", optarg, 1, 256, &o->repeat);
+      ok = cli_parse_int("--repeat", optarg, 1, 256, &o->repeat);
       o->repeat_given = true;
       break;
     case O_WARMUP:
-      ok = parse_i64("--warmup", optarg, 0, 1000, &o->warmup);
+      ok = cli_parse_int("--warmup", optarg, 0, 1000, &o->warmup);
       warmup_given = true;
       break;
     case O_REFLIMIT: {
@@ -680,6 +708,7 @@ static int parse_options(int argc, char **argv, options *o) {
       if (!*optarg) return cli_usage_fail("--svg: empty file name");
       o->svg = optarg;
       break;
+    case O_KVDTYPE: ok = parse_dtype_list(optarg, o); break;
     case 'h': bench_help(stdout); return -1;
     case ':': return cli_usage_fail("option '%s' needs an argument", argv[optind - 1]);
     default: return cli_usage_fail("unknown option '%s'", argv[optind - 1]);
@@ -703,6 +732,10 @@ static int parse_options(int argc, char **argv, options *o) {
   if (!o->heads) o->heads = o->quick ? 4 : 8;
   if (!o->repeat_given) o->repeat = o->quick ? 3 : 5;
   if (!warmup_given) o->warmup = 1;
+  if (!o->nkv) {
+    o->nkv = 1;
+    o->kv_dtype[0] = ATTN_F32;
+  }
   return 0;
 }
 
@@ -757,8 +790,8 @@ int bench_main(int argc, char **argv, const char *default_device) {
   attn_device_info info[MAX_DEVICES];
   attn_device_peaks peaks[MAX_DEVICES];
   bool have_peaks[MAX_DEVICES] = {false};
-  bench_shape shapes[128];
-  int nshapes = build_shapes(&o, shapes, 128);
+  static bench_shape shapes[MAX_SHAPES];
+  int nshapes = build_shapes(&o, shapes, MAX_SHAPES);
   result *res = calloc((size_t)ndev * (size_t)nshapes, sizeof *res);
   int nres = 0;
   rc = EXIT_FAIL;
@@ -818,15 +851,16 @@ int bench_main(int argc, char **argv, const char *default_device) {
          * failure of the benchmark: say so and go on. */
         bar_clear();
         fprintf(o.fmt == FMT_TABLE ? stdout : stderr, "%s%s: %s S=%" PRId64 " D=%" PRId64
-                " skipped: %s\n", o.fmt == FMT_TABLE ? "" : "attn: bench: ", dev, sh->name,
-                sh->Skv, sh->D, attn_last_error());
+                "%s%s skipped: %s\n", o.fmt == FMT_TABLE ? "" : "attn: bench: ", dev, sh->name,
+                sh->Skv, sh->D, kv_tag(sh), kv_tag(sh)[0] ? attn_dtype_str(sh->kv_dtype) : "",
+                attn_last_error());
         continue;
       }
       if (s != ATTN_OK) {
         bar_clear();
         char where[160];
-        snprintf(where, sizeof where, "%s: %s S=%" PRId64 " D=%" PRId64, dev, sh->name, sh->Skv,
-                 sh->D);
+        snprintf(where, sizeof where, "%s: %s S=%" PRId64 " D=%" PRId64 "%s%s", dev, sh->name,
+                 sh->Skv, sh->D, kv_tag(sh), kv_tag(sh)[0] ? attn_dtype_str(sh->kv_dtype) : "");
         cli_lib_fail(s, where);
         goto done;
       }

@@ -227,15 +227,39 @@ static const char *dtype_name(unsigned t) {
   case NPY_F32: return "float32 ('<f4')";
   case NPY_BOOL: return "bool ('|b1')";
   case NPY_I32: return "int32 ('<i4')";
+  case NPY_F16: return "float16 ('<f2')";
+  case NPY_BF16: return "bfloat16 ('<V2')";
   default: return "?";
   }
+}
+
+size_t npy_dtype_size(npy_dtype t) {
+  switch (t) {
+  case NPY_F32:
+  case NPY_I32: return 4;
+  case NPY_BOOL: return 1;
+  case NPY_F16:
+  case NPY_BF16: return 2;
+  }
+  return 0;
+}
+
+const char *npy_dtype_descr(npy_dtype t) {
+  switch (t) {
+  case NPY_F32: return "<f4";
+  case NPY_BOOL: return "|b1";
+  case NPY_I32: return "<i4";
+  case NPY_F16: return "<f2";
+  case NPY_BF16: return "<V2";
+  }
+  return "?";
 }
 
 /* "float32 ('<f4') or bool ('|b1')" */
 static void dtypes_list(unsigned mask, char *buf, size_t cap) {
   buf[0] = '\0';
   size_t n = 0;
-  for (unsigned t = 1; t <= NPY_I32; t <<= 1) {
+  for (unsigned t = 1; t <= NPY_BF16; t <<= 1) {
     if (!(mask & t)) continue;
     int w = snprintf(buf + n, cap - n, "%s%s", n ? " or " : "", dtype_name(t));
     if (w < 0 || (size_t)w >= cap - n) break;
@@ -247,9 +271,14 @@ static void dtypes_list(unsigned mask, char *buf, size_t cap) {
 static const char *descr_hint(const char *d) {
   static const struct {
     const char *descr, *name;
-  } known[] = {{"<f8", "float64"}, {"<f2", "float16"}, {"<i8", "int64"}, {"<i2", "int16"},
+  } known[] = {{"<f8", "float64"}, {"<i8", "int64"}, {"<i2", "int16"}, {"<u2", "uint16"},
                {"|i1", "int8"},    {"|u1", "uint8"},   {"<u4", "uint32"}, {"<u8", "uint64"},
-               {"<c8", "complex64"}, {"<c16", "complex128"}};
+               {"<c8", "complex64"}, {"<c16", "complex128"},
+               /* np.load of a bfloat16 file without ml_dtypes gives void '|V2',
+                * which np.save then writes as such: not known to be bfloat16 */
+               {"|V2", "raw 2-byte void, not known to be bfloat16: save an ml_dtypes.bfloat16 "
+                       "array, which numpy writes as '<V2'"},
+               {"|V4", "raw 4-byte void"}, {"<V4", "4-byte void"}};
   for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
     if (strcmp(d, known[i].descr) == 0) return known[i].name;
   return NULL;
@@ -339,6 +368,8 @@ attn_status npy_parse(const void *buf_, size_t len, const char *name_, const npy
   if (strcmp(d.descr, "<f4") == 0) dtype = NPY_F32;
   else if (strcmp(d.descr, "|b1") == 0) dtype = NPY_BOOL;
   else if (strcmp(d.descr, "<i4") == 0) dtype = NPY_I32;
+  else if (strcmp(d.descr, "<f2") == 0) dtype = NPY_F16;
+  else if (strcmp(d.descr, "<V2") == 0) dtype = NPY_BF16;
   else if (d.descr[0] == '>' || d.descr[0] == '!')
     return fail(ATTN_ERR_FORMAT, err, errlen,
                 "%s: big-endian dtype '%s' is not supported (save little-endian, e.g. "
@@ -375,7 +406,7 @@ attn_status npy_parse(const void *buf_, size_t len, const char *name_, const npy
     return fail(ATTN_ERR_FORMAT, err, errlen, "%s: rank %d; expected rank %d to %d", name,
                 d.ndim, want->min_rank, want->max_rank);
   }
-  size_t item = dtype == NPY_BOOL ? 1 : 4;
+  size_t item = npy_dtype_size((npy_dtype)dtype);
   size_t count = 1;
   for (int i = 0; i < d.ndim; i++) {
     if (d.shape[i] == 0)
@@ -411,6 +442,9 @@ attn_status npy_parse(const void *buf_, size_t len, const char *name_, const npy
                 nbytes);
   if (dtype == NPY_BOOL) {
     memcpy(data, src, nbytes);
+  } else if (item == 2) {
+    uint16_t *dst = data;
+    for (size_t i = 0; i < count; i++) dst[i] = (uint16_t)(src[2 * i] | src[2 * i + 1] << 8);
   } else {
     /* Decode little-endian explicitly: correct on any host, and the copy
      * also fixes the alignment of the data within the buffer. */
@@ -485,37 +519,38 @@ attn_status npy_read_file(const char *path, const npy_want *want, npy_array *out
 
 /* ---- writer --------------------------------------------------------------------- */
 
-attn_status npy_encode_f32(int ndim, const int64_t *shape, const float *data, void **bufp,
-                           size_t *lenp, char *err, size_t errlen) {
-  if (!bufp || !lenp || !shape || !data || ndim < 1 || ndim > NPY_MAX_DIMS)
-    return fail(ATTN_ERR_INVALID_ARG, err, errlen, "npy_encode_f32: invalid arguments");
+attn_status npy_encode(npy_dtype dtype, int ndim, const int64_t *shape, const void *data,
+                       void **bufp, size_t *lenp, char *err, size_t errlen) {
+  size_t item = npy_dtype_size(dtype);
+  if (!bufp || !lenp || !shape || !data || ndim < 1 || ndim > NPY_MAX_DIMS || !item)
+    return fail(ATTN_ERR_INVALID_ARG, err, errlen, "npy_encode: invalid arguments");
   *bufp = NULL;
   *lenp = 0;
   size_t count = 1;
   for (int i = 0; i < ndim; i++) {
     if (shape[i] < 1)
       return fail(ATTN_ERR_INVALID_ARG, err, errlen,
-                  "npy_encode_f32: shape: dimension %d is %" PRId64 " (< 1)", i, shape[i]);
-    if ((uint64_t)shape[i] > SIZE_MAX / 4 / count)
-      return fail(ATTN_ERR_OVERFLOW, err, errlen, "npy_encode_f32: shape: byte count overflows");
+                  "npy_encode: shape: dimension %d is %" PRId64 " (< 1)", i, shape[i]);
+    if ((uint64_t)shape[i] > SIZE_MAX / item / count)
+      return fail(ATTN_ERR_OVERFLOW, err, errlen, "npy_encode: shape: byte count overflows");
     count *= (size_t)shape[i];
   }
   char sh[160], dict[256];
   shape_str(shape, ndim, sh, sizeof sh);
-  int dl = snprintf(dict, sizeof dict, "{'descr': '<f4', 'fortran_order': False, 'shape': %s, }",
-                    sh);
+  int dl = snprintf(dict, sizeof dict, "{'descr': '%s', 'fortran_order': False, 'shape': %s, }",
+                    npy_dtype_descr(dtype), sh);
   if (dl < 0 || (size_t)dl >= sizeof dict)
-    return fail(ATTN_ERR_INVALID_ARG, err, errlen, "npy_encode_f32: shape too long");
+    return fail(ATTN_ERR_INVALID_ARG, err, errlen, "npy_encode: shape too long");
   /* Pad with spaces so that preamble (10) + header, '\n' included, is a
    * multiple of 64, as numpy does. */
   size_t hlen = (size_t)dl + 1;
   hlen += (64 - (10 + hlen) % 64) % 64;
-  size_t nbytes = count * 4;
+  size_t nbytes = count * item;
   if (nbytes > SIZE_MAX - 10 - hlen)
-    return fail(ATTN_ERR_OVERFLOW, err, errlen, "npy_encode_f32: byte count overflows");
+    return fail(ATTN_ERR_OVERFLOW, err, errlen, "npy_encode: byte count overflows");
   size_t len = 10 + hlen + nbytes;
   unsigned char *buf = malloc(len);
-  if (!buf) return fail(ATTN_ERR_NOMEM, err, errlen, "npy_encode_f32: out of memory");
+  if (!buf) return fail(ATTN_ERR_NOMEM, err, errlen, "npy_encode: out of memory");
   memcpy(buf, npy_magic, 6);
   buf[6] = 1;
   buf[7] = 0;
@@ -525,17 +560,33 @@ attn_status npy_encode_f32(int ndim, const int64_t *shape, const float *data, vo
   memset(buf + 10 + dl, ' ', hlen - (size_t)dl - 1);
   buf[10 + hlen - 1] = '\n';
   unsigned char *dst = buf + 10 + hlen;
-  for (size_t i = 0; i < count; i++) {
-    uint32_t u;
-    memcpy(&u, &data[i], 4);
-    dst[4 * i] = (unsigned char)u;
-    dst[4 * i + 1] = (unsigned char)(u >> 8);
-    dst[4 * i + 2] = (unsigned char)(u >> 16);
-    dst[4 * i + 3] = (unsigned char)(u >> 24);
+  if (item == 1) {
+    memcpy(dst, data, count);
+  } else if (item == 2) {
+    const uint16_t *h = data;
+    for (size_t i = 0; i < count; i++) {
+      dst[2 * i] = (unsigned char)h[i];
+      dst[2 * i + 1] = (unsigned char)(h[i] >> 8);
+    }
+  } else {
+    const unsigned char *src = data;
+    for (size_t i = 0; i < count; i++) {
+      uint32_t u;
+      memcpy(&u, src + 4 * i, 4);
+      dst[4 * i] = (unsigned char)u;
+      dst[4 * i + 1] = (unsigned char)(u >> 8);
+      dst[4 * i + 2] = (unsigned char)(u >> 16);
+      dst[4 * i + 3] = (unsigned char)(u >> 24);
+    }
   }
   *bufp = buf;
   *lenp = len;
   return ATTN_OK;
+}
+
+attn_status npy_encode_f32(int ndim, const int64_t *shape, const float *data, void **bufp,
+                           size_t *lenp, char *err, size_t errlen) {
+  return npy_encode(NPY_F32, ndim, shape, data, bufp, lenp, err, errlen);
 }
 
 void npy_write_abort(npy_pending *p) {
@@ -557,8 +608,9 @@ static bool write_all(int fd, const unsigned char *b, size_t n) {
   return true;
 }
 
-attn_status npy_write_prepare(const char *path, int ndim, const int64_t *shape, const float *data,
-                              npy_pending *p, char *err, size_t errlen) {
+attn_status npy_write_prepare_typed(const char *path, npy_dtype dtype, int ndim,
+                                    const int64_t *shape, const void *data, npy_pending *p,
+                                    char *err, size_t errlen) {
   if (!p) return fail(ATTN_ERR_INVALID_ARG, err, errlen, "npy_write: invalid arguments");
   p->tmp = p->path = NULL;
   if (!path || !*path) return fail(ATTN_ERR_IO, err, errlen, "npy_write: empty output path");
@@ -569,11 +621,16 @@ attn_status npy_write_prepare(const char *path, int ndim, const int64_t *shape, 
                 S_ISDIR(st.st_mode) ? " (a directory)" : "");
   void *img;
   size_t len;
-  attn_status s = npy_encode_f32(ndim, shape, data, &img, &len, err, errlen);
+  attn_status s = npy_encode(dtype, ndim, shape, data, &img, &len, err, errlen);
   if (s != ATTN_OK) return s;
   s = file_write_prepare(path, img, len, p, err, errlen);
   free(img);
   return s;
+}
+
+attn_status npy_write_prepare(const char *path, int ndim, const int64_t *shape, const float *data,
+                              npy_pending *p, char *err, size_t errlen) {
+  return npy_write_prepare_typed(path, NPY_F32, ndim, shape, data, p, err, errlen);
 }
 
 attn_status file_write_prepare(const char *path, const void *bytes, size_t len, npy_pending *p,
@@ -672,6 +729,14 @@ attn_status npy_write_f32(const char *path, int ndim, const int64_t *shape, cons
                           char *err, size_t errlen) {
   npy_pending p;
   attn_status s = npy_write_prepare(path, ndim, shape, data, &p, err, errlen);
+  if (s != ATTN_OK) return s;
+  return npy_write_commit(&p, err, errlen);
+}
+
+attn_status npy_write_typed(const char *path, npy_dtype dtype, int ndim, const int64_t *shape,
+                            const void *data, char *err, size_t errlen) {
+  npy_pending p;
+  attn_status s = npy_write_prepare_typed(path, dtype, ndim, shape, data, &p, err, errlen);
   if (s != ATTN_OK) return s;
   return npy_write_commit(&p, err, errlen);
 }

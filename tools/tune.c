@@ -4,7 +4,7 @@
  * values a fresh context on the device uses, and where they came from. */
 #include "config.h"
 
-#include "tune.h"
+#include "commands.h"
 
 #include <getopt.h>
 #include <stdbool.h>

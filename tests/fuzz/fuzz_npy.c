@@ -13,12 +13,13 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
   return 0;
 }
 
-static size_t dtype_size(npy_dtype t) { return t == NPY_BOOL ? 1 : 4; }
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-  /* The three wants the CLI uses, so rank and dtype refusals are reached. */
-  static const npy_want wants[] = {
-      {NPY_F32, 4, 4}, {NPY_F32 | NPY_BOOL, 1, 4}, {NPY_I32, 1, 1}};
+  /* The wants the CLI uses (q/k/v, a mask, kv lengths, mha inputs and
+   * weights), so rank and dtype refusals are reached. */
+  static const npy_want wants[] = {{NPY_F32 | NPY_F16 | NPY_BF16, 4, 4},
+                                   {NPY_F32 | NPY_F16 | NPY_BOOL, 1, 4},
+                                   {NPY_I32, 1, 1},
+                                   {NPY_F32 | NPY_F16 | NPY_BF16, 1, 3}};
   for (size_t w = 0; w < sizeof wants / sizeof wants[0]; w++) {
     npy_array a;
     memset(&a, 0xA5, sizeof a); /* garbage in: the parser must set every field */
@@ -36,7 +37,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       FUZZ_CHECK(n == a.count, "count %zu != product of shape %zu", a.count, n);
       FUZZ_CHECK(a.data != NULL, "no data");
       /* The payload is the file's tail: it cannot be larger than the input. */
-      FUZZ_CHECK(a.count * dtype_size(a.dtype) <= size, "%zu elements from %zu bytes", a.count,
+      FUZZ_CHECK(a.count * npy_dtype_size(a.dtype) <= size, "%zu elements from %zu bytes", a.count,
                  size);
       if (a.dtype == NPY_BOOL)
         for (size_t i = 0; i < a.count; i++)
@@ -44,23 +45,24 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                      ((const uint8_t *)a.data)[i]);
       /* Touch every byte so that a short allocation is an ASan report. */
       volatile uint8_t sum = 0;
-      for (size_t i = 0; i < a.count * dtype_size(a.dtype); i++)
+      for (size_t i = 0; i < a.count * npy_dtype_size(a.dtype); i++)
         sum ^= ((const uint8_t *)a.data)[i];
       (void)sum;
-      if (a.dtype == NPY_F32) {
-        /* What we accept, we write back the same: encode and parse again. */
+      {
+        /* What we accept, we write back the same, bit for bit (NaN payloads
+         * of the 16-bit types included): encode and parse again. */
         void *img = NULL;
         size_t len = 0;
-        FUZZ_CHECK(npy_encode_f32(a.ndim, a.shape, a.data, &img, &len, err, sizeof err) ==
+        FUZZ_CHECK(npy_encode(a.dtype, a.ndim, a.shape, a.data, &img, &len, err, sizeof err) ==
                        ATTN_OK,
                    "cannot encode what was parsed: %s", err);
-        const npy_want any = {NPY_F32, 1, NPY_MAX_DIMS};
+        const npy_want any = {a.dtype, 1, NPY_MAX_DIMS};
         npy_array b;
         FUZZ_CHECK(npy_parse(img, len, "again.npy", &any, &b, err, sizeof err) == ATTN_OK,
                    "our own encoding is refused: %s", err);
-        FUZZ_CHECK(b.ndim == a.ndim && b.count == a.count &&
+        FUZZ_CHECK(b.dtype == a.dtype && b.ndim == a.ndim && b.count == a.count &&
                        memcmp(b.shape, a.shape, (size_t)a.ndim * sizeof a.shape[0]) == 0 &&
-                       memcmp(b.data, a.data, a.count * sizeof(float)) == 0,
+                       memcmp(b.data, a.data, a.count * npy_dtype_size(a.dtype)) == 0,
                    "the round trip changed the array");
         npy_free(&b);
         free(img);
