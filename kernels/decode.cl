@@ -195,7 +195,7 @@ __kernel void decode_partial(__global const qt *q, long q_off, long4 q_st,
       for (int r = 0; r < RB; r++) fold[r][t] = FOLD8(sa[r]);
     }
     float pt[RB][KB], corr[RB];
-    int hidden = 0;
+    int hidden = 0, grew = 0;
     #pragma unroll
     for (int r = 0; r < RB; r++) {
       float8 sc = sum8x8(fold[r]);
@@ -215,7 +215,13 @@ __kernel void decode_partial(__global const qt *q, long q_off, long4 q_st,
       /* A row that has seen only hidden keys keeps m = -inf; subtracting 0
        * instead gives exp2(-inf) = 0 rather than NaN. */
       const float ms = bm == -INFINITY ? 0.0f : bm;
-      corr[r] = exp2(m[r] - ms);
+      /* Once the running max settles most blocks leave it unchanged: then
+       * the correction is exactly 1 and neither it nor the rescaling of
+       * acc below need computing (per-key work that the 16-bit K/V loads do
+       * not shrink). */
+      const int up = bm > m[r];
+      corr[r] = up ? exp2(m[r] - ms) : 1.0f;
+      grew |= up;
       const float8 pv = exp2(sc - ms);
       hidden |= any(pv == (float8)(0.0f));
       const float4 p4 = pv.lo + pv.hi;
@@ -229,7 +235,7 @@ __kernel void decode_partial(__global const qt *q, long q_off, long4 q_st,
       for (int x = 0; x < NV; x++) {
         VEC a[RB];
         #pragma unroll
-        for (int r = 0; r < RB; r++) a[r] = acc[r][x] * corr[r];
+        for (int r = 0; r < RB; r++) a[r] = grew ? acc[r][x] * corr[r] : acc[r][x];
         #pragma unroll
         for (int t = 0; t < KB; t++) {
           const VEC vx = VLOAD(VT, x, vb + (long)min(j0 + t, je - 1) * v_st.s2);
@@ -246,7 +252,7 @@ __kernel void decode_partial(__global const qt *q, long q_off, long4 q_st,
       for (int x = 0; x < NV; x++) {
         VEC a[RB];
         #pragma unroll
-        for (int r = 0; r < RB; r++) a[r] = acc[r][x] * corr[r];
+        for (int r = 0; r < RB; r++) a[r] = grew ? acc[r][x] * corr[r] : acc[r][x];
         #pragma unroll
         for (int t = 0; t < KB; t++) {
           const VEC vx = VLOAD(VT, x, vb + (long)min(j0 + t, je - 1) * v_st.s2);
