@@ -103,7 +103,7 @@ typedef int16 vi;
 /* Query rows past Sq read row Sq-1 (in bounds) and are never written. */
 #define QROW(r, n) const __global qt *qr##n = qb + (long)min(i0 + r, Sq - 1) * q_st.s2;
 #define MROW(r, n) const __global mt *mr##n = mb + (long)min(i0 + r, Sq - 1) * m_st.s2;
-#define DOT(t) s##t = fma(qd, (vf)(ATTN_LD(KT, kr##t, o)), s##t);
+#define DOT(t) s##t = fma(qd, (vf)(WKEL(t, o, d)), s##t);
 /* One gather of the 16 rows per key (loading rows as vectors and transposing
  * them with shuffles measured no faster). */
 #define MASK(t)                                                                             \
@@ -402,6 +402,15 @@ __kernel void sdpa_weights(__global const qt *q, long q_off, long4 q_st,
   const int hk = h / (Hq / Hkv);
   const __global qt *qb = q + q_off + b * q_st.s0 + h * q_st.s1;
   const __global kt *kb = k + k_off + b * k_st.s0 + hk * k_st.s1;
+  /* Each broadcast key element feeds one FMA here (16 rows, not 32): an
+   * f16 K block is still worth widening first as in sdpa_flash (weights
+   * pass S=1024 D=64: 41 -> 26 ms, f32 26 ms), a bf16 one is not (its shift
+   * per element is cheaper than the widened rows' stores: 26.4 -> 29.5 ms). */
+#if KT == ATTN_F16
+#define WKEL(t, o, d) kc[t][d]
+#else
+#define WKEL(t, o, d) ATTN_LD(KT, kr##t, o)
+#endif
 
   const vi lim = row_limits(kv_lens, has_kv_lens, b, i0, Sq, Skv, causal);
 
@@ -431,6 +440,10 @@ __kernel void sdpa_weights(__global const qt *q, long q_off, long4 q_st,
   const __global kt *kr##t = kb + (long)min(j0 + t, Skv - 1) * k_st.s2;                      \
   vf s##t = (vf)(0.0f);
     REPK(KROWW)
+#if KT == ATTN_F16
+    float kc[KB][HD];
+    REPK(KWIDEN)
+#endif
     for (int d = 0; d < DQ; d++) {
       const vf qd = qT[d];
       const long o = d * KS3;
