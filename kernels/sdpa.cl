@@ -267,10 +267,29 @@ __kernel void sdpa_flash(__global const qt *q, long q_off, long4 q_st,
       REPK(DOT2)
     }
     if (mask_kind != 0) {
+#if MT != ATTN_F32
+      /* A 16-bit mask's block (RF rows x KB keys) is widened first, a row of
+       * KB keys per vector load where the keys are contiguous, and gathered
+       * from there: gathering it converted element by element ran prefill
+       * S=2048 D=64 at 0.85x (bf16) and 0.8x (f16) the rate with an f32 mask. */
+      float mc[KB][RF];
+      for (int r = 0; r < RF; r++) {
+        const __global mt *mrw = mb + (long)min(i0 + r, Sq - 1) * m_st.s2;
+        if (m_st.s3 == 1 && j0 + KB <= Skv) {
+          const float8 m8 = ATTN_VLOAD8(MT, 0, mrw + j0);
+#define MSPLAT(t) mc[t][r] = m8.s##t;
+          REPK(MSPLAT)
+        } else {
+          for (int t = 0; t < KB; t++) mc[t][r] = ATTN_LD(MT, mrw, (long)min(j0 + t, Skv - 1) * m_st.s3);
+        }
+      }
+#define MGET(t, x) vload16(x, mc[t])
+#else
+#define MGET(t, x) gather16_m(mb, i0 + 16 * x, Sq, m_st.s2, (long)min(j0 + t, Skv - 1) * m_st.s3)
+#endif
 #define MASK2X(t, x)                                                                        \
   {                                                                                         \
-    const vf mv =                                                                           \
-        gather16_m(mb, i0 + 16 * x, Sq, m_st.s2, (long)min(j0 + t, Skv - 1) * m_st.s3);     \
+    const vf mv = MGET(t, x);                                                               \
     if (mask_kind == 1)                                                                     \
       s##t##_##x = select(s##t##_##x, (vf)(-INFINITY), mv == (vf)(0.0f));                   \
     else                                                                                    \

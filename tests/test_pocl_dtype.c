@@ -4,7 +4,7 @@
  * f16 or bf16 K/V, bf16 q/k/v into f32 out, and a mix of all three), with
  * and without causal, masks of both kinds, kv_lens, GQA, lse and weights,
  * Dv != D, strided k (rows apart, and a non-unit stride along the head
- * dim), through the flash kernel (ATTN_POCL_DECODE=0) and the decode path
+ * dim, with a mask of stride 2 along the keys), through the flash kernel (ATTN_POCL_DECODE=0) and the decode path
  * (ATTN_POCL_DECODE=1, Sq = 1 and 4); the rounding of 16-bit stores (to
  * nearest even, NaN kept NaN); and the linear stage through MHA graphs with
  * 16-bit weights and activations.
@@ -209,7 +209,10 @@ static void run_sdpa(const combo *cb, const scase *c, const char *mode) {
   attn_tensor *tv = make(cb->v, v, c->B, c->Hkv, c->Skv, c->Dv,
                          c->klayout == K_STRIDED ? K_DENSE : c->klayout, &bv, rv);
   attn_tensor *to = make(cb->out, NULL, c->B, c->Hq, c->Sq, c->Dv, K_DENSE, &bo, NULL);
-  if (mask) tm = make(cb->mask, mask, 1, c->Hq, c->Sq, c->Skv, K_DENSE, &bm, rm);
+  /* with k, the mask strided too (the flash kernel's scalar mask path) */
+  if (mask)
+    tm = make(cb->mask, mask, 1, c->Hq, c->Sq, c->Skv,
+              c->klayout == K_STRIDED ? K_STRIDED : K_DENSE, &bm, rm);
   if (c->weights) tw = make(cb->weights, NULL, c->B, c->Hq, c->Sq, c->Skv, K_DENSE, &bw, NULL);
   if (c->lse) {
     const int64_t ls[3] = {c->B, c->Hq, c->Sq};
