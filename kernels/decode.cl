@@ -14,8 +14,8 @@
  *   decode_reduce: one work-item per row combines the chunks' partials,
  *     writes out and lse.
  *
- * Visibility of key j for query row i (as sdpa.cl):
- *   j < kv_len[b]  and  (!causal or j <= i + Skv - Sq)  and  mask allows it.
+ * Visibility of key j for query row i (as sdpa.cl): j < kv_len[b], the
+ * causal rule of kernels/common.cl (attn_visible_limit), and the mask.
  * Hidden keys contribute nothing even when their values are NaN; a row that
  * sees no key gets zeros and lse = -inf.
  *
@@ -24,6 +24,11 @@
  *   -DHD=n      max(D, Dv) rounded up to 16..256: private array size
  *   -DEXACT=1   D == Dv == HD: constant loop bounds
  *   -DRB=n      rows per work-item (1, 2, 4 or 8)
+ *   -DQT= -DKT= -DVT= -DOT= -DMT=  storage types of q, k, v, out and the
+ *               mask (kernels/common.cl); left out, f32. K and V, the bytes
+ *               decode is bound by, are read with vector loads of their
+ *               storage type (vload_halfN, or ushortN shifted), widened in
+ *               registers; the partials stay f32.
  * k and v have unit stride along the head dim (the host checks); q, out and
  * lse may have any strides.
  */
@@ -41,6 +46,27 @@
 #define RB 4
 #endif
 
+#ifndef QT
+#define QT 0
+#endif
+#ifndef KT
+#define KT 0
+#endif
+#ifndef VT
+#define VT 0
+#endif
+#ifndef OT
+#define OT 0
+#endif
+#ifndef MT
+#define MT 0
+#endif
+typedef ATTN_TYPE(QT) qt;
+typedef ATTN_TYPE(KT) kt;
+typedef ATTN_TYPE(VT) vt;
+typedef ATTN_TYPE(OT) ot;
+typedef ATTN_TYPE(MT) mt;
+
 #define KB 8 /* keys per softmax block */
 #define MAX_CHUNKS 64 /* the host never splits the keys further */
 #define NX (HD / VW) /* vectors per row, at most */
@@ -49,11 +75,11 @@
 
 #if VW == 16
 #define VEC float16
-#define VLOAD vload16
+#define VLOAD(T, x, p) ATTN_VLOAD16(T, x, p)
 #define VSTORE vstore16
 #else
 #define VEC float8
-#define VLOAD vload8
+#define VLOAD(T, x, p) ATTN_VLOAD8(T, x, p)
 #define VSTORE vstore8
 #endif
 
@@ -88,10 +114,10 @@ static inline float8 sum8x8(const float8 b[8]) {
  * floats at (row*nchunks + c) * PSTRIDE: m (base-2 max, -inf if the chunk
  * saw no key), l (sum of 2^(s - m)), then acc[Dv]. */
 
-__kernel void decode_partial(__global const float *q, long q_off, long4 q_st,
-                             __global const float *k, long k_off, long4 k_st,
-                             __global const float *v, long v_off, long4 v_st,
-                             __global const float *mask, long m_off, long4 m_st, int mask_kind,
+__kernel void decode_partial(__global const qt *q, long q_off, long4 q_st,
+                             __global const kt *k, long k_off, long4 k_st,
+                             __global const vt *v, long v_off, long4 v_st,
+                             __global const mt *mask, long m_off, long4 m_st, int mask_kind,
                              __global const int *kv_lens, int has_kv_lens,
                              __global float *part, int nchunks, int chunk,
                              int Hq, int Hkv, int Sq, int Skv, int D, int Dv, int causal,
@@ -103,14 +129,15 @@ __kernel void decode_partial(__global const float *q, long q_off, long4 q_st,
   const int b = get_global_id(2);
 
   const int kvl = has_kv_lens ? clamp(kv_lens[b], 0, Skv) : Skv;
-  const __global float *kb = k + k_off + b * k_st.s0 + hk * k_st.s1;
-  const __global float *vb = v + v_off + b * v_st.s0 + hk * v_st.s1;
-  if (mask_kind == 0) mask = q; /* never dereferenced; keeps the pointers valid */
+  const __global kt *kb = k + k_off + b * k_st.s0 + hk * k_st.s1;
+  const __global vt *vb = v + v_off + b * v_st.s0 + hk * v_st.s1;
+  /* never dereferenced; keeps the pointers valid */
+  if (mask_kind == 0) mask = (const __global mt *)q;
 
   /* Rows past nrows (the tail of the last block) repeat the last row with a
    * limit of 0: they extend no loop and are never written. */
   int lim[RB], hrow[RB], irow[RB];
-  const __global float *mrow[RB];
+  const __global mt *mrow[RB];
   VEC qv[RB][NX];
   const float qscale = scale * LOG2E;
   int kend = 0;
@@ -119,20 +146,18 @@ __kernel void decode_partial(__global const float *q, long q_off, long4 q_st,
     const int row = min(r0 + r, nrows - 1);
     const int g = row / Sq, i = row % Sq, h = hk * G + g;
     hrow[r] = h, irow[r] = i;
-    int l = kvl;
-    if (causal) l = min(l, i + Skv - Sq + 1);
-    l = max(l, 0);
+    int l = attn_visible_limit(i, Sq, Skv, causal, kvl);
     if (r0 + r >= nrows) l = 0;
     lim[r] = l;
     kend = max(kend, l);
     mrow[r] = mask + m_off + b * m_st.s0 + h * m_st.s1 + (long)i * m_st.s2;
-    const __global float *qr = q + q_off + b * q_st.s0 + h * q_st.s1 + (long)i * q_st.s2;
+    const __global qt *qr = q + q_off + b * q_st.s0 + h * q_st.s1 + (long)i * q_st.s2;
     #pragma unroll
     for (int x = 0; x < NQ; x++) {
       float t[VW];
       #pragma unroll
-      for (int e = 0; e < VW; e++) t[e] = qr[(long)(x * VW + e) * q_st.s3] * qscale;
-      qv[r][x] = VLOAD(0, t);
+      for (int e = 0; e < VW; e++) t[e] = ATTN_LD(QT, qr, (long)(x * VW + e) * q_st.s3) * qscale;
+      qv[r][x] = VLOAD(ATTN_F32, 0, t);
     }
   }
 
@@ -156,13 +181,13 @@ __kernel void decode_partial(__global const float *q, long q_off, long4 q_st,
     /* Keys past je read key je-1 (in bounds); the limit hides them. */
     #pragma unroll
     for (int t = 0; t < KB; t++) {
-      const __global float *kr = kb + (long)min(j0 + t, je - 1) * k_st.s2;
+      const __global kt *kr = kb + (long)min(j0 + t, je - 1) * k_st.s2;
       VEC sa[RB];
       #pragma unroll
       for (int r = 0; r < RB; r++) sa[r] = (VEC)(0.0f);
       #pragma unroll
       for (int x = 0; x < NQ; x++) {
-        const VEC kx = VLOAD(x, kr);
+        const VEC kx = VLOAD(KT, x, kr);
         #pragma unroll
         for (int r = 0; r < RB; r++) sa[r] = fma(qv[r][x], kx, sa[r]);
       }
@@ -170,15 +195,16 @@ __kernel void decode_partial(__global const float *q, long q_off, long4 q_st,
       for (int r = 0; r < RB; r++) fold[r][t] = FOLD8(sa[r]);
     }
     float pt[RB][KB], corr[RB];
-    int hidden = 0;
+    int hidden = 0, grew = 0;
     #pragma unroll
     for (int r = 0; r < RB; r++) {
       float8 sc = sum8x8(fold[r]);
       if (mask_kind != 0) {
-        float mt[KB];
+        float mk[KB];
         #pragma unroll
-        for (int t = 0; t < KB; t++) mt[t] = mrow[r][(long)min(j0 + t, Skv - 1) * m_st.s3];
-        const float8 mv = vload8(0, mt);
+        for (int t = 0; t < KB; t++)
+          mk[t] = ATTN_LD(MT, mrow[r], (long)min(j0 + t, Skv - 1) * m_st.s3);
+        const float8 mv = vload8(0, mk);
         if (mask_kind == 1) sc = select(sc, (float8)(-INFINITY), mv == (float8)(0.0f));
         else sc += mv * LOG2E;
       }
@@ -189,7 +215,13 @@ __kernel void decode_partial(__global const float *q, long q_off, long4 q_st,
       /* A row that has seen only hidden keys keeps m = -inf; subtracting 0
        * instead gives exp2(-inf) = 0 rather than NaN. */
       const float ms = bm == -INFINITY ? 0.0f : bm;
-      corr[r] = exp2(m[r] - ms);
+      /* Once the running max settles most blocks leave it unchanged: then
+       * the correction is exactly 1 and neither it nor the rescaling of
+       * acc below need computing (per-key work that the 16-bit K/V loads do
+       * not shrink). */
+      const int up = bm > m[r];
+      corr[r] = up ? exp2(m[r] - ms) : 1.0f;
+      grew |= up;
       const float8 pv = exp2(sc - ms);
       hidden |= any(pv == (float8)(0.0f));
       const float4 p4 = pv.lo + pv.hi;
@@ -203,10 +235,10 @@ __kernel void decode_partial(__global const float *q, long q_off, long4 q_st,
       for (int x = 0; x < NV; x++) {
         VEC a[RB];
         #pragma unroll
-        for (int r = 0; r < RB; r++) a[r] = acc[r][x] * corr[r];
+        for (int r = 0; r < RB; r++) a[r] = grew ? acc[r][x] * corr[r] : acc[r][x];
         #pragma unroll
         for (int t = 0; t < KB; t++) {
-          const VEC vx = VLOAD(x, vb + (long)min(j0 + t, je - 1) * v_st.s2);
+          const VEC vx = VLOAD(VT, x, vb + (long)min(j0 + t, je - 1) * v_st.s2);
           #pragma unroll
           for (int r = 0; r < RB; r++) a[r] = fma((VEC)(pt[r][t]), vx, a[r]);
         }
@@ -220,10 +252,10 @@ __kernel void decode_partial(__global const float *q, long q_off, long4 q_st,
       for (int x = 0; x < NV; x++) {
         VEC a[RB];
         #pragma unroll
-        for (int r = 0; r < RB; r++) a[r] = acc[r][x] * corr[r];
+        for (int r = 0; r < RB; r++) a[r] = grew ? acc[r][x] * corr[r] : acc[r][x];
         #pragma unroll
         for (int t = 0; t < KB; t++) {
-          const VEC vx = VLOAD(x, vb + (long)min(j0 + t, je - 1) * v_st.s2);
+          const VEC vx = VLOAD(VT, x, vb + (long)min(j0 + t, je - 1) * v_st.s2);
           #pragma unroll
           for (int r = 0; r < RB; r++)
             if (pt[r][t] != 0.0f) a[r] = fma((VEC)(pt[r][t]), vx, a[r]);
@@ -251,7 +283,7 @@ __kernel void decode_partial(__global const float *q, long q_off, long4 q_st,
  * that saw no key has m = -inf, l = 0, acc = 0 and weight 2^(-inf) = 0; a
  * NaN in a chunk's l or acc still reaches the row (0 * NaN = NaN). */
 __kernel void decode_reduce(__global const float *part, int nchunks,
-                            __global float *out, long o_off, long4 o_st,
+                            __global ot *out, long o_off, long4 o_st,
                             __global float *lse, long l_off, long4 l_st, int has_lse,
                             int Hq, int Sq, int Dv) {
   const int i = get_global_id(0), h = get_global_id(1), b = get_global_id(2);
@@ -267,11 +299,11 @@ __kernel void decode_reduce(__global const float *part, int nchunks,
     L += pp[c * pstride + 1] * w[c];
   }
   const float inv = L == 0.0f ? 0.0f : 1.0f / L;
-  __global float *orow = out + o_off + b * o_st.s0 + h * o_st.s1 + (long)i * o_st.s2;
+  __global ot *orow = out + o_off + b * o_st.s0 + h * o_st.s1 + (long)i * o_st.s2;
   for (int e = 0; e < Dv; e++) {
     float a = 0.0f;
     for (int c = 0; c < nchunks; c++) a += pp[c * pstride + 2 + e] * w[c];
-    orow[(long)e * o_st.s3] = a * inv;
+    ATTN_ST(OT, orow, (long)e * o_st.s3, a * inv);
   }
   if (has_lse)
     lse[l_off + b * l_st.s0 + h * l_st.s1 + (long)i * l_st.s2] =

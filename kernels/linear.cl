@@ -13,7 +13,8 @@
  * last multiple of 16 is summed by a scalar tail.
  *
  * Build options: -DMR=m -DNR=n, the tile, which the host also uses for the
- * global size. Measured on POCL (MHA projections, M=1024, N=K=512, medians
+ * global size; -DXT= -DWT= -DBT= -DYT= the storage types of x, W, bias and y
+ * (kernels/common.cl; left out, f32), widened on load, accumulated in fp32. Measured on POCL (MHA projections, M=1024, N=K=512, medians
  * of 21, three alternating rounds): 8 x 3 3.4-4.7 ms, 4 x 6 3.8-4.7 ms,
  * 4 x 4 5.5-7.8 ms; 6 x 4, 3 x 8 and 8 x 2 no better than 4 x 4. The
  * earlier 8 x 8 tile with rows of x in float8 lanes and W broadcast: 37 ms.
@@ -25,6 +26,22 @@
 #ifndef NR
 #define NR 3
 #endif
+#ifndef XT
+#define XT 0
+#endif
+#ifndef WT
+#define WT 0
+#endif
+#ifndef BT
+#define BT 0
+#endif
+#ifndef YT
+#define YT 0
+#endif
+typedef ATTN_TYPE(XT) xt;
+typedef ATTN_TYPE(WT) wt;
+typedef ATTN_TYPE(BT) bt;
+typedef ATTN_TYPE(YT) yt;
 
 static inline float hsum16(float16 a) {
   const float8 b = a.lo + a.hi;
@@ -33,18 +50,19 @@ static inline float hsum16(float16 a) {
   return d.x + d.y;
 }
 
-__kernel void linear(__global const float *x, long x_off, long4 x_st,
-                     __global const float *w, long w_off, long4 w_st,
-                     __global const float *bias, long b_off, long4 b_st, int has_bias,
-                     __global float *y, long y_off, long4 y_st,
+__kernel void linear(__global const xt *x, long x_off, long4 x_st,
+                     __global const wt *w, long w_off, long4 w_st,
+                     __global const bt *bias, long b_off, long4 b_st, int has_bias,
+                     __global yt *y, long y_off, long4 y_st,
                      int M, int N, int K) {
   const int n0 = get_global_id(0) * NR;
   const int m0 = get_global_id(1) * MR;
   const int b = get_global_id(2);
   if (n0 >= N || m0 >= M) return;
 
-  const __global float *xb = x + x_off + b * x_st.s1;
-  const __global float *xr[MR], *wr[NR];
+  const __global xt *xb = x + x_off + b * x_st.s1;
+  const __global xt *xr[MR];
+  const __global wt *wr[NR];
   #pragma unroll
   for (int r = 0; r < MR; r++) xr[r] = xb + (long)min(m0 + r, M - 1) * x_st.s2;
   #pragma unroll
@@ -59,23 +77,23 @@ __kernel void linear(__global const float *x, long x_off, long4 x_st,
   for (int k = 0; k < K16; k += 16) {
     float16 wv[NR];
     #pragma unroll
-    for (int j = 0; j < NR; j++) wv[j] = vload16(0, wr[j] + k);
+    for (int j = 0; j < NR; j++) wv[j] = ATTN_VLOAD16(WT, 0, wr[j] + k);
     #pragma unroll
     for (int r = 0; r < MR; r++) {
-      const float16 xv = vload16(0, xr[r] + k);
+      const float16 xv = ATTN_VLOAD16(XT, 0, xr[r] + k);
       #pragma unroll
       for (int j = 0; j < NR; j++) a[r][j] = fma(xv, wv[j], a[r][j]);
     }
   }
-  __global float *yb = y + y_off + b * y_st.s1;
+  __global yt *yb = y + y_off + b * y_st.s1;
   #pragma unroll
   for (int r = 0; r < MR; r++)
     #pragma unroll
     for (int j = 0; j < NR; j++)
       if (m0 + r < M && n0 + j < N) {
         float s = hsum16(a[r][j]);
-        for (int k = K16; k < K; k++) s = fma(xr[r][k], wr[j][k], s);
-        if (has_bias) s += bias[b_off + (long)(n0 + j) * b_st.s3];
-        yb[(long)(m0 + r) * y_st.s2 + n0 + j] = s;
+        for (int k = K16; k < K; k++) s = fma(ATTN_LD(XT, xr[r], k), ATTN_LD(WT, wr[j], k), s);
+        if (has_bias) s += ATTN_LD(BT, bias, b_off + (long)(n0 + j) * b_st.s3);
+        ATTN_ST(YT, yb, (long)(m0 + r) * y_st.s2 + n0 + j, s);
       }
 }

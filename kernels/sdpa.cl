@@ -5,6 +5,9 @@
  *   -DHD=n     private array size: max(D, Dv) rounded up to 16, 32, 64, 128, 256
  *   -DEXACT=1  D == Dv == HD: loop bounds become constants (unrolled, faster)
  *   -DUNIT=1   q, k, v and out have unit stride along the head dimension
+ *   -DQT= -DKT= -DVT= -DOT= -DMT= -DWT=  storage types (kernels/common.cl)
+ *              of q, k, v, out, the mask and the weights; each left out is
+ *              f32, so the all-f32 program is unchanged. lse is always f32.
  *
  * Design (measured on POCL 3.1, LLVM 15, AVX-512; see the commit log): query
  * rows sit in the 16 lanes of float16 vectors, one AVX-512 register (float8
@@ -18,8 +21,8 @@
  * exists. The key loop stops at the last key any of the rows can see
  * (kv_lens, causal diagonal): key tiles past the diagonal are never computed.
  *
- * Visibility of key j for query row i:
- *   j < kv_len[b]  and  (!causal or j <= i + Skv - Sq)  and  mask allows it.
+ * Visibility of key j for query row i: j < kv_len[b], the causal rule of
+ * kernels/common.cl (attn_causal_end), and the mask allows it.
  * A row that sees no key gets zeros and lse = -inf.
  */
 
@@ -32,6 +35,30 @@
 #ifndef UNIT
 #define UNIT 0
 #endif
+#ifndef QT
+#define QT 0
+#endif
+#ifndef KT
+#define KT 0
+#endif
+#ifndef VT
+#define VT 0
+#endif
+#ifndef OT
+#define OT 0
+#endif
+#ifndef MT
+#define MT 0
+#endif
+#ifndef WT
+#define WT 0
+#endif
+typedef ATTN_TYPE(QT) qt;
+typedef ATTN_TYPE(KT) kt;
+typedef ATTN_TYPE(VT) vt;
+typedef ATTN_TYPE(OT) ot;
+typedef ATTN_TYPE(MT) mt;
+typedef ATTN_TYPE(WT) wt;
 
 #define R 16 /* rows of a sdpa_weights work-item */
 #define KB 8
@@ -66,36 +93,38 @@ typedef int16 vi;
 #define REPR(X)                                                                             \
   X(0, 0) X(1, 1) X(2, 2) X(3, 3) X(4, 4) X(5, 5) X(6, 6) X(7, 7) X(8, 8) X(9, 9) X(10, a)    \
   X(11, b) X(12, c) X(13, d) X(14, e) X(15, f)
-/* The 16 row values p##0 .. p##f[o] as one vector. */
-#define GATHER(p, o)                                                                        \
-  (vf)(p##0[o], p##1[o], p##2[o], p##3[o], p##4[o], p##5[o], p##6[o], p##7[o], p##8[o],      \
-       p##9[o], p##a[o], p##b[o], p##c[o], p##d[o], p##e[o], p##f[o])
+/* The 16 row values p##0 .. p##f[o], of storage type T, as one vector. */
+#define GATHER(T, p, o)                                                                     \
+  (vf)(ATTN_LD(T, p##0, o), ATTN_LD(T, p##1, o), ATTN_LD(T, p##2, o), ATTN_LD(T, p##3, o),   \
+       ATTN_LD(T, p##4, o), ATTN_LD(T, p##5, o), ATTN_LD(T, p##6, o), ATTN_LD(T, p##7, o),   \
+       ATTN_LD(T, p##8, o), ATTN_LD(T, p##9, o), ATTN_LD(T, p##a, o), ATTN_LD(T, p##b, o),   \
+       ATTN_LD(T, p##c, o), ATTN_LD(T, p##d, o), ATTN_LD(T, p##e, o), ATTN_LD(T, p##f, o))
 
 /* Query rows past Sq read row Sq-1 (in bounds) and are never written. */
-#define QROW(r, n) const __global float *qr##n = qb + (long)min(i0 + r, Sq - 1) * q_st.s2;
-#define MROW(r, n) const __global float *mr##n = mb + (long)min(i0 + r, Sq - 1) * m_st.s2;
-#define DOT(t) s##t = fma(qd, (vf)(kr##t[o]), s##t);
+#define QROW(r, n) const __global qt *qr##n = qb + (long)min(i0 + r, Sq - 1) * q_st.s2;
+#define MROW(r, n) const __global mt *mr##n = mb + (long)min(i0 + r, Sq - 1) * m_st.s2;
+#define DOT(t) s##t = fma(qd, (vf)(WKEL(t, o, d)), s##t);
 /* One gather of the 16 rows per key (loading rows as vectors and transposing
  * them with shuffles measured no faster). */
 #define MASK(t)                                                                             \
   {                                                                                         \
     const long o = (long)min(j0 + t, Skv - 1) * m_st.s3;                                    \
-    const vf mv = GATHER(mr, o);                                                            \
+    const vf mv = GATHER(MT, mr, o);                                                        \
     if (mask_kind == 1)                                                                     \
       s##t = select(s##t, (vf)(-INFINITY), mv == (vf)(0.0f));                               \
     else                                                                                    \
       s##t += mv * LOG2E;                                                                   \
   }
-#define VZ(t) z = fma(vload16(0, vr##t + d), (vf)(0.0f), z);
+#define VZ(t) z = fma(ATTN_VLOAD16(VT, 0, vr##t + d), (vf)(0.0f), z);
 #define LIMIT(t) s##t = select(s##t, (vf)(-INFINITY), (vi)(j0 + t) >= lim);
 
 /* Per-row limits: key j is visible (mask aside) iff j < lim. */
 static inline vi row_limits(__global const int *kv_lens, int has_kv_lens, int b, int i0, int Sq,
                             int Skv, int causal) {
   int kvl = has_kv_lens ? clamp(kv_lens[b], 0, Skv) : Skv;
-  const vi rows = (vi)(i0) + (vi)(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const vi lane = (vi)(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   vi lim = (vi)(kvl);
-  if (causal) lim = min(lim, rows + (vi)(Skv - Sq + 1));
+  if (causal) lim = min(lim, (vi)(attn_causal_end(i0, Sq, Skv)) + lane);
   return max(lim, (vi)(0));
 }
 
@@ -118,13 +147,44 @@ static inline vf exp2_nonpos(vf x) {
   return select(as_float16(as_int16(p) + e), (vf)(0.0f), x < (vf)(-126.0f));
 }
 
-/* 16 rows' values at offset o of rows i0 .. i0+15 (rows past Sq read row Sq-1). */
-static inline vf gather16(const __global float *base, int i0, int Sq, long rs, long o) {
-#define G(r, n) base[(long)min(i0 + r, Sq - 1) * rs + o]
-  return (vf)(G(0, 0), G(1, 1), G(2, 2), G(3, 3), G(4, 4), G(5, 5), G(6, 6), G(7, 7), G(8, 8),
-              G(9, 9), G(10, a), G(11, b), G(12, c), G(13, d), G(14, e), G(15, f));
+/* 16 rows' values at offset o of rows i0 .. i0+15 (rows past Sq read row
+ * Sq-1), for q (gather16_q) and the mask (gather16_m). */
+#define G(T, r) ATTN_LD(T, base, (long)min(i0 + r, Sq - 1) * rs + o)
+#define GATHER16_FN(name, T, type)                                                          \
+  static inline vf name(const __global type *base, int i0, int Sq, long rs, long o) {        \
+    return (vf)(G(T, 0), G(T, 1), G(T, 2), G(T, 3), G(T, 4), G(T, 5), G(T, 6), G(T, 7),      \
+                G(T, 8), G(T, 9), G(T, 10), G(T, 11), G(T, 12), G(T, 13), G(T, 14),          \
+                G(T, 15));                                                                  \
+  }
+GATHER16_FN(gather16_q, QT, qt)
+GATHER16_FN(gather16_m, MT, mt)
 #undef G
-}
+
+/* A 16-bit K or V block is widened to f32 once per block of KB keys, into
+ * private arrays the inner loops broadcast from as they do from an f32
+ * row: broadcasting a 16-bit element costs a scalar load, a conversion and
+ * a broadcast per two FMAs, and scalar vload_half is slow on POCL (per
+ * element, prefill S = 2048 D = 64 ran at 0.27x the f32 rate with f16 K/V
+ * and 0.77x with bf16). Rows with unit stride widen 16 elements at a time. */
+#define WIDEN_FN(name, T, type)                                                             \
+  static inline void name(float *dst, const __global type *src, int n, long s3) {           \
+    int d = 0;                                                                              \
+    if (UNIT)                                                                               \
+      for (; d + 16 <= n; d += 16) vstore16(ATTN_VLOAD16(T, 0, src + d), 0, dst + d);       \
+    for (; d < n; d++) dst[d] = ATTN_LD(T, src, d * s3);                                    \
+  }
+#if KT != ATTN_F32
+WIDEN_FN(widen_k, KT, kt)
+#define KEL(t, o, d) kc[t][d]
+#else
+#define KEL(t, o, d) kr##t[o]
+#endif
+#if VT != ATTN_F32
+WIDEN_FN(widen_v, VT, vt)
+#define VEL(t, o, d) vc[t][d]
+#else
+#define VEL(t, o, d) vr##t[o]
+#endif
 
 /* Each work-item of sdpa_flash carries two halves of 16 rows (RF = 32): every
  * broadcast key or value element then feeds two FMAs, which halves the loads
@@ -132,11 +192,11 @@ static inline vf gather16(const __global float *base, int i0, int Sq, long rs, l
 #define RF 32
 #define HALVES(X) X(0) X(1)
 
-__kernel void sdpa_flash(__global const float *q, long q_off, long4 q_st,
-                         __global const float *k, long k_off, long4 k_st,
-                         __global const float *v, long v_off, long4 v_st,
-                         __global float *out, long o_off, long4 o_st,
-                         __global const float *mask, long m_off, long4 m_st, int mask_kind,
+__kernel void sdpa_flash(__global const qt *q, long q_off, long4 q_st,
+                         __global const kt *k, long k_off, long4 k_st,
+                         __global const vt *v, long v_off, long4 v_st,
+                         __global ot *out, long o_off, long4 o_st,
+                         __global const mt *mask, long m_off, long4 m_st, int mask_kind,
                          __global const int *kv_lens, int has_kv_lens,
                          __global float *lse, long l_off, long4 l_st, int has_lse,
                          int Hq, int Hkv, int Sq, int Skv, int D, int Dv, int causal,
@@ -147,11 +207,12 @@ __kernel void sdpa_flash(__global const float *q, long q_off, long4 q_st,
   if (i0 >= Sq) return;
   const int hk = h / (Hq / Hkv); /* GQA: query heads share kv heads by index */
 
-  const __global float *qb = q + q_off + b * q_st.s0 + h * q_st.s1;
-  const __global float *kb = k + k_off + b * k_st.s0 + hk * k_st.s1;
-  const __global float *vb = v + v_off + b * v_st.s0 + hk * v_st.s1;
-  const __global float *mb = mask + m_off + b * m_st.s0 + h * m_st.s1;
-  if (mask_kind == 0) mb = q; /* never dereferenced; keeps the pointers valid */
+  const __global qt *qb = q + q_off + b * q_st.s0 + h * q_st.s1;
+  const __global kt *kb = k + k_off + b * k_st.s0 + hk * k_st.s1;
+  const __global vt *vb = v + v_off + b * v_st.s0 + hk * v_st.s1;
+  const __global mt *mb = mask + m_off + b * m_st.s0 + h * m_st.s1;
+  /* never dereferenced; keeps the pointers valid */
+  if (mask_kind == 0) mb = (const __global mt *)q;
 
   /* Rows past Sq (the tail of the last group) get limit 0 so they do not
    * extend the loop. */
@@ -173,8 +234,8 @@ __kernel void sdpa_flash(__global const float *q, long q_off, long4 q_st,
   const float qscale = scale * LOG2E;
   vf qT0[HD], qT1[HD], acc0[HD], acc1[HD];
   for (int d = 0; d < DQ; d++) {
-    qT0[d] = gather16(qb, i0, Sq, q_st.s2, d * QS3) * qscale;
-    qT1[d] = gather16(qb, i0 + 16, Sq, q_st.s2, d * QS3) * qscale;
+    qT0[d] = gather16_q(qb, i0, Sq, q_st.s2, d * QS3) * qscale;
+    qT1[d] = gather16_q(qb, i0 + 16, Sq, q_st.s2, d * QS3) * qscale;
   }
   for (int d = 0; d < DVV; d++) acc0[d] = acc1[d] = (vf)(0.0f);
   vf m0 = (vf)(-INFINITY), m1 = m0, l0 = (vf)(0.0f), l1 = l0;
@@ -185,25 +246,50 @@ __kernel void sdpa_flash(__global const float *q, long q_off, long4 q_st,
   for (int j0 = 0; j0 < kend; j0 += KB) {
     /* Keys past kend read key kend-1 (in bounds); the limit masks them. */
 #define KROW2(t)                                                                            \
-  const __global float *kr##t = kb + (long)min(j0 + t, kend - 1) * k_st.s2;                  \
-  const __global float *vr##t = vb + (long)min(j0 + t, kend - 1) * v_st.s2;                  \
+  const __global kt *kr##t = kb + (long)min(j0 + t, kend - 1) * k_st.s2;                     \
+  const __global vt *vr##t = vb + (long)min(j0 + t, kend - 1) * v_st.s2;                     \
   vf s##t##_0 = (vf)(0.0f), s##t##_1 = (vf)(0.0f);
     REPK(KROW2)
+#if KT != ATTN_F32
+    float kc[KB][HD];
+#define KWIDEN(t) widen_k(kc[t], kr##t, DQ, KS3);
+    REPK(KWIDEN)
+#endif
     for (int d = 0; d < DQ; d++) {
       const vf qa = qT0[d], qc = qT1[d];
       const long o = d * KS3;
 #define DOT2(t)                                                                             \
   {                                                                                         \
-    const vf kv = (vf)(kr##t[o]);                                                           \
+    const vf kv = (vf)(KEL(t, o, d));                                                       \
     s##t##_0 = fma(qa, kv, s##t##_0);                                                       \
     s##t##_1 = fma(qc, kv, s##t##_1);                                                       \
   }
       REPK(DOT2)
     }
     if (mask_kind != 0) {
+#if MT != ATTN_F32
+      /* A 16-bit mask's block (RF rows x KB keys) is widened first, a row of
+       * KB keys per vector load where the keys are contiguous, and gathered
+       * from there: gathering it converted element by element ran prefill
+       * S=2048 D=64 at 0.85x (bf16) and 0.8x (f16) the rate with an f32 mask. */
+      float mc[KB][RF];
+      for (int r = 0; r < RF; r++) {
+        const __global mt *mrw = mb + (long)min(i0 + r, Sq - 1) * m_st.s2;
+        if (m_st.s3 == 1 && j0 + KB <= Skv) {
+          const float8 m8 = ATTN_VLOAD8(MT, 0, mrw + j0);
+#define MSPLAT(t) mc[t][r] = m8.s##t;
+          REPK(MSPLAT)
+        } else {
+          for (int t = 0; t < KB; t++) mc[t][r] = ATTN_LD(MT, mrw, (long)min(j0 + t, Skv - 1) * m_st.s3);
+        }
+      }
+#define MGET(t, x) vload16(x, mc[t])
+#else
+#define MGET(t, x) gather16_m(mb, i0 + 16 * x, Sq, m_st.s2, (long)min(j0 + t, Skv - 1) * m_st.s3)
+#endif
 #define MASK2X(t, x)                                                                        \
   {                                                                                         \
-    const vf mv = gather16(mb, i0 + 16 * x, Sq, m_st.s2, (long)min(j0 + t, Skv - 1) * m_st.s3); \
+    const vf mv = MGET(t, x);                                                               \
     if (mask_kind == 1)                                                                     \
       s##t##_##x = select(s##t##_##x, (vf)(-INFINITY), mv == (vf)(0.0f));                   \
     else                                                                                    \
@@ -247,6 +333,11 @@ __kernel void sdpa_flash(__global const float *q, long q_off, long4 q_st,
 #define PZERO2(t) | (p##t##_0 == (vf)(0.0f)) | (p##t##_1 == (vf)(0.0f))
     const vi pz = (vi)(0) REPK(PZERO2);
     bool plain = !any(pz);
+#if VT != ATTN_F32
+    float vc[KB][HD];
+#define VWIDEN(t) widen_v(vc[t], vr##t, DVV, VS3);
+    REPK(VWIDEN)
+#endif
 #if EXACT && UNIT
     /* fma(v, 0, z) is NaN iff v is inf or NaN: 3% of the block's work,
      * where the selects made masked runs 1.5-2x slower. */
@@ -264,7 +355,7 @@ __kernel void sdpa_flash(__global const float *q, long q_off, long4 q_st,
         vf a0 = acc0[d], a1 = acc1[d];
 #define PV2(t)                                                                              \
   {                                                                                         \
-    const vf vv = (vf)(vr##t[o]);                                                           \
+    const vf vv = (vf)(VEL(t, o, d));                                                       \
     a0 = fma(p##t##_0, vv, a0);                                                             \
     a1 = fma(p##t##_1, vv, a1);                                                             \
   }
@@ -281,7 +372,7 @@ __kernel void sdpa_flash(__global const float *q, long q_off, long4 q_st,
         vf a0 = acc0[d], a1 = acc1[d];
 #define PVZ2(t)                                                                             \
   {                                                                                         \
-    const vf vv = (vf)(vr##t[o]);                                                           \
+    const vf vv = (vf)(VEL(t, o, d));                                                       \
     a0 = select(fma(p##t##_0, vv, a0), a0, pz##t##_0);                                      \
     a1 = select(fma(p##t##_1, vv, a1), a1, pz##t##_1);                                      \
   }
@@ -292,14 +383,14 @@ __kernel void sdpa_flash(__global const float *q, long q_off, long4 q_st,
     }
   }
 
-  __global float *ob = out + o_off + b * o_st.s0 + h * o_st.s1;
+  __global ot *ob = out + o_off + b * o_st.s0 + h * o_st.s1;
   __global float *lb = lse + l_off + b * l_st.s0 + h * l_st.s1;
-  if (!has_lse) lb = out; /* never dereferenced */
+  if (!has_lse) lb = (__global float *)out; /* never dereferenced */
 #define STOREX(x, r, n)                                                                     \
   if (i0 + 16 * x + r < Sq) {                                                               \
-    __global float *orow = ob + (long)(i0 + 16 * x + r) * o_st.s2;                          \
+    __global ot *orow = ob + (long)(i0 + 16 * x + r) * o_st.s2;                             \
     const float sc = inv##x.s##n;                                                           \
-    for (int d = 0; d < DVV; d++) orow[d * OS3] = acc##x[d].s##n * sc;                      \
+    for (int d = 0; d < DVV; d++) ATTN_ST(OT, orow, d * OS3, acc##x[d].s##n * sc);          \
     if (has_lse) lb[(long)(i0 + 16 * x + r) * l_st.s2] = lsev##x.s##n;                      \
   }
 #define STORE0(r, n) STOREX(0, r, n)
@@ -316,20 +407,29 @@ __kernel void sdpa_flash(__global const float *q, long q_off, long4 q_st,
  * from the first pass (-inf for a row with no visible key gives zeros).
  * Same layout as sdpa_flash (16 rows in float16 lanes, keys in blocks of 8),
  * over every key, since hidden ones must be written as zeros too. */
-__kernel void sdpa_weights(__global const float *q, long q_off, long4 q_st,
-                           __global const float *k, long k_off, long4 k_st,
-                           __global const float *mask, long m_off, long4 m_st, int mask_kind,
+__kernel void sdpa_weights(__global const qt *q, long q_off, long4 q_st,
+                           __global const kt *k, long k_off, long4 k_st,
+                           __global const mt *mask, long m_off, long4 m_st, int mask_kind,
                            __global const int *kv_lens, int has_kv_lens,
                            __global const float *lse, long l_off, long4 l_st,
-                           __global float *w, long w_off, long4 w_st,
+                           __global wt *w, long w_off, long4 w_st,
                            int Hq, int Hkv, int Sq, int Skv, int D, int causal, float scale) {
   const int i0 = get_global_id(0) * R;
   const int h = get_global_id(1);
   const int b = get_global_id(2);
   if (i0 >= Sq) return;
   const int hk = h / (Hq / Hkv);
-  const __global float *qb = q + q_off + b * q_st.s0 + h * q_st.s1;
-  const __global float *kb = k + k_off + b * k_st.s0 + hk * k_st.s1;
+  const __global qt *qb = q + q_off + b * q_st.s0 + h * q_st.s1;
+  const __global kt *kb = k + k_off + b * k_st.s0 + hk * k_st.s1;
+  /* Each broadcast key element feeds one FMA here (16 rows, not 32): an
+   * f16 K block is still worth widening first as in sdpa_flash (weights
+   * pass S=1024 D=64: 41 -> 26 ms, f32 26 ms), a bf16 one is not (its shift
+   * per element is cheaper than the widened rows' stores: 26.4 -> 29.5 ms). */
+#if KT == ATTN_F16
+#define WKEL(t, o, d) kc[t][d]
+#else
+#define WKEL(t, o, d) ATTN_LD(KT, kr##t, o)
+#endif
 
   const vi lim = row_limits(kv_lens, has_kv_lens, b, i0, Sq, Skv, causal);
 
@@ -338,27 +438,31 @@ __kernel void sdpa_weights(__global const float *q, long q_off, long4 q_st,
   vf qT[HD];
   for (int d = 0; d < DQ; d++) {
     const long o = d * QS3;
-    qT[d] = GATHER(qr, o) * qscale;
+    qT[d] = GATHER(QT, qr, o) * qscale;
   }
   const __global float *lb = lse + l_off + b * l_st.s0 + h * l_st.s1;
 #define LROW(r, n) const __global float *lr##n = lb + (long)min(i0 + r, Sq - 1) * l_st.s2;
   REPR(LROW)
-  const vf lse2 = GATHER(lr, 0) * LOG2E;
+  const vf lse2 = GATHER(ATTN_F32, lr, 0) * LOG2E;
   /* A row with no visible key: every weight 0 (and no -inf - -inf). */
   const vi empty = lse2 == (vf)(-INFINITY);
 
-  const __global float *mb = mask + m_off + b * m_st.s0 + h * m_st.s1;
-  if (mask_kind == 0) mb = q; /* never dereferenced */
+  const __global mt *mb = mask + m_off + b * m_st.s0 + h * m_st.s1;
+  if (mask_kind == 0) mb = (const __global mt *)q; /* never dereferenced */
   REPR(MROW)
-  __global float *wb = w + w_off + b * w_st.s0 + h * w_st.s1;
-#define WROW(r, n) __global float *wr##n = wb + (long)(i0 + r) * w_st.s2;
+  __global wt *wb = w + w_off + b * w_st.s0 + h * w_st.s1;
+#define WROW(r, n) __global wt *wr##n = wb + (long)(i0 + r) * w_st.s2;
   REPR(WROW)
 
   for (int j0 = 0; j0 < Skv; j0 += KB) {
 #define KROWW(t)                                                                            \
-  const __global float *kr##t = kb + (long)min(j0 + t, Skv - 1) * k_st.s2;                   \
+  const __global kt *kr##t = kb + (long)min(j0 + t, Skv - 1) * k_st.s2;                      \
   vf s##t = (vf)(0.0f);
     REPK(KROWW)
+#if KT == ATTN_F16
+    float kc[KB][HD];
+    REPK(KWIDEN)
+#endif
     for (int d = 0; d < DQ; d++) {
       const vf qd = qT[d];
       const long o = d * KS3;
@@ -368,7 +472,7 @@ __kernel void sdpa_weights(__global const float *q, long q_off, long4 q_st,
       REPK(MASK)
     }
     REPK(LIMIT)
-#define WSTORE(r, n) if (i0 + r < Sq) wr##n[o] = s.s##n;
+#define WSTORE(r, n) if (i0 + r < Sq) ATTN_ST(WT, wr##n, o, s.s##n);
 #define WPROB(t)                                                                            \
   if (j0 + t < Skv) {                                                                       \
     const vf s = select(exp2(s##t - lse2), (vf)(0.0f), empty);                              \

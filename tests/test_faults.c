@@ -545,6 +545,11 @@ static void test_clblast_broken_kernel_dir(void **state) {
     assert_non_null(f);
     fputs("__kernel void softmax_rows(__global float *y) { y[0] = undeclared_identifier_qq; }\n", f);
     fclose(f);
+    /* The prelude every program starts with comes from the directory too. */
+    snprintf(path, sizeof path, "%s/common.cl", dir);
+    f = fopen(path, "w");
+    assert_non_null(f);
+    fclose(f);
     /* A cache of its own, so no binary built from this source outlives the test. */
     const char *old_cache = getenv("ATTN_CACHE_DIR");
     char saved[1024] = "";

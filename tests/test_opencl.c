@@ -383,6 +383,9 @@ static void test_kernel_dir_broken(void **state) {
   assert_int_equal(mkdir(dir, 0700), 0);
   snprintf(path, sizeof path, "%s/linear.cl", dir);
   write_file(path, broken_cl);
+  /* The prelude every program starts with comes from the directory too. */
+  snprintf(path, sizeof path, "%s/common.cl", dir);
+  write_file(path, "");
   setenv("ATTN_KERNEL_DIR", dir, 1);
   int hits, builds;
   g_err[0] = '\0';
@@ -399,6 +402,11 @@ static void test_kernel_dir_broken(void **state) {
   assert_int_equal(clrt_ctx_init(&c, &g_dev), ATTN_OK);
   cl_program prog;
   assert_int_equal(clrt_program_get(&c, "sdpa", "", &prog), ATTN_ERR_IO);
+  assert_non_null(strstr(g_err, path));
+  /* So is a missing prelude. */
+  snprintf(path, sizeof path, "%s/common.cl", dir);
+  assert_int_equal(unlink(path), 0);
+  assert_int_equal(clrt_program_get(&c, "linear", "", &prog), ATTN_ERR_IO);
   assert_non_null(strstr(g_err, path));
   /* An unknown embedded name. */
   unsetenv("ATTN_KERNEL_DIR");
@@ -441,6 +449,8 @@ static void test_kernel_dir_public_api(void **state) {
   assert_int_equal(mkdir(dir, 0700), 0);
   snprintf(path, sizeof path, "%s/sdpa.cl", dir);
   write_file(path, broken_cl);
+  snprintf(path, sizeof path, "%s/common.cl", dir);
+  write_file(path, "");
   attn_context *ctx = NULL;
   if (attn_open("pocl", &ctx) != ATTN_OK) {
     printf("pocl backend not openable here (%s): skipping the public-API check\n",

@@ -458,9 +458,15 @@ attn_status clrt_kernel_source(const char *name, const char **src, size_t *len, 
 
 /* ---- programs ------------------------------------------------------------------ */
 
-/* Everything a compiled binary depends on, as one string: the cache key. */
-static void program_key(const clrt_ctx *c, const char *name, const char *src, size_t len,
-                        const char *options, char *key, size_t keylen) {
+/* Between the prelude and the kernel's file: #line restarts the numbering,
+ * so the compiler log's line numbers are the kernel file's own. */
+static const char prelude_sep[] = "\n#line 1\n";
+
+/* Everything a compiled binary depends on, as one string: the cache key
+ * (the source hash covers the prelude, the separator and the file). */
+static void program_key(const clrt_ctx *c, const char *name, const char *pre, size_t prelen,
+                        const char *src, size_t len, const char *options, char *key,
+                        size_t keylen) {
   char pname[128] = "", pver[128] = "", dname[256] = "", dver[128] = "";
   clGetPlatformInfo(c->dev.platform, CL_PLATFORM_NAME, sizeof pname - 1, pname, NULL);
   clGetPlatformInfo(c->dev.platform, CL_PLATFORM_VERSION, sizeof pver - 1, pver, NULL);
@@ -469,8 +475,11 @@ static void program_key(const clrt_ctx *c, const char *name, const char *src, si
   snprintf(key, keylen,
            "libattn program binary\nplatform=%s %s\ndevice=%s\ndriver=%s\nsource=%s:%016llx:%zu\n"
            "options=%s\n",
-           pname, pver, dname, dver, name, (unsigned long long)clrt_hash(CLRT_FNV_INIT, src, len),
-           len, options);
+           pname, pver, dname, dver, name,
+           (unsigned long long)clrt_hash(
+               clrt_hash(clrt_hash(CLRT_FNV_INIT, pre, prelen), prelude_sep, strlen(prelude_sep)),
+               src, len),
+           prelen + strlen(prelude_sep) + len, options);
 }
 
 /* The compiler log of a failed build, truncated to fit an error message. */
@@ -534,24 +543,36 @@ static attn_status program_build(clrt_ctx *c, const char *name, const char *opti
                          "ATTN_FAULT: injected build failure (build %ld of this context)",
                          name, options, clrt_error_name(ferr), (int)ferr,
                          c->fault.calls[CLRT_FAULT_BUILD]);
-  const char *src;
-  size_t len;
-  char *owned;
+  /* Every program is kernels/common.cl (the dtype load/store macros and the
+   * visibility rule) followed by the kernel's own file; both come from the
+   * same place (ATTN_KERNEL_DIR or the embedded copies). */
+  const char *src, *pre;
+  size_t len, prelen;
+  char *owned, *preowned;
   attn_status s = clrt_kernel_source(name, &src, &len, &owned);
   if (s != ATTN_OK) return s;
+  s = clrt_kernel_source(CLRT_PRELUDE, &pre, &prelen, &preowned);
+  if (s != ATTN_OK) {
+    free(owned);
+    return s;
+  }
   char key[2048];
-  program_key(c, name, src, len, options, key, sizeof key);
+  program_key(c, name, pre, prelen, src, len, options, key, sizeof key);
   cl_program prog = program_from_cache(c, key, options);
   if (prog) {
     c->n_cache_hits++;
     g_host->debug("opencl: %s.cl [%s] loaded from the binary cache", name, options);
     free(owned);
+    free(preowned);
     *out = prog;
     return ATTN_OK;
   }
   cl_int err;
-  prog = clCreateProgramWithSource(c->context, 1, &src, &len, &err);
+  const char *parts[3] = {pre, prelude_sep, src};
+  const size_t lens[3] = {prelen, strlen(prelude_sep), len};
+  prog = clCreateProgramWithSource(c->context, 3, parts, lens, &err);
   free(owned);
+  free(preowned);
   if (err != CL_SUCCESS) return clrt_fail(err, "clCreateProgramWithSource(%s.cl)", name);
   err = clBuildProgram(prog, 1, &c->dev.id, options, NULL, NULL);
   if (err != CL_SUCCESS) {

@@ -187,7 +187,9 @@ CLRT_INTERNAL void clrt_scratch_free(clrt_ctx *c, cl_mem mem);
  * ATTN_ERR_INVALID_ARG. */
 CLRT_INTERNAL attn_status clrt_kernel_source(const char *name, const char **src, size_t *len,
                                              char **owned);
-/* The program of kernels/<name>.cl built with options (NULL = ""), from this
+/* The kernel source every program starts with (kernels/common.cl). */
+#define CLRT_PRELUDE "common"
+/* The program of CLRT_PRELUDE + kernels/<name>.cl built with options (NULL = ""), from this
  * context's programs, else the disk binary cache, else compiled (and stored
  * in the cache). A compile failure -> ATTN_ERR_BUILD with the compiler log in
  * the message. The program belongs to the context. */

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "decode.h"
+#include "pocl.h"
 
 /* Largest D and Dv (as the fused kernel), and the most chunks the reduce
  * kernel combines (MAX_CHUNKS in kernels/decode.cl). */
@@ -66,9 +67,10 @@ attn_status pocl_decode_sdpa(clrt_ctx *c, const attn_sdpa_desc *d, int groups_pe
   const int rows = Hq / Hkv * Sq;
   int rb = 1;
   while (rb < rows && rb < 8) rb *= 2;
-  char opts[96];
+  char opts[160];
   snprintf(opts, sizeof opts, "-DVW=%d -DHD=%d -DEXACT=%d -DRB=%d", vw, hd,
            D == hd && Dv == hd, rb);
+  pocl_sdpa_dtype_options(d, opts, sizeof opts); /* weights never come here */
   cl_kernel kp, kr;
   attn_status s = clrt_kernel_get(c, "decode", opts, "decode_partial", &kp);
   if (s == ATTN_OK) s = clrt_kernel_get(c, "decode", opts, "decode_reduce", &kr);

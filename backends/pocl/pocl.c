@@ -107,10 +107,10 @@ static int view_fits_int(const attn_view *v) {
 }
 
 /* The features each stage implements; every other bit is refused by name. */
-#define POCL_LINEAR_FEATURES (ATTN_FEAT_BIAS)
+#define POCL_LINEAR_FEATURES (ATTN_FEAT_BIAS | ATTN_FEAT_F16 | ATTN_FEAT_BF16)
 #define POCL_SDPA_FEATURES                                                                 \
   (ATTN_FEAT_MASK_BOOL | ATTN_FEAT_MASK_ADDITIVE | ATTN_FEAT_CAUSAL | ATTN_FEAT_KV_LENS |   \
-   ATTN_FEAT_WEIGHTS | ATTN_FEAT_LSE)
+   ATTN_FEAT_WEIGHTS | ATTN_FEAT_LSE | ATTN_FEAT_F16 | ATTN_FEAT_BF16)
 
 static attn_status refuse_feature(char *why, size_t why_len, const char *stage, int bit) {
   char buf[32];
@@ -153,12 +153,25 @@ static cl_long4 strides4(const attn_view *v) {
 
 static cl_mem mem_of(const attn_view *v) { return v->buf ? v->buf->mem : NULL; }
 
+/* Appends " -D<name>=<code>" for an operand stored as f16 or bf16 (codes as
+ * attn_dtype, read by kernels/common.cl); f32 and absent operands add
+ * nothing, so an all-f32 call builds exactly the f32 program. */
+void pocl_dtype_option(char *buf, size_t len, const char *name, const attn_view *v) {
+  if (!v->buf || v->dtype == ATTN_F32) return;
+  const size_t n = strlen(buf);
+  if (n < len) snprintf(buf + n, len - n, " -D%s=%d", name, (int)v->dtype);
+}
+
 attn_status pocl_linear_tiled(clrt_ctx *c, const attn_linear_desc *d, int mr, int nr) {
   cl_kernel k;
   /* The tile of y per work-item (MR x NR in kernels/linear.cl): the context's
    * tuned parameter, or a candidate attn_tune times. */
-  char opts[32];
+  char opts[96];
   snprintf(opts, sizeof opts, "-DMR=%d -DNR=%d", mr, nr);
+  pocl_dtype_option(opts, sizeof opts, "XT", &d->x);
+  pocl_dtype_option(opts, sizeof opts, "WT", &d->w);
+  pocl_dtype_option(opts, sizeof opts, "BT", &d->bias);
+  pocl_dtype_option(opts, sizeof opts, "YT", &d->y);
   attn_status s = clrt_kernel_get(c, "linear", opts, "linear", &k);
   if (s != ATTN_OK) return s;
   cl_mem x = mem_of(&d->x), w = mem_of(&d->w), bias = mem_of(&d->bias), y = mem_of(&d->y);
@@ -192,12 +205,22 @@ static void sdpa_options(const attn_sdpa_desc *d, char *buf, size_t len) {
   int unit = (d->q.strides[3] == 1 || D == 1) && (d->k.strides[3] == 1 || D == 1) &&
              (d->v.strides[3] == 1 || Dv == 1) && (d->out.strides[3] == 1 || Dv == 1);
   snprintf(buf, len, "-DHD=%d -DEXACT=%d -DUNIT=%d", hd, exact, unit);
+  pocl_sdpa_dtype_options(d, buf, len);
+}
+
+void pocl_sdpa_dtype_options(const attn_sdpa_desc *d, char *buf, size_t len) {
+  pocl_dtype_option(buf, len, "QT", &d->q);
+  pocl_dtype_option(buf, len, "KT", &d->k);
+  pocl_dtype_option(buf, len, "VT", &d->v);
+  pocl_dtype_option(buf, len, "OT", &d->out);
+  pocl_dtype_option(buf, len, "MT", &d->mask);
+  pocl_dtype_option(buf, len, "WT", &d->weights);
 }
 
 static attn_status pocl_sdpa(attn_backend_ctx *c, const attn_sdpa_desc *d) {
   /* Few query rows over many keys: split the keys (decode.c). */
   if (pocl_decode_wants(d)) return pocl_decode_sdpa(&c->cl, d, c->p.decode_groups);
-  char opts[96];
+  char opts[160];
   sdpa_options(d, opts, sizeof opts);
   cl_kernel kf, kw = NULL;
   attn_status s = clrt_kernel_get(&c->cl, "sdpa", opts, "sdpa_flash", &kf);

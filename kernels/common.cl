@@ -1,0 +1,76 @@
+/* The prelude of every program: the runtime (backends/opencl/clrt.c) puts
+ * this file in front of each kernel source it builds, and the source hash of
+ * the binary cache covers both. Only macros and inline functions, all named
+ * ATTN_* / attn_*, so that no kernel's own names clash with them.
+ *
+ * ---- Element types ----------------------------------------------------------
+ * An operand's storage type is a build option whose value is an attn_dtype
+ * code (include/attn.h): 0 f32, 1 f16, 2 bf16; an option left out means f32,
+ * so an all-f32 program is the same code as before 16-bit storage existed.
+ * Arithmetic is always fp32: loads widen, stores narrow.
+ *
+ *   ATTN_TYPE(T)              the pointer's element type: float, half, ushort
+ *   ATTN_LD(T, p, i)          element p[i] as float
+ *   ATTN_VLOAD8(T, x, p)      float8 of p[8x .. 8x+7] (vload8's offset rule)
+ *   ATTN_VLOAD16(T, x, p)     float16 of p[16x .. 16x+15]
+ *   ATTN_ST(T, p, i, f)       p[i] = f, rounded to nearest even
+ *
+ * f16 goes through vload_half / vstore_half_rte, core OpenCL 1.2 functions
+ * that need no cl_khr_fp16 (a half pointer may be declared and passed to
+ * them without the extension), so nothing here enables it. bf16 is the top
+ * half of an f32: a load is a 16-bit shift; a store rounds to nearest even
+ * and keeps a NaN a quiet NaN (adding the rounding bias to a NaN's bits
+ * could carry it into an infinity). */
+#define ATTN_F32 0
+#define ATTN_F16 1
+#define ATTN_BF16 2
+
+#define ATTN_CAT_(a, b) a##b
+#define ATTN_CAT(a, b) ATTN_CAT_(a, b)
+
+#define ATTN_TYPE_0 float
+#define ATTN_TYPE_1 half
+#define ATTN_TYPE_2 ushort
+#define ATTN_TYPE(T) ATTN_CAT(ATTN_TYPE_, T)
+
+#define ATTN_LD_0(p, i) ((p)[i])
+#define ATTN_LD_1(p, i) vload_half((size_t)(i), (p))
+#define ATTN_LD_2(p, i) as_float((uint)(p)[i] << 16)
+#define ATTN_LD(T, p, i) ATTN_CAT(ATTN_LD_, T)(p, i)
+
+#define ATTN_VLOAD8_0(x, p) vload8((x), (p))
+#define ATTN_VLOAD8_1(x, p) vload_half8((x), (p))
+#define ATTN_VLOAD8_2(x, p) as_float8(convert_uint8(vload8((x), (p))) << 16)
+#define ATTN_VLOAD8(T, x, p) ATTN_CAT(ATTN_VLOAD8_, T)(x, p)
+
+#define ATTN_VLOAD16_0(x, p) vload16((x), (p))
+#define ATTN_VLOAD16_1(x, p) vload_half16((x), (p))
+#define ATTN_VLOAD16_2(x, p) as_float16(convert_uint16(vload16((x), (p))) << 16)
+#define ATTN_VLOAD16(T, x, p) ATTN_CAT(ATTN_VLOAD16_, T)(x, p)
+
+static inline ushort attn_f32_to_bf16(float f) {
+  const uint u = as_uint(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return (ushort)((u >> 16) | 0x0040u); /* quiet NaN */
+  return (ushort)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+#define ATTN_ST_0(p, i, f) ((p)[i] = (f))
+#define ATTN_ST_1(p, i, f) vstore_half_rte((f), (size_t)(i), (p))
+#define ATTN_ST_2(p, i, f) ((p)[i] = attn_f32_to_bf16(f))
+#define ATTN_ST(T, p, i, f) ATTN_CAT(ATTN_ST_, T)(p, i, f)
+
+/* ---- Visibility -----------------------------------------------------------
+ * Causal attention is aligned bottom-right (the last query row sees every
+ * key): key j is visible to query row i of Sq over Skv keys iff
+ * j <= i + Skv - Sq, i.e. j < attn_causal_end(i, Sq, Skv). The one place
+ * the kernels spell this rule (as plugins/attn_plugin.h does for C). */
+static inline int attn_causal_end(int i, int Sq, int Skv) { return i + (Skv - Sq) + 1; }
+
+/* Keys j < attn_visible_limit(...) are visible to query row i, mask aside:
+ * kv_len (already clamped to [0, Skv]) and, if causal, the diagonal. The
+ * result is in [0, Skv]. */
+static inline int attn_visible_limit(int i, int Sq, int Skv, int causal, int kv_len) {
+  int lim = kv_len;
+  if (causal) lim = min(lim, attn_causal_end(i, Sq, Skv));
+  return max(lim, 0);
+}
