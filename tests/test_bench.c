@@ -211,6 +211,12 @@ static void kv_dtypes(void **state) {
   spawn_expect_status(&r, 0);
   assert_non_null(strstr(r.out, ",kv_dtype\n"));
   assert_non_null(strstr(r.out, ",bf16\n"));
+  /* --kv-sets: the decode case over several caches, checked like any run. */
+  RUN(&r, "bench", "--quick", "--json", "--device", "ref", "--seq", "32", "--repeat", "3",
+      "--kv-sets", "3", "--kv-dtype", "bf16");
+  spawn_expect_status(&r, 0);
+  assert_int_equal(check_json(r.out, "ref", 1, &n16), 4 + 1);
+  assert_non_null(strstr(r.out, "\"case\":\"decode\",\"batch\":1"));
 }
 
 static void json_ref(void **state) {
@@ -312,6 +318,8 @@ static void bad_options(void **state) {
       {{"--svg"}, "needs an argument"},
       {{"stray"}, "unexpected argument 'stray'"},
       {{"--kv-dtype", "f64"}, "--kv-dtype: 'f64' is not f32, f16 or bf16"},
+      {{"--kv-sets", "0"}, "--kv-sets: '0' is not an integer in [1, 64]"},
+      {{"--kv-sets", "65"}, "--kv-sets"},
       {{"--kv-dtype", "f32,f32"}, "listed twice"},
       {{"--kv-dtype", "f32,"}, "--kv-dtype"},
   };

@@ -82,6 +82,9 @@ void bench_help(FILE *f) {
           "                  q and out f32; mha once, its keys and values of the first type.\n"
           "                  Rows say the type (kv column, kv_dtype field); GB/s counts k\n"
           "                  and v in their type\n"
+          "  --kv-sets N     the decode case cycles through N distinct K/V caches (default\n"
+          "                  1), so that each call reads K and V from memory rather than\n"
+          "                  from a last-level cache that holds one (N=16: 1 GiB in f32)\n"
           "  -h, --help      this help\n"
           "\n"
           "Each shape runs --warmup times untimed, then --repeat times; reported are the\n"
@@ -104,6 +107,9 @@ typedef struct mha_nodes {
   double project_q_ms, project_k_ms, project_v_ms, sdpa_ms, project_out_ms;
 } mha_nodes;
 
+/* Most K/V caches --kv-sets may ask for (each is Hkv x Skv x D twice). */
+#define MAX_KV_SETS 64
+
 typedef struct options {
   const char *devices;
   bool quick, refresh_peaks;
@@ -116,6 +122,7 @@ typedef struct options {
   double ref_limit; /* GFLOP; 0 = none */
   attn_dtype kv_dtype[3]; /* --kv-dtype: the sweeps and decode run once per type */
   int nkv;
+  int64_t kv_sets; /* --kv-sets: distinct K/V caches the decode case cycles through */
 } options;
 
 typedef enum { CASE_SDPA, CASE_DECODE, CASE_MHA } case_kind;
@@ -275,20 +282,26 @@ static bool more_runs(const options *o, int done, double spent_ms) {
  * (with the library's reason in the last error) rather than failing. */
 static attn_status run_sdpa_shape(attn_context *ctx, const options *o, const bench_shape *sh,
                                   result *r) {
-  attn_tensor *q = NULL, *k = NULL, *v = NULL, *out = NULL;
+  attn_tensor *q = NULL, *k[MAX_KV_SETS] = {NULL}, *v[MAX_KV_SETS] = {NULL}, *out = NULL;
   uint64_t state = 0x9e3779b97f4a7c15ULL;
   int64_t qs[4] = {sh->B, sh->Hq, sh->Sq, sh->D}, ks[4] = {sh->B, sh->Hkv, sh->Skv, sh->D};
   double times[256];
   attn_status s;
+  /* The decode case may cycle through several K/V caches, so that on a
+   * machine whose last-level cache holds one, each call reads its K/V from
+   * memory as a server's decode step would. */
+  const int64_t sets = sh->kind == CASE_DECODE ? o->kv_sets : 1;
   if ((s = random_tensor(ctx, ATTN_F32, 4, qs, &state, &q)) ||
-      (s = random_tensor(ctx, sh->kv_dtype, 4, ks, &state, &k)) ||
-      (s = random_tensor(ctx, sh->kv_dtype, 4, ks, &state, &v)) ||
       (s = attn_tensor_create(ctx, 4, qs, &out)))
     goto done;
+  for (int64_t i = 0; i < sets; i++)
+    if ((s = random_tensor(ctx, sh->kv_dtype, 4, ks, &state, &k[i])) ||
+        (s = random_tensor(ctx, sh->kv_dtype, 4, ks, &state, &v[i])))
+      goto done;
   attn_sdpa_args a = ATTN_SDPA_ARGS_INIT;
   a.q = q;
-  a.k = k;
-  a.v = v;
+  a.k = k[0];
+  a.v = v[0];
   a.out = out;
   a.causal = sh->causal;
   for (int64_t i = 0; i < o->warmup; i++)
@@ -296,6 +309,8 @@ static attn_status run_sdpa_shape(attn_context *ctx, const options *o, const ben
   int n = 0;
   double spent = 0;
   while (n < 256 && more_runs(o, n, spent)) {
+    a.k = k[(n + 1) % sets];
+    a.v = v[(n + 1) % sets];
     double t0 = cli_now_ms();
     if ((s = attn_sdpa(ctx, &a)) || (s = attn_synchronize(ctx))) goto done;
     times[n] = cli_now_ms() - t0;
@@ -307,8 +322,10 @@ static attn_status run_sdpa_shape(attn_context *ctx, const options *o, const ben
   r->max_ms = times[n - 1];
 done:
   attn_tensor_free(q);
-  attn_tensor_free(k);
-  attn_tensor_free(v);
+  for (int64_t i = 0; i < sets; i++) {
+    attn_tensor_free(k[i]);
+    attn_tensor_free(v[i]);
+  }
   attn_tensor_free(out);
   return s;
 }
@@ -651,7 +668,7 @@ static int write_svg(const char *path, const result *res, int nres) {
 
 static int parse_options(int argc, char **argv, options *o) {
   enum { O_DEVICE = 300, O_QUICK, O_SEQ, O_DIM, O_HEADS, O_REPEAT, O_WARMUP, O_REFLIMIT,
-         O_REFRESH, O_JSON, O_CSV, O_SVG, O_KVDTYPE };
+         O_REFRESH, O_JSON, O_CSV, O_SVG, O_KVDTYPE, O_KVSETS };
   static const struct option opts[] = {{"device", required_argument, NULL, O_DEVICE},
                                        {"quick", no_argument, NULL, O_QUICK},
                                        {"seq", required_argument, NULL, O_SEQ},
@@ -665,6 +682,7 @@ static int parse_options(int argc, char **argv, options *o) {
                                        {"csv", no_argument, NULL, O_CSV},
                                        {"svg", required_argument, NULL, O_SVG},
                                        {"kv-dtype", required_argument, NULL, O_KVDTYPE},
+                                       {"kv-sets", required_argument, NULL, O_KVSETS},
                                        {"help", no_argument, NULL, 'h'},
                                        {NULL, 0, NULL, 0}};
   bool seq_given = false, dim_given = false, warmup_given = false;
@@ -709,6 +727,7 @@ static int parse_options(int argc, char **argv, options *o) {
       o->svg = optarg;
       break;
     case O_KVDTYPE: ok = parse_dtype_list(optarg, o); break;
+    case O_KVSETS: ok = cli_parse_int("--kv-sets", optarg, 1, MAX_KV_SETS, &o->kv_sets); break;
     case 'h': bench_help(stdout); return -1;
     case ':': return cli_usage_fail("option '%s' needs an argument", argv[optind - 1]);
     default: return cli_usage_fail("unknown option '%s'", argv[optind - 1]);
@@ -732,6 +751,7 @@ static int parse_options(int argc, char **argv, options *o) {
   if (!o->heads) o->heads = o->quick ? 4 : 8;
   if (!o->repeat_given) o->repeat = o->quick ? 3 : 5;
   if (!warmup_given) o->warmup = 1;
+  if (!o->kv_sets) o->kv_sets = 1;
   if (!o->nkv) {
     o->nkv = 1;
     o->kv_dtype[0] = ATTN_F32;
