@@ -29,6 +29,14 @@
  *               decode is bound by, are read with vector loads of their
  *               storage type (vload_halfN, or ushortN shifted), widened in
  *               registers; the partials stay f32.
+ *   -DKPAIR=1 -DVPAIR=1  bf16 K / V (VW 16) whose rows start at even
+ *               elements: read as 8 uints = 16 bf16, the even elements by a
+ *               shift and the odd ones by a mask, without widening each
+ *               ushort first (12-15% faster decode from memory on POCL). The
+ *               16 lanes then hold the elements in the order 0 2 4 .. 14 1 3
+ *               .. 15: q is loaded in that order (a dot product does not care)
+ *               and acc, which accumulates V in it, is put back in order when
+ *               the partials are written.
  * k and v have unit stride along the head dim (the host checks); q, out and
  * lse may have any strides.
  */
@@ -73,6 +81,22 @@ typedef ATTN_TYPE(MT) mt;
 #define LOG2E 1.4426950408889634f
 #define LN2 0.6931471805599453f
 
+#ifndef KPAIR
+#define KPAIR 0
+#endif
+#ifndef VPAIR
+#define VPAIR 0
+#endif
+#if (KPAIR || VPAIR) && VW != 16
+#error "KPAIR / VPAIR need VW=16"
+#endif
+
+/* 16 bf16 at p[16x ..]: even elements in lanes 0-7, odd ones in 8-15. */
+static inline float16 bf16_pairs16(int x, const __global ushort *p) {
+  const uint8 u = vload8(x, (const __global uint *)p);
+  return (float16)(as_float8(u << 16), as_float8(u & (uint8)(0xffff0000u)));
+}
+
 #if VW == 16
 #define VEC float16
 #define VLOAD(T, x, p) ATTN_VLOAD16(T, x, p)
@@ -91,6 +115,12 @@ typedef ATTN_TYPE(MT) mt;
 #define NV (Dv / VW)
 #endif
 
+
+#if VPAIR
+#define VLOADV(x, p) bf16_pairs16((x), (p))
+#else
+#define VLOADV(x, p) VLOAD(VT, x, p)
+#endif
 
 /* A VEC folded to a float8 of partial sums. */
 #if VW == 16
@@ -158,6 +188,9 @@ __kernel void decode_partial(__global const qt *q, long q_off, long4 q_st,
       #pragma unroll
       for (int e = 0; e < VW; e++) t[e] = ATTN_LD(QT, qr, (long)(x * VW + e) * q_st.s3) * qscale;
       qv[r][x] = VLOAD(ATTN_F32, 0, t);
+#if KPAIR
+      qv[r][x] = (float16)(qv[r][x].even, qv[r][x].odd); /* the order K is read in */
+#endif
     }
   }
 
@@ -187,7 +220,11 @@ __kernel void decode_partial(__global const qt *q, long q_off, long4 q_st,
       for (int r = 0; r < RB; r++) sa[r] = (VEC)(0.0f);
       #pragma unroll
       for (int x = 0; x < NQ; x++) {
+#if KPAIR
+        const VEC kx = bf16_pairs16(x, kr);
+#else
         const VEC kx = VLOAD(KT, x, kr);
+#endif
         #pragma unroll
         for (int r = 0; r < RB; r++) sa[r] = fma(qv[r][x], kx, sa[r]);
       }
@@ -238,7 +275,7 @@ __kernel void decode_partial(__global const qt *q, long q_off, long4 q_st,
         for (int r = 0; r < RB; r++) a[r] = grew ? acc[r][x] * corr[r] : acc[r][x];
         #pragma unroll
         for (int t = 0; t < KB; t++) {
-          const VEC vx = VLOAD(VT, x, vb + (long)min(j0 + t, je - 1) * v_st.s2);
+          const VEC vx = VLOADV(x, vb + (long)min(j0 + t, je - 1) * v_st.s2);
           #pragma unroll
           for (int r = 0; r < RB; r++) a[r] = fma((VEC)(pt[r][t]), vx, a[r]);
         }
@@ -255,7 +292,7 @@ __kernel void decode_partial(__global const qt *q, long q_off, long4 q_st,
         for (int r = 0; r < RB; r++) a[r] = grew ? acc[r][x] * corr[r] : acc[r][x];
         #pragma unroll
         for (int t = 0; t < KB; t++) {
-          const VEC vx = VLOAD(VT, x, vb + (long)min(j0 + t, je - 1) * v_st.s2);
+          const VEC vx = VLOADV(x, vb + (long)min(j0 + t, je - 1) * v_st.s2);
           #pragma unroll
           for (int r = 0; r < RB; r++)
             if (pt[r][t] != 0.0f) a[r] = fma((VEC)(pt[r][t]), vx, a[r]);
@@ -275,7 +312,12 @@ __kernel void decode_partial(__global const qt *q, long q_off, long4 q_st,
     pp[0] = m[r];
     pp[1] = l[r];
     #pragma unroll
-    for (int x = 0; x < NV; x++) VSTORE(acc[r][x], x, pp + 2);
+    for (int x = 0; x < NV; x++)
+#if VPAIR
+      VSTORE(acc[r][x].s08192a3b4c5d6e7f, x, pp + 2); /* back to element order */
+#else
+      VSTORE(acc[r][x], x, pp + 2);
+#endif
   }
 }
 

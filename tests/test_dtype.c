@@ -191,16 +191,19 @@ typedef struct shape_case {
   int64_t B, Hq, Hkv, Sq, Skv, D, Dv;
   bool causal, kv_lens, lse;
   attn_mask_kind mask; /* used when the mix has a mask type */
+  int64_t koff;        /* k's view starts this many elements into its storage */
 } shape_case;
 
 static const shape_case shapes[] = {
     /* small, every option */
-    {2, 4, 2, 5, 7, 16, 8, true, true, true, ATTN_MASK_ADDITIVE},
+    {2, 4, 2, 5, 7, 16, 8, true, true, true, ATTN_MASK_ADDITIVE, 0},
     /* decode-shaped: one query row over many keys (pocl's split-key path) */
-    {1, 8, 2, 1, 700, 64, 64, false, true, true, ATTN_MASK_ADDITIVE},
-    {1, 4, 1, 3, 300, 128, 128, true, false, false, ATTN_MASK_BOOL},
+    {1, 8, 2, 1, 700, 64, 64, false, true, true, ATTN_MASK_ADDITIVE, 0},
+    /* the same at an odd element offset (rows not on 4-byte boundaries in 16 bits) */
+    {1, 8, 2, 1, 300, 64, 64, false, false, true, ATTN_MASK_ADDITIVE, 1},
+    {1, 4, 1, 3, 300, 128, 128, true, false, false, ATTN_MASK_BOOL, 0},
     /* prefill-shaped (pocl's flash kernel: several 32-row blocks) */
-    {1, 2, 2, 70, 70, 32, 32, true, false, true, ATTN_MASK_ADDITIVE},
+    {1, 2, 2, 70, 70, 32, 32, true, false, true, ATTN_MASK_ADDITIVE, 0},
 };
 
 static size_t numel4(int64_t a, int64_t b, int64_t c, int64_t d) { return (size_t)(a * b * c * d); }
@@ -248,23 +251,23 @@ static void run_sdpa_mix(attn_context *ctx, const mix *m, const shape_case *s, u
   attn_tensor *tq = upload(ctx, m->q, 4, qs, q, nq);
   attn_tensor *kst = NULL, *tk = NULL;
   {
-    const int64_t st_shape[4] = {B, Skv, Hkv, D};
-    float *kbshd = malloc(nk * sizeof *kbshd);
+    const int64_t st_shape[1] = {(int64_t)nk + s->koff};
+    float *kbshd = calloc(nk + (size_t)s->koff, sizeof *kbshd);
     assert_non_null(kbshd);
     for (int64_t b = 0; b < B; b++)
       for (int64_t h = 0; h < Hkv; h++)
         for (int64_t j = 0; j < Skv; j++)
-          memcpy(&kbshd[((b * Skv + j) * Hkv + h) * D], &k[((b * Hkv + h) * Skv + j) * D],
-                 (size_t)D * sizeof *k);
-    kst = upload(ctx, m->k, 4, st_shape, kbshd, nk);
+          memcpy(&kbshd[s->koff + ((b * Skv + j) * Hkv + h) * D],
+                 &k[((b * Hkv + h) * Skv + j) * D], (size_t)D * sizeof *k);
+    kst = upload(ctx, m->k, 1, st_shape, kbshd, nk + (size_t)s->koff);
     for (int64_t b = 0; b < B; b++) /* k as stored, for the oracle */
       for (int64_t h = 0; h < Hkv; h++)
         for (int64_t j = 0; j < Skv; j++)
-          memcpy(&k[((b * Hkv + h) * Skv + j) * D], &kbshd[((b * Skv + j) * Hkv + h) * D],
-                 (size_t)D * sizeof *k);
+          memcpy(&k[((b * Hkv + h) * Skv + j) * D],
+                 &kbshd[s->koff + ((b * Skv + j) * Hkv + h) * D], (size_t)D * sizeof *k);
     free(kbshd);
     const int64_t kshape[4] = {B, Hkv, Skv, D}, kstr[4] = {Skv * Hkv * D, D, Hkv * D, 1};
-    CHECK_OK(attn_tensor_view(kst, 0, 4, kshape, kstr, &tk));
+    CHECK_OK(attn_tensor_view(kst, s->koff, 4, kshape, kstr, &tk));
   }
   attn_tensor *tv = upload(ctx, m->v, 4, vs, v, nv);
   attn_tensor *tm = has_mask ? upload(ctx, (attn_dtype)m->mt, 4, ms, mask, nm) : NULL;

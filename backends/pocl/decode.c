@@ -54,6 +54,13 @@ static cl_long4 strides4(const attn_view *v) {
 
 static cl_mem mem_of(const attn_view *v) { return v->buf ? v->buf->mem : NULL; }
 
+/* A bf16 view whose every row starts at an even element (offset and the
+ * strides of the row dims even): its rows can be read as 32-bit pairs. */
+static bool pairs_aligned(const attn_view *v) {
+  return v->dtype == ATTN_BF16 && v->offset % 2 == 0 && v->strides[0] % 2 == 0 &&
+         v->strides[1] % 2 == 0 && v->strides[2] % 2 == 0;
+}
+
 attn_status pocl_decode_sdpa(clrt_ctx *c, const attn_sdpa_desc *d, int groups_per_cu) {
   cl_int B = (cl_int)d->q.shape[0], Hq = (cl_int)d->q.shape[1], Hkv = (cl_int)d->k.shape[1];
   cl_int Sq = (cl_int)d->q.shape[2], Skv = (cl_int)d->k.shape[2];
@@ -71,6 +78,13 @@ attn_status pocl_decode_sdpa(clrt_ctx *c, const attn_sdpa_desc *d, int groups_pe
   snprintf(opts, sizeof opts, "-DVW=%d -DHD=%d -DEXACT=%d -DRB=%d", vw, hd,
            D == hd && Dv == hd, rb);
   pocl_sdpa_dtype_options(d, opts, sizeof opts); /* weights never come here */
+  /* bf16 K / V rows that start on 4-byte boundaries are read as pairs
+   * (KPAIR / VPAIR in kernels/decode.cl). */
+  size_t used = strlen(opts);
+  if (vw == 16 && pairs_aligned(&d->k))
+    used += (size_t)snprintf(opts + used, sizeof opts - used, " -DKPAIR=1");
+  if (vw == 16 && pairs_aligned(&d->v) && used < sizeof opts)
+    snprintf(opts + used, sizeof opts - used, " -DVPAIR=1");
   cl_kernel kp, kr;
   attn_status s = clrt_kernel_get(c, "decode", opts, "decode_partial", &kp);
   if (s == ATTN_OK) s = clrt_kernel_get(c, "decode", opts, "decode_reduce", &kr);
