@@ -48,6 +48,31 @@
 #define ATTN_VLOAD16_2(x, p) as_float16(convert_uint16(vload16((x), (p))) << 16)
 #define ATTN_VLOAD16(T, x, p) ATTN_CAT(ATTN_VLOAD16_, T)(x, p)
 
+/* The storage types of the attention operands q, k, v, out and the mask as
+ * the types qt, kt, vt, ot, mt (sdpa.cl and decode.cl); an option left out
+ * is f32. Use once, at file scope, after setting QT .. MT or not. */
+#ifndef QT
+#define QT 0
+#endif
+#ifndef KT
+#define KT 0
+#endif
+#ifndef VT
+#define VT 0
+#endif
+#ifndef OT
+#define OT 0
+#endif
+#ifndef MT
+#define MT 0
+#endif
+#define ATTN_SDPA_TYPES                                                                    \
+  typedef ATTN_TYPE(QT) qt;                                                                \
+  typedef ATTN_TYPE(KT) kt;                                                                \
+  typedef ATTN_TYPE(VT) vt;                                                                \
+  typedef ATTN_TYPE(OT) ot;                                                                \
+  typedef ATTN_TYPE(MT) mt;
+
 static inline ushort attn_f32_to_bf16(float f) {
   const uint u = as_uint(f);
   if ((u & 0x7fffffffu) > 0x7f800000u) return (ushort)((u >> 16) | 0x0040u); /* quiet NaN */

@@ -54,26 +54,7 @@
 #define RB 4
 #endif
 
-#ifndef QT
-#define QT 0
-#endif
-#ifndef KT
-#define KT 0
-#endif
-#ifndef VT
-#define VT 0
-#endif
-#ifndef OT
-#define OT 0
-#endif
-#ifndef MT
-#define MT 0
-#endif
-typedef ATTN_TYPE(QT) qt;
-typedef ATTN_TYPE(KT) kt;
-typedef ATTN_TYPE(VT) vt;
-typedef ATTN_TYPE(OT) ot;
-typedef ATTN_TYPE(MT) mt;
+ATTN_SDPA_TYPES
 
 #define KB 8 /* keys per softmax block */
 #define MAX_CHUNKS 64 /* the host never splits the keys further */

@@ -35,29 +35,10 @@
 #ifndef UNIT
 #define UNIT 0
 #endif
-#ifndef QT
-#define QT 0
-#endif
-#ifndef KT
-#define KT 0
-#endif
-#ifndef VT
-#define VT 0
-#endif
-#ifndef OT
-#define OT 0
-#endif
-#ifndef MT
-#define MT 0
-#endif
 #ifndef WT
 #define WT 0
 #endif
-typedef ATTN_TYPE(QT) qt;
-typedef ATTN_TYPE(KT) kt;
-typedef ATTN_TYPE(VT) vt;
-typedef ATTN_TYPE(OT) ot;
-typedef ATTN_TYPE(MT) mt;
+ATTN_SDPA_TYPES
 typedef ATTN_TYPE(WT) wt;
 
 #define R 16 /* rows of a sdpa_weights work-item */

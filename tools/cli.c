@@ -181,16 +181,7 @@ void cli_print_device(attn_context *ctx) {
 /* ---- element types ----------------------------------------------------------------- */
 
 bool cli_parse_dtype(const char *opt, const char *s, attn_dtype *t) {
-  static const struct {
-    const char *name;
-    attn_dtype t;
-  } names[] = {{"f32", ATTN_F32},     {"float32", ATTN_F32}, {"f16", ATTN_F16},
-               {"float16", ATTN_F16}, {"bf16", ATTN_BF16},   {"bfloat16", ATTN_BF16}};
-  for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
-    if (strcmp(s, names[i].name) == 0) {
-      *t = names[i].t;
-      return true;
-    }
+  if (attn_dtype_parse(s, t) == ATTN_OK) return true;
   cli_usage_fail("%s: '%s' is not f32, f16 or bf16", opt, s);
   return false;
 }
