@@ -585,6 +585,43 @@ static void test_file_roundtrip(void **state) {
   assert_non_null(strstr(err, "directory"));
 }
 
+/* Inputs that never end or are far larger than their header: refused before
+ * their data is read (issue 13, item 6; and a FIFO must not hang, item 5). */
+static void test_unbounded_inputs(void **state) {
+  (void)state;
+  char err[NPY_ERR_MAX];
+  npy_array a;
+  npy_want w = {NPY_F32, 1, 4};
+  /* /dev/zero: not a regular file; it would read for ever. */
+  assert_int_equal(npy_read_file("/dev/zero", &w, &a, err, sizeof err), ATTN_ERR_IO);
+  assert_non_null(strstr(err, "/dev/zero: not a regular file"));
+  assert_null(a.data);
+  /* A FIFO with no writer: open must not block, and it is refused. */
+  char fifo[512];
+  snprintf(fifo, sizeof fifo, "%s/fifo.npy", tmpdir);
+  assert_int_equal(mkfifo(fifo, 0600), 0);
+  assert_int_equal(npy_read_file(fifo, &w, &a, err, sizeof err), ATTN_ERR_IO);
+  assert_non_null(strstr(err, "not a regular file"));
+  unlink(fifo);
+  /* A valid 6-float file followed by a sparse 4 GiB of zeros: refused
+   * without reading the data (a read of 4 GiB would take seconds and as
+   * much memory). */
+  char big[512];
+  snprintf(big, sizeof big, "%s/big.npy", tmpdir);
+  const int64_t shape[1] = {6};
+  assert_int_equal(npy_write_f32(big, 1, shape, f6, err, sizeof err), ATTN_OK);
+  struct stat st;
+  assert_int_equal(stat(big, &st), 0);
+  assert_int_equal(truncate(big, st.st_size + ((off_t)4 << 30)), 0);
+  assert_int_equal(npy_read_file(big, &w, &a, err, sizeof err), ATTN_ERR_FORMAT);
+  assert_non_null(strstr(err, "4294967296 bytes of trailing data after the 24 bytes"));
+  /* A header that announces more than a huge file holds is still read only
+   * as far as the header. */
+  assert_int_equal(truncate(big, 10), 0);
+  assert_int_equal(npy_read_file(big, &w, &a, err, sizeof err), ATTN_ERR_FORMAT);
+  unlink(big);
+}
+
 static void test_atomic_write_failures(void **state) {
   (void)state;
   char path[512], err[NPY_ERR_MAX];
@@ -641,6 +678,7 @@ int main(void) {
       cmocka_unit_test(test_half_roundtrip),
       cmocka_unit_test(test_half_refused),
       cmocka_unit_test(test_file_roundtrip),
+      cmocka_unit_test(test_unbounded_inputs),
       cmocka_unit_test(test_atomic_write_failures),
   };
   return cmocka_run_group_tests(tests, setup_dir, teardown_dir);

@@ -299,15 +299,19 @@ static uint32_t rd_u32le(const unsigned char *b) {
   return (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
 }
 
-attn_status npy_parse(const void *buf_, size_t len, const char *name_, const npy_want *want,
-                      npy_array *out, char *err, size_t errlen) {
-  const unsigned char *buf = buf_;
-  const char *name = safe_name(name_);
-  if (out) memset(out, 0, sizeof *out);
-  if (!out || (!buf && len) || !want || want->min_rank < 1 || want->max_rank > NPY_MAX_DIMS ||
-      want->min_rank > want->max_rank || !want->dtypes)
-    return fail(ATTN_ERR_INVALID_ARG, err, errlen, "npy_parse: %s: invalid arguments", name);
+/* What a valid preamble and header announce. */
+typedef struct npy_header {
+  unsigned dtype;
+  int ndim;
+  int64_t shape[NPY_MAX_DIMS];
+  size_t count, item, data_off, nbytes;
+} npy_header;
 
+/* The preamble and header at the start of buf (len bytes, at least the
+ * whole header): checked against want, data not looked at. */
+static attn_status parse_header(const unsigned char *buf, size_t len, const char *name,
+                                const npy_want *want, npy_header *hd, char *err,
+                                size_t errlen) {
   size_t m = len < sizeof npy_magic ? len : sizeof npy_magic;
   if (memcmp(buf, npy_magic, m) != 0 || len == 0)
     return fail(ATTN_ERR_FORMAT, err, errlen,
@@ -418,9 +422,32 @@ attn_status npy_parse(const void *buf_, size_t len, const char *name_, const npy
                   d.shape[i]);
     count *= (size_t)d.shape[i];
   }
-  size_t nbytes = count * item, have = len - data_off;
+  hd->dtype = dtype;
+  hd->ndim = d.ndim;
+  memcpy(hd->shape, d.shape, sizeof(int64_t) * (size_t)d.ndim);
+  hd->count = count;
+  hd->item = item;
+  hd->data_off = data_off;
+  hd->nbytes = count * item;
+  return ATTN_OK;
+}
+
+attn_status npy_parse(const void *buf_, size_t len, const char *name_, const npy_want *want,
+                      npy_array *out, char *err, size_t errlen) {
+  const unsigned char *buf = buf_;
+  const char *name = safe_name(name_);
+  if (out) memset(out, 0, sizeof *out);
+  if (!out || (!buf && len) || !want || want->min_rank < 1 || want->max_rank > NPY_MAX_DIMS ||
+      want->min_rank > want->max_rank || !want->dtypes)
+    return fail(ATTN_ERR_INVALID_ARG, err, errlen, "npy_parse: %s: invalid arguments", name);
+  npy_header hd;
+  attn_status hs = parse_header(buf, len, name, want, &hd, err, errlen);
+  if (hs) return hs;
+  const unsigned dtype = hd.dtype;
+  const size_t count = hd.count, item = hd.item, data_off = hd.data_off, nbytes = hd.nbytes,
+               have = len - data_off;
   char sh[160];
-  shape_str(d.shape, d.ndim, sh, sizeof sh);
+  shape_str(hd.shape, hd.ndim, sh, sizeof sh);
   if (have < nbytes)
     return fail(ATTN_ERR_FORMAT, err, errlen,
                 "%s: truncated data: %zu bytes, shape %s of %s needs %zu", name, have, sh,
@@ -455,8 +482,8 @@ attn_status npy_parse(const void *buf_, size_t len, const char *name_, const npy
     }
   }
   out->dtype = (npy_dtype)dtype;
-  out->ndim = d.ndim;
-  memcpy(out->shape, d.shape, sizeof(int64_t) * (size_t)d.ndim);
+  out->ndim = hd.ndim;
+  memcpy(out->shape, hd.shape, sizeof(int64_t) * (size_t)hd.ndim);
   out->count = count;
   out->data = data;
   return ATTN_OK;
@@ -468,52 +495,113 @@ void npy_free(npy_array *a) {
   memset(a, 0, sizeof *a);
 }
 
+/* Read exactly n bytes at the file's current offset into buf; 0 or errno. */
+static int read_exact(int fd, unsigned char *buf, size_t n, size_t *got) {
+  *got = 0;
+  while (*got < n) {
+    ssize_t r = read(fd, buf + *got, n - *got);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) return errno;
+    if (r == 0) break;
+    *got += (size_t)r;
+  }
+  return 0;
+}
+
+/* Headers numpy writes are a few hundred bytes; this bounds what an
+ * untrusted header length can make us read before anything is checked. */
+#define NPY_MAX_HEADER ((size_t)1 << 20)
+
 attn_status npy_read_file(const char *path, const npy_want *want, npy_array *out, char *err,
                           size_t errlen) {
   if (out) memset(out, 0, sizeof *out);
   if (!path || !*path)
     return fail(ATTN_ERR_INVALID_ARG, err, errlen, "npy_read_file: empty path");
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (!out || !want)
+    return fail(ATTN_ERR_INVALID_ARG, err, errlen, "npy_read_file: %s: invalid arguments", path);
+  /* O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused below). */
+  int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0)
     return fail(ATTN_ERR_IO, err, errlen, "%s: cannot open: %s", path, strerror(errno));
   struct stat st;
-  if (fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
+  if (fstat(fd, &st) != 0) {
+    int e = errno;
+    close(fd);
+    return fail(ATTN_ERR_IO, err, errlen, "%s: cannot stat: %s", path, strerror(e));
+  }
+  if (S_ISDIR(st.st_mode)) {
     close(fd);
     return fail(ATTN_ERR_IO, err, errlen, "%s: cannot read: is a directory", path);
   }
-  /* Read to the end rather than trusting st_size (pipes, files that change). */
-  size_t cap = S_ISREG(st.st_mode) && st.st_size > 0 ? (size_t)st.st_size + 1 : 65536, len = 0;
-  unsigned char *buf = malloc(cap);
-  if (!buf) {
+  /* A device, FIFO or socket has no size to check against the header, and
+   * may never end (/dev/zero): only regular files are read. */
+  if (!S_ISREG(st.st_mode)) {
     close(fd);
-    return fail(ATTN_ERR_NOMEM, err, errlen, "%s: out of memory reading the file", path);
+    return fail(ATTN_ERR_IO, err, errlen, "%s: not a regular file (a .npy input must be one)",
+                path);
   }
-  for (;;) {
-    if (len == cap) {
-      size_t ncap = cap * 2;
-      unsigned char *nb = ncap > cap ? realloc(buf, ncap) : NULL;
-      if (!nb) {
-        free(buf);
-        close(fd);
-        return fail(ATTN_ERR_NOMEM, err, errlen, "%s: out of memory reading the file", path);
-      }
-      buf = nb;
-      cap = ncap;
-    }
-    ssize_t r = read(fd, buf + len, cap - len);
-    if (r < 0 && errno == EINTR) continue;
-    if (r < 0) {
-      int e = errno;
-      free(buf);
-      close(fd);
-      return fail(ATTN_ERR_IO, err, errlen, "%s: cannot read: %s", path, strerror(e));
-    }
-    if (r == 0) break;
-    len += (size_t)r;
+  const size_t fsize = (size_t)st.st_size;
+  /* The preamble and header first: nothing more is read until they are
+   * valid and announce exactly the bytes the file holds. */
+  unsigned char pre[12];
+  size_t got;
+  int e = read_exact(fd, pre, sizeof pre < fsize ? sizeof pre : fsize, &got);
+  attn_status s = ATTN_OK;
+  unsigned char *buf = NULL;
+  if (e) {
+    s = fail(ATTN_ERR_IO, err, errlen, "%s: cannot read: %s", path, strerror(e));
+    goto done;
   }
-  close(fd);
-  attn_status s = npy_parse(buf, len, path, want, out, err, errlen);
+  size_t hlen_end = got; /* bytes of preamble + header, once known */
+  if (got >= 10 && memcmp(pre, npy_magic, sizeof npy_magic) == 0 && pre[7] == 0) {
+    const unsigned major = pre[6];
+    if (major == 1) hlen_end = 10 + (size_t)(pre[8] | pre[9] << 8);
+    else if ((major == 2 || major == 3) && got >= 12) hlen_end = 12 + (size_t)rd_u32le(pre + 8);
+  }
+  if (hlen_end > fsize) hlen_end = fsize; /* parse_header names the truncation */
+  if (hlen_end > NPY_MAX_HEADER) {
+    s = fail(ATTN_ERR_FORMAT, err, errlen, "%s: header length %zu exceeds %zu bytes", path,
+             hlen_end, NPY_MAX_HEADER);
+    goto done;
+  }
+  buf = malloc(hlen_end > got ? hlen_end : got ? got : 1);
+  if (!buf) {
+    s = fail(ATTN_ERR_NOMEM, err, errlen, "%s: out of memory reading the file", path);
+    goto done;
+  }
+  memcpy(buf, pre, got);
+  size_t more = 0;
+  if (hlen_end > got && (e = read_exact(fd, buf + got, hlen_end - got, &more))) {
+    s = fail(ATTN_ERR_IO, err, errlen, "%s: cannot read: %s", path, strerror(e));
+    goto done;
+  }
+  npy_header hd;
+  if ((s = parse_header(buf, got + more, path, want, &hd, err, errlen))) goto done;
+  /* A file larger than its header announces is refused without reading
+   * it; a shorter one is read and refused as truncated by npy_parse. */
+  if (fsize > hd.data_off + hd.nbytes) {
+    s = fail(ATTN_ERR_FORMAT, err, errlen,
+             "%s: %zu bytes of trailing data after the %zu bytes the header announces", path,
+             fsize - hd.data_off - hd.nbytes, hd.nbytes);
+    goto done;
+  }
+  {
+    unsigned char *all = realloc(buf, fsize ? fsize : 1);
+    if (!all) {
+      s = fail(ATTN_ERR_NOMEM, err, errlen, "%s: out of memory for %zu bytes", path, fsize);
+      goto done;
+    }
+    buf = all;
+    size_t rest = 0;
+    if ((e = read_exact(fd, buf + got + more, fsize - got - more, &rest))) {
+      s = fail(ATTN_ERR_IO, err, errlen, "%s: cannot read: %s", path, strerror(e));
+      goto done;
+    }
+    s = npy_parse(buf, got + more + rest, path, want, out, err, errlen);
+  }
+done:
   free(buf);
+  close(fd);
   return s;
 }
 
