@@ -565,6 +565,22 @@ static void test_run_failures(void **state) {
   spawn_expect_status(&r, 2);
   expect_error_line(&r, "same file");
   assert_false(exists(po));
+  /* ... also in other spellings of it: compared by the directory's identity
+   * and the name, not as strings (issue 13, item 7) */
+  {
+    char alias[2][400];
+    const char *slash = strrchr(po, '/');
+    assert_non_null(slash);
+    snprintf(alias[0], sizeof alias[0], "%.*s/./%s", (int)(slash - po), po, slash + 1);
+    snprintf(alias[1], sizeof alias[1], "%.*s/../%s/%s", (int)(slash - po), po,
+             strrchr(dir, '/') ? strrchr(dir, '/') + 1 : dir, slash + 1);
+    for (int i = 0; i < 2; i++) {
+      RUN(&r, "run", "--seq", "4", "--out", po, "--weights-out", alias[i]);
+      spawn_expect_status(&r, 2);
+      expect_error_line(&r, "name the same file");
+      assert_false(exists(po));
+    }
+  }
   /* an existing file survives a failed run untouched */
   FILE *f = fopen(po, "w");
   assert_non_null(f);

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 const char *cli_cmd = NULL;
@@ -179,6 +180,30 @@ void cli_print_device(attn_context *ctx) {
 }
 
 /* ---- element types ----------------------------------------------------------------- */
+
+/* The directory part of path ("." for none) into dir, and its last
+ * component. */
+static const char *split_path(const char *path, char *dir, size_t cap) {
+  const char *slash = strrchr(path, '/');
+  if (!slash) {
+    snprintf(dir, cap, ".");
+    return path;
+  }
+  size_t n = (size_t)(slash - path);
+  if (n == 0) n = 1; /* "/x": the root */
+  snprintf(dir, cap, "%.*s", (int)(n < cap ? n : cap - 1), path);
+  return slash + 1;
+}
+
+bool cli_same_output(const char *a, const char *b) {
+  if (strcmp(a, b) == 0) return true;
+  char da[4096], db[4096];
+  const char *ba = split_path(a, da, sizeof da), *bb = split_path(b, db, sizeof db);
+  if (strcmp(ba, bb) != 0) return false;
+  struct stat sa, sb;
+  if (stat(da, &sa) != 0 || stat(db, &sb) != 0) return false;
+  return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
 
 bool cli_parse_dtype(const char *opt, const char *s, attn_dtype *t) {
   if (attn_dtype_parse(s, t) == ATTN_OK) return true;

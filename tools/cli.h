@@ -85,6 +85,13 @@ void cli_print_device(attn_context *ctx);
 /* A --dtype style option: f32, f16 or bf16 (also float32, float16, bfloat16).
  * On a bad value prints the usage error and returns false. */
 bool cli_parse_dtype(const char *opt, const char *s, attn_dtype *t);
+
+/* Do two output paths name the same directory entry, however spelled
+ * ("b.npy", "./b.npy", "d/../b.npy", a symlinked directory)? Outputs are
+ * written to a temporary file renamed onto the path, so the entry, not the
+ * file it may already be (a hard link, a symlink's target), is what two
+ * outputs must not share. */
+bool cli_same_output(const char *a, const char *b);
 /* The .npy dtype of a tensor type ('<f4', '<f2', '<V2') and back; an npy
  * dtype that is not a float type maps to ATTN_F32. */
 npy_dtype cli_npy_dtype(attn_dtype t);

@@ -261,8 +261,13 @@ int cmd_run(int argc, char **argv, const char *default_device) {
   static const char *const out_opt[3] = {"--out", "--weights-out", "--lse-out"};
   for (int a = 0; a < 3; a++)
     for (int b = a + 1; b < 3; b++)
-      if (outs[a] && outs[b] && !strcmp(outs[a], outs[b]))
-        return cli_usage_fail("%s and %s name the same file '%s'", out_opt[a], out_opt[b], outs[a]);
+      if (outs[a] && outs[b] && cli_same_output(outs[a], outs[b])) {
+        if (!strcmp(outs[a], outs[b]))
+          return cli_usage_fail("%s and %s name the same file '%s'", out_opt[a], out_opt[b],
+                                outs[a]);
+        return cli_usage_fail("%s '%s' and %s '%s' name the same file", out_opt[a], outs[a],
+                              out_opt[b], outs[b]);
+      }
   bool from_files = fq || fk || fv;
   if (from_files && !(fq && fk && fv))
     return cli_usage_fail("--q, --k and --v go together (missing %s)", !fq ? "--q" : !fk ? "--k" : "--v");
