@@ -61,6 +61,7 @@ struct attn_mha {
   attn_tensor *qbuf, *kbuf, *vbuf, *abuf;
   graph_op ops[GRAPH_MAX_OPS];
   int nops;
+  bool released; /* attn_mha_free was called; kept alive by its caches */
   bool profiling;
   attn_mha_profile prof;
   attn_kv_cache *caches;
@@ -447,10 +448,14 @@ attn_status attn_mha_create(attn_context *ctx, const attn_mha_desc *desc, const 
   return ATTN_OK;
 }
 
-void attn_mha_free(attn_mha *g) {
-  if (!g) return;
-  /* A cache cannot outlive its graph: free those still bound. */
-  while (g->caches) attn_kv_cache_free(g->caches);
+/* A graph freed by its caller but kept for its caches refuses every use. */
+static attn_status released_error(void) {
+  return attn__error(ATTN_ERR_INVALID_ARG,
+                     "graph: already freed (kept only until its KV caches are freed)");
+}
+
+/* Free the graph itself; its caches must be gone. */
+static void graph_destroy(attn_mha *g) {
   attn_tensor_free(g->qbuf);
   attn_tensor_free(g->kbuf);
   attn_tensor_free(g->vbuf);
@@ -461,8 +466,22 @@ void attn_mha_free(attn_mha *g) {
   free(g);
 }
 
+void attn_mha_free(attn_mha *g) {
+  if (!g || g->released) return;
+  /* Caches still bound keep the graph (and its buffers) until the last of
+   * them is freed: freeing a graph first must not make a later
+   * attn_kv_cache_free a use after free. */
+  g->released = true;
+  if (!g->caches) graph_destroy(g);
+}
+
 void attn__context_free_graphs(attn_context *ctx) {
-  while (ctx->graphs) attn_mha_free(ctx->graphs);
+  while (ctx->graphs) {
+    attn_mha *g = ctx->graphs;
+    g->released = true;
+    while (g->caches) attn_kv_cache_free(g->caches); /* the last one destroys g */
+    if (ctx->graphs == g) graph_destroy(g);
+  }
 }
 
 /* ---- runs ---------------------------------------------------------------------- */
@@ -472,6 +491,7 @@ attn_status attn_mha_run(attn_mha *g, const attn_tensor *x, const attn_tensor *k
   ATTN_ENTER("attn_mha_run");
   attn_status s;
   if (!g) return attn__error(ATTN_ERR_INVALID_ARG, "graph: NULL");
+  if (g->released) return released_error();
   if ((s = check_x_out(g, x, out))) return s;
   if (kv_x) {
     if (kv_x->st->ctx != g->ctx)
@@ -498,6 +518,7 @@ attn_status attn_mha_run(attn_mha *g, const attn_tensor *x, const attn_tensor *k
 attn_status attn_mha_set_profiling(attn_mha *g, bool on) {
   ATTN_ENTER("attn_mha_set_profiling");
   if (!g) return attn__error(ATTN_ERR_INVALID_ARG, "graph: NULL");
+  if (g->released) return released_error();
   g->profiling = on;
   return ATTN_OK;
 }
@@ -505,6 +526,7 @@ attn_status attn_mha_set_profiling(attn_mha *g, bool on) {
 attn_status attn_mha_profile_get(const attn_mha *g, attn_mha_profile *p) {
   ATTN_ENTER("attn_mha_profile_get");
   if (!g) return attn__error(ATTN_ERR_INVALID_ARG, "graph: NULL");
+  if (g->released) return released_error();
   if (!p) return attn__error(ATTN_ERR_INVALID_ARG, "p: NULL");
   *p = g->prof;
   return ATTN_OK;
@@ -524,6 +546,7 @@ static attn_status kv_cache_create(attn_mha *g, int64_t batch, int64_t capacity,
   attn_status s;
   if (cache) *cache = NULL; /* first, so that no failure leaves a stale handle behind */
   if (!g) return attn__error(ATTN_ERR_INVALID_ARG, "graph: NULL");
+  if (g->released) return released_error();
   if (!cache) return attn__error(ATTN_ERR_INVALID_ARG, "cache: NULL");
   if (!attn__dtype_valid(dtype))
     return attn__error(ATTN_ERR_INVALID_ARG, "dtype: %d is not an attn_dtype", (int)dtype);
@@ -571,12 +594,14 @@ attn_status attn_kv_cache_create_typed(attn_mha *g, int64_t batch, int64_t capac
 
 void attn_kv_cache_free(attn_kv_cache *c) {
   if (!c) return;
+  attn_mha *g = c->g;
   attn_tensor_free(c->k);
   attn_tensor_free(c->v);
   if (c->prev) c->prev->next = c->next;
-  else c->g->caches = c->next;
+  else g->caches = c->next;
   if (c->next) c->next->prev = c->prev;
   free(c);
+  if (g->released && !g->caches) graph_destroy(g);
 }
 
 int64_t attn_kv_cache_length(const attn_kv_cache *c) { return c ? c->len : 0; }
@@ -590,6 +615,7 @@ attn_status attn_mha_run_cached(attn_mha *g, attn_kv_cache *c, const attn_tensor
   ATTN_ENTER("attn_mha_run_cached");
   attn_status s;
   if (!g) return attn__error(ATTN_ERR_INVALID_ARG, "graph: NULL");
+  if (g->released) return released_error();
   if (!c) return attn__error(ATTN_ERR_INVALID_ARG, "cache: NULL");
   if (c->g != g) return attn__error(ATTN_ERR_INVALID_ARG, "cache: bound to another graph");
   if ((s = check_x_out(g, x, out))) return s;

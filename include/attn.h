@@ -319,6 +319,10 @@ typedef struct attn_mha attn_mha;
  * referenced, not copied: keep them alive while the graph lives. */
 ATTN_API attn_status attn_mha_create(attn_context *ctx, const attn_mha_desc *desc,
                                      const attn_mha_weights *w, attn_mha **graph);
+/* The graph may be freed before its KV caches: its buffers then live until
+ * the last of them is freed, each cache stays valid (length, capacity,
+ * reset, free), and only running it needs the graph (after this, passing
+ * the graph to any call is an error). attn_close frees both. NULL: no-op. */
 ATTN_API void attn_mha_free(attn_mha *graph);
 
 /* x [B, Sq, E]; kv_x [B, Skv, Ekv] or NULL for self attention; out [B, Sq, E];

@@ -412,6 +412,48 @@ static void test_bad_descriptors(void **state) {
   model_free(&mp);
 }
 
+/* A graph freed before its caches (issue 13, item 9): each cache stays
+ * valid and frees cleanly (ASan/LSan in the hardening run check that this is
+ * no use after free and leaks nothing); the freed graph refuses use; a
+ * graph left with its cache to attn_close is freed with it. */
+static void test_graph_freed_before_cache(void **state) {
+  attn_context *ctx = *state;
+  model m;
+  model_init(&m, ctx, 8, 8, 2, 2, 4, false, true, 13);
+  attn_mha_desc d = ATTN_MHA_DESC_INIT;
+  d.d_model = 8, d.n_heads = 2, d.causal = true, d.max_batch = 1, d.max_seq = 4;
+  attn_mha_weights w = model_weights(&m);
+  attn_mha *g = NULL;
+  attn_kv_cache *c1 = NULL, *c2 = NULL;
+  assert_int_equal(attn_mha_create(ctx, &d, &w, &g), ATTN_OK);
+  assert_int_equal(attn_kv_cache_create(g, 1, 4, &c1), ATTN_OK);
+  assert_int_equal(attn_kv_cache_create(g, 1, 4, &c2), ATTN_OK);
+  attn_tensor *x = upload3(ctx, 1, 2, 8, NULL), *out = upload3(ctx, 1, 2, 8, NULL);
+  float zero[16] = {0};
+  assert_int_equal(attn_tensor_write(x, zero, 16), ATTN_OK);
+  assert_int_equal(attn_mha_run_cached(g, c1, x, out), ATTN_OK);
+  attn_mha_free(g);
+  attn_mha_free(g); /* a second free of a graph its caches keep: a no-op */
+  assert_int_equal(attn_kv_cache_length(c1), 2);
+  assert_int_equal(attn_kv_cache_capacity(c2), 4);
+  attn_kv_cache_reset(c1);
+  assert_int_equal(attn_kv_cache_length(c1), 0);
+  tu_assert_fails(attn_mha_run_cached(g, c1, x, out), ATTN_ERR_INVALID_ARG, "already freed");
+  tu_assert_fails(attn_mha_run(g, x, NULL, out), ATTN_ERR_INVALID_ARG, "already freed");
+  attn_kv_cache *c3 = NULL;
+  tu_assert_fails(attn_kv_cache_create(g, 1, 4, &c3), ATTN_ERR_INVALID_ARG, "already freed");
+  assert_null(c3);
+  attn_kv_cache_free(c1);
+  attn_kv_cache_free(c2); /* the last one frees the graph */
+  /* Left to attn_close: the graph (freed or not) and its cache go with it. */
+  assert_int_equal(attn_mha_create(ctx, &d, &w, &g), ATTN_OK);
+  assert_int_equal(attn_kv_cache_create(g, 1, 4, &c1), ATTN_OK);
+  attn_mha_free(g);
+  attn_tensor_free(x);
+  attn_tensor_free(out);
+  model_free(&m);
+}
+
 static void test_bad_run_args(void **state) {
   attn_context *ctx = *state;
   model m, mc;
@@ -557,6 +599,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_kv_cache, tu_open_device, tu_close_device),
       cmocka_unit_test_setup_teardown(test_bad_descriptors, tu_open_device, tu_close_device),
       cmocka_unit_test_setup_teardown(test_bad_run_args, tu_open_device, tu_close_device),
+      cmocka_unit_test_setup_teardown(test_graph_freed_before_cache, tu_open_device,
+                                      tu_close_device),
       cmocka_unit_test_setup_teardown(test_profiling, tu_open_device, tu_close_device),
       cmocka_unit_test_setup_teardown(test_strided_io, tu_open_device, tu_close_device),
   };
