@@ -478,9 +478,9 @@ void attn_mha_free(attn_mha *g) {
 void attn__context_free_graphs(attn_context *ctx) {
   while (ctx->graphs) {
     attn_mha *g = ctx->graphs;
-    g->released = true;
-    while (g->caches) attn_kv_cache_free(g->caches); /* the last one destroys g */
-    if (ctx->graphs == g) graph_destroy(g);
+    g->released = false; /* so that freeing its caches does not destroy it under us */
+    while (g->caches) attn_kv_cache_free(g->caches);
+    graph_destroy(g);
   }
 }
 
