@@ -237,6 +237,19 @@ static void damaged_entry_rebuilt(const char *tag, int how) {
   long size = file_size(path);
   assert_true(size > 64);
 
+  if (how == 4) { /* a FIFO in place of the entry: opening it must not wait for a writer */
+    assert_int_equal(unlink(path), 0);
+    assert_int_equal(mkfifo(path, 0600), 0);
+    alarm(60); /* a hang becomes a failure (SIGALRM ends the suite) */
+    assert_int_equal(build_fresh(opts, &hits, &builds, NULL), ATTN_OK);
+    alarm(0);
+    assert_int_equal(hits, 0);
+    assert_int_equal(builds, 1);
+    assert_int_equal(file_size(path), size); /* the FIFO replaced by a valid entry */
+    assert_int_equal(build_fresh(opts, &hits, &builds, NULL), ATTN_OK);
+    assert_int_equal(hits, 1);
+    return;
+  }
   int fd = open(path, O_RDWR);
   assert_true(fd >= 0);
   if (how == 0) { /* corrupt: flip one byte of the payload */
@@ -280,6 +293,12 @@ static void test_cache_foreign(void **state) {
 static void test_cache_stale(void **state) {
   (void)state;
   damaged_entry_rebuilt("stale", 3);
+}
+
+/* Issue 13, item 5: a FIFO in place of an entry hung every run in fopen. */
+static void test_cache_fifo(void **state) {
+  (void)state;
+  damaged_entry_rebuilt("fifo", 4);
 }
 
 /* Processes filling the same empty cache at once: each builds and succeeds,
@@ -528,6 +547,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_cache_dir_resolution),
       cmocka_unit_test(test_cache_reuse_across_processes),
       cmocka_unit_test(test_cache_corrupt),
+      cmocka_unit_test(test_cache_fifo),
       cmocka_unit_test(test_cache_truncated),
       cmocka_unit_test(test_cache_foreign),
       cmocka_unit_test(test_cache_stale),

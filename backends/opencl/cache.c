@@ -70,8 +70,21 @@ int clrt_cache_load(const char *key, unsigned char **bin, size_t *len) {
   *len = 0;
   char path[4096];
   if (!clrt_cache_path(key, path, sizeof path)) return 0;
-  FILE *f = fopen(path, "rb");
-  if (!f) return 0; /* absent: the normal first run */
+  /* Non-blocking, and regular files only: a FIFO (or device) planted as an
+   * entry would otherwise block the open, or the read, for ever. */
+  int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) return 0; /* absent: the normal first run */
+  struct stat fst;
+  if (fstat(fd, &fst) != 0 || !S_ISREG(fst.st_mode)) {
+    close(fd);
+    host->debug("opencl cache: ignoring %s: not a regular file", path);
+    return 0;
+  }
+  FILE *f = fdopen(fd, "rb");
+  if (!f) {
+    close(fd);
+    return 0;
+  }
   const char *why = NULL;
   cache_header h;
   size_t key_len = strlen(key);
