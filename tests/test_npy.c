@@ -549,7 +549,9 @@ static void test_file_roundtrip(void **state) {
   float other[6] = {9, 9, 9, 9, 9, 9};
   npy_pending p;
   assert_int_equal(npy_write_prepare(path, 3, shape, other, &p, err, sizeof err), ATTN_OK);
-  assert_int_equal(count_entries(tmpdir), 2);
+  /* pending: an unnamed O_TMPFILE where the file system has them, else a
+   * visible temporary */
+  assert_int_equal(count_entries(tmpdir), p.fd >= 0 ? 1 : 2);
   npy_write_abort(&p);
   assert_int_equal(count_entries(tmpdir), 1);
   assert_int_equal(npy_read_file(path, &w, &a, err, sizeof err), ATTN_OK);

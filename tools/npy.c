@@ -679,10 +679,20 @@ attn_status npy_encode_f32(int ndim, const int64_t *shape, const float *data, vo
 
 void npy_write_abort(npy_pending *p) {
   if (!p) return;
-  if (p->tmp) unlink(p->tmp);
+  if (p->fd >= 0) close(p->fd); /* an unnamed file vanishes with its descriptor */
+  else if (p->tmp) unlink(p->tmp);
   free(p->tmp);
   free(p->path);
   p->tmp = p->path = NULL;
+  p->fd = -1;
+}
+
+/* The directory part of path, for O_TMPFILE ("." for none, "/" for the root). */
+static void dir_of(const char *path, char *dir, size_t cap) {
+  const char *slash = strrchr(path, '/');
+  if (!slash) snprintf(dir, cap, ".");
+  else if (slash == path) snprintf(dir, cap, "/");
+  else snprintf(dir, cap, "%.*s", (int)(slash - path), path);
 }
 
 static bool write_all(int fd, const unsigned char *b, size_t n) {
@@ -701,6 +711,7 @@ attn_status npy_write_prepare_typed(const char *path, npy_dtype dtype, int ndim,
                                     char *err, size_t errlen) {
   if (!p) return fail(ATTN_ERR_INVALID_ARG, err, errlen, "npy_write: invalid arguments");
   p->tmp = p->path = NULL;
+  p->fd = -1;
   if (!path || !*path) return fail(ATTN_ERR_IO, err, errlen, "npy_write: empty output path");
   /* Checked before encoding: see file_write_prepare. */
   struct stat st;
@@ -725,6 +736,7 @@ attn_status file_write_prepare(const char *path, const void *bytes, size_t len, 
                                char *err, size_t errlen) {
   if (!p) return fail(ATTN_ERR_INVALID_ARG, err, errlen, "file_write: invalid arguments");
   p->tmp = p->path = NULL;
+  p->fd = -1;
   if (!path || !*path) return fail(ATTN_ERR_IO, err, errlen, "file_write: empty output path");
   /* rename() would fail on a directory only at commit, after other outputs
    * may already be in place, and would replace a device node such as
@@ -749,6 +761,17 @@ attn_status file_write_prepare(const char *path, const void *bytes, size_t len, 
     return fail(ATTN_ERR_NOMEM, err, errlen, "%s: out of memory", path);
   }
   int fd = -1, e = 0;
+#ifdef O_TMPFILE
+  /* An unnamed file in the target's directory: a writer killed before its
+   * commit leaves nothing behind. It gets a name only at commit, for the
+   * instant between linkat and rename. */
+  {
+    char dir[4096];
+    dir_of(path, dir, sizeof dir);
+    fd = open(dir, O_TMPFILE | O_WRONLY | O_CLOEXEC, 0666);
+    if (fd >= 0) p->fd = fd;
+  }
+#endif
   for (int tries = 0; tries < 100 && fd < 0; tries++) {
     snprintf(p->tmp, tcap, "%s.tmp.%ld.%u", path, (long)getpid(), counter++);
     fd = open(p->tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
@@ -768,7 +791,7 @@ attn_status file_write_prepare(const char *path, const void *bytes, size_t len, 
     ok = false;
     e = errno;
   }
-  if (close(fd) != 0 && ok) {
+  if (p->fd < 0 && close(fd) != 0 && ok) { /* an O_TMPFILE stays open until commit */
     ok = false;
     e = errno;
   }
@@ -780,7 +803,38 @@ attn_status file_write_prepare(const char *path, const void *bytes, size_t len, 
 }
 
 attn_status npy_write_commit(npy_pending *p, char *err, size_t errlen) {
-  if (!p || !p->tmp) return fail(ATTN_ERR_INVALID_ARG, err, errlen, "npy_write: nothing pending");
+  if (!p || !p->path) return fail(ATTN_ERR_INVALID_ARG, err, errlen, "npy_write: nothing pending");
+  if (p->fd >= 0) {
+    /* Name the unnamed file next to the target, then rename it over the
+     * target (linkat cannot replace an existing file). */
+    static unsigned counter;
+    size_t tcap = strlen(p->path) + 64;
+    char fdpath[64];
+    snprintf(fdpath, sizeof fdpath, "/proc/self/fd/%d", p->fd);
+    int linked = -1, e = 0;
+    for (int tries = 0; tries < 100 && linked != 0; tries++) {
+      snprintf(p->tmp, tcap, "%s.tmp.%ld.c%u", p->path, (long)getpid(), counter++);
+      linked = linkat(AT_FDCWD, fdpath, AT_FDCWD, p->tmp, AT_SYMLINK_FOLLOW);
+#ifdef AT_EMPTY_PATH
+      if (linked != 0 && errno == ENOENT) /* no /proc: needs CAP_DAC_READ_SEARCH */
+        linked = linkat(p->fd, "", AT_FDCWD, p->tmp, AT_EMPTY_PATH);
+#endif
+      e = errno;
+      if (linked != 0 && e != EEXIST) break;
+    }
+    close(p->fd);
+    p->fd = -1;
+    if (linked != 0) {
+      char *path = strdup(p->path);
+      free(p->tmp);
+      p->tmp = NULL;
+      npy_write_abort(p);
+      attn_status s = fail(ATTN_ERR_IO, err, errlen, "%s: cannot write: %s", path ? path : "?",
+                           strerror(e));
+      free(path);
+      return s;
+    }
+  }
   if (rename(p->tmp, p->path) != 0) {
     int e = errno;
     char *path = strdup(p->path);

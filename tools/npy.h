@@ -86,8 +86,9 @@ attn_status npy_encode_f32(int ndim, const int64_t *shape, const float *data, vo
  * Preparing every output before committing any lets the CLI write several
  * outputs all or nothing (up to the renames themselves). */
 typedef struct npy_pending {
-  char *tmp;  /* malloc'ed temporary path, NULL when nothing is pending */
-  char *path; /* malloc'ed final path */
+  char *tmp;  /* malloc'ed temporary path (named only at commit when fd >= 0) */
+  char *path; /* malloc'ed final path; NULL when nothing is pending */
+  int fd;     /* an unnamed O_TMPFILE holding the bytes, or -1 */
 } npy_pending;
 
 attn_status npy_write_prepare(const char *path, int ndim, const int64_t *shape, const float *data,
