@@ -231,6 +231,47 @@ static void hidden_nan_value_stays_hidden(void **state) {
   run_spec(&t, true);
 }
 
+static long rss_kb(void) {
+  FILE *f = fopen("/proc/self/status", "r");
+  if (!f) return -1;
+  char line[256];
+  long v = -1;
+  while (fgets(line, sizeof line, f))
+    if (strncmp(line, "VmRSS:", 6) == 0) v = atol(line + 6);
+  fclose(f);
+  return v;
+}
+
+/* Contexts opened, used for an SDPA (CLBlast GEMMs) and closed in a loop:
+ * memory stays flat (issue 13, item 4: CLBlast's program cache kept ~3 MB
+ * per context, 88 -> 693 MB over 300 cycles). */
+static void contexts_release_clblast_cache(void **state) {
+  (void)state;
+  enum { CYCLES = 40, WARM = 5 };
+  float h[2 * 16 * 32];
+  for (int i = 0; i < 2 * 16 * 32; i++) h[i] = (float)(i % 7) / 7.0f;
+  long r0 = 0;
+  for (int it = 0; it < CYCLES; it++) {
+    attn_context *ctx = NULL;
+    assert_int_equal(attn_open(g_sel, &ctx), ATTN_OK);
+    const int64_t sh[4] = {1, 2, 16, 32};
+    attn_tensor *q = NULL, *o = NULL;
+    assert_int_equal(attn_tensor_create(ctx, 4, sh, &q), ATTN_OK);
+    assert_int_equal(attn_tensor_create(ctx, 4, sh, &o), ATTN_OK);
+    assert_int_equal(attn_tensor_write(q, h, 2 * 16 * 32), ATTN_OK);
+    attn_sdpa_args a = ATTN_SDPA_ARGS_INIT;
+    a.q = a.k = a.v = q, a.out = o;
+    assert_int_equal(attn_sdpa(ctx, &a), ATTN_OK);
+    assert_int_equal(attn_synchronize(ctx), ATTN_OK);
+    attn_close(ctx);
+    if (it == WARM - 1) r0 = rss_kb();
+  }
+  const long grown = rss_kb() - r0;
+  printf("%s: RSS grew %ld KB over %d open/sdpa/close cycles\n", g_sel, grown, CYCLES - WARM);
+  /* 256 KB per cycle is far below the leak's 3 MB and far above the noise. */
+  assert_true(grown < 256L * (CYCLES - WARM));
+}
+
 int main(void) {
   attn_device_list *list;
   if (attn_list_devices(&list) != ATTN_OK) {
@@ -261,6 +302,7 @@ int main(void) {
       cmocka_unit_test(causal_past_one_tile),
       cmocka_unit_test(inexpressible_views),
       cmocka_unit_test(hidden_nan_value_stays_hidden),
+      cmocka_unit_test(contexts_release_clblast_cache),
   };
   int failed = 0;
   for (int i = 0; i < n; i++) {
