@@ -25,6 +25,14 @@
 #define ATTN_F16 1
 #define ATTN_BF16 2
 
+/* The program's identity: the runtime names an empty kernel after a hash of
+ * the program's cache key (-DATTN_PROGRAM_ID=attn_id_<hex>) and, when it
+ * loads a cached binary, checks that the binary has that kernel, so an
+ * entry holding another program (another head dim, say) is never run. */
+#ifdef ATTN_PROGRAM_ID
+__kernel void ATTN_PROGRAM_ID(void) {}
+#endif
+
 #define ATTN_CAT_(a, b) a##b
 #define ATTN_CAT(a, b) ATTN_CAT_(a, b)
 

@@ -295,6 +295,62 @@ static void test_cache_stale(void **state) {
   damaged_entry_rebuilt("stale", 3);
 }
 
+/* The key text of a cache entry file (after its 40-byte header). */
+static char *entry_key(const char *path) {
+  FILE *f = fopen(path, "rb");
+  assert_non_null(f);
+  unsigned char h[40];
+  assert_int_equal(fread(h, 1, sizeof h, f), sizeof h);
+  uint32_t klen;
+  memcpy(&klen, h + 12, sizeof klen); /* magic[8], version, key_len */
+  char *key = calloc(klen + 1, 1);
+  assert_non_null(key);
+  assert_int_equal(fread(key, 1, klen, f), klen);
+  fclose(f);
+  return key;
+}
+
+/* Issue 13, item 1: a well-formed entry (right key text, right checksums)
+ * that holds another program's binary used to be loaded and run. Now the
+ * binary must have the identity kernel of its key: the forged entry is
+ * ignored, the program rebuilt, and the entry rewritten with the right one. */
+static void test_cache_forged(void **state) {
+  (void)state;
+  char da[512], db[512], oa[128], ob[128], pa[1024], pb[1024];
+  fresh_cache_dir("forged_a", da, sizeof da);
+  options_for("forged_a", oa, sizeof oa);
+  int hits, builds;
+  assert_int_equal(build_fresh(oa, &hits, &builds, NULL), ATTN_OK);
+  assert_int_equal(entry_path(da, pa, sizeof pa), 1);
+  char *ka = entry_key(pa);
+  unsigned char *bin_a = NULL;
+  size_t len_a = 0;
+  assert_int_equal(clrt_cache_load(ka, &bin_a, &len_a), 1);
+
+  fresh_cache_dir("forged_b", db, sizeof db);
+  options_for("forged_b", ob, sizeof ob);
+  assert_int_equal(build_fresh(ob, &hits, &builds, NULL), ATTN_OK);
+  assert_int_equal(entry_path(db, pb, sizeof pb), 1);
+  char *kb = entry_key(pb);
+  /* B's entry now holds A's program, under B's key, with valid checksums. */
+  clrt_cache_store(kb, bin_a, len_a);
+  unsigned char *check = NULL;
+  size_t len_c = 0;
+  assert_int_equal(clrt_cache_load(kb, &check, &len_c), 1);
+  assert_int_equal(len_c, len_a);
+  free(check);
+
+  assert_int_equal(build_fresh(ob, &hits, &builds, NULL), ATTN_OK);
+  assert_int_equal(hits, 0); /* refused */
+  assert_int_equal(builds, 1);
+  assert_int_equal(build_fresh(ob, &hits, &builds, NULL), ATTN_OK);
+  assert_int_equal(hits, 1); /* the rebuilt entry is B's own */
+  assert_int_equal(builds, 0);
+  free(bin_a);
+  free(ka);
+  free(kb);
+}
+
 /* Issue 13, item 5: a FIFO in place of an entry hung every run in fopen. */
 static void test_cache_fifo(void **state) {
   (void)state;
@@ -548,6 +604,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_cache_reuse_across_processes),
       cmocka_unit_test(test_cache_corrupt),
       cmocka_unit_test(test_cache_fifo),
+      cmocka_unit_test(test_cache_forged),
       cmocka_unit_test(test_cache_truncated),
       cmocka_unit_test(test_cache_foreign),
       cmocka_unit_test(test_cache_stale),

@@ -511,8 +511,38 @@ static void build_log(const clrt_ctx *c, cl_program prog, char *log, size_t len)
   free(full);
 }
 
-/* Try the disk cache: a valid entry whose binary the driver accepts and builds. */
-static cl_program program_from_cache(clrt_ctx *c, const char *key, const char *options) {
+/* The name of the identity kernel of the program with this key (see
+ * kernels/common.cl) and the build options that define it. */
+static void program_id(const char *key, const char *options, char *id, size_t idlen,
+                       char *opts, size_t optslen) {
+  snprintf(id, idlen, "attn_id_%012llx",
+           (unsigned long long)(clrt_hash(CLRT_FNV_INIT, key, strlen(key)) & 0xffffffffffffULL));
+  snprintf(opts, optslen, "%s%s-DATTN_PROGRAM_ID=%s", options, *options ? " " : "", id);
+}
+
+/* Does the built program have the kernel named id? */
+static int program_has_kernel(const clrt_ctx *c, cl_program prog, const char *id) {
+  size_t n = 0;
+  if (clGetProgramInfo(prog, CL_PROGRAM_KERNEL_NAMES, 0, NULL, &n) != CL_SUCCESS || n == 0)
+    return 0;
+  char *names = malloc(n + 1);
+  if (!names) return 0;
+  int found = 0;
+  if (clGetProgramInfo(prog, CL_PROGRAM_KERNEL_NAMES, n, names, NULL) == CL_SUCCESS) {
+    names[n] = '\0';
+    const size_t idl = strlen(id);
+    for (char *p = names; (p = strstr(p, id)) != NULL; p += idl)
+      if ((p == names || p[-1] == ';') && (p[idl] == '\0' || p[idl] == ';')) found = 1;
+  }
+  free(names);
+  (void)c;
+  return found;
+}
+
+/* Try the disk cache: a valid entry whose binary the driver accepts and builds,
+ * and that is the program of this key (its identity kernel). */
+static cl_program program_from_cache(clrt_ctx *c, const char *key, const char *options,
+                                     const char *id) {
   unsigned char *bin = NULL;
   size_t binlen = 0;
   if (!clrt_cache_load(key, &bin, &binlen)) return NULL;
@@ -530,6 +560,15 @@ static cl_program program_from_cache(clrt_ctx *c, const char *key, const char *o
      * update with the same version string): rebuild from source. */
     g_host->debug("opencl: cached binary refused (%s), rebuilding", clrt_error_name(err));
     if (prog) clReleaseProgram(prog);
+    return NULL;
+  }
+  if (!program_has_kernel(c, prog, id)) {
+    /* A well-formed entry holding another program (copied or forged under
+     * this key): running it would index memory by another variant's sizes. */
+    g_host->debug("opencl: cached binary lacks its identity kernel %s (another program), "
+                  "rebuilding",
+                  id);
+    clReleaseProgram(prog);
     return NULL;
   }
   return prog;
@@ -570,9 +609,10 @@ static attn_status program_build(clrt_ctx *c, const char *name, const char *opti
     free(owned);
     return s;
   }
-  char key[2048];
+  char key[2048], id[32], idopts[2048];
   program_key(c, name, pre, prelen, src, len, options, key, sizeof key);
-  cl_program prog = program_from_cache(c, key, options);
+  program_id(key, options, id, sizeof id, idopts, sizeof idopts);
+  cl_program prog = program_from_cache(c, key, idopts, id);
   if (prog) {
     c->n_cache_hits++;
     g_host->debug("opencl: %s.cl [%s] loaded from the binary cache", name, options);
@@ -588,7 +628,7 @@ static attn_status program_build(clrt_ctx *c, const char *name, const char *opti
   free(owned);
   free(preowned);
   if (err != CL_SUCCESS) return clrt_fail(err, "clCreateProgramWithSource(%s.cl)", name);
-  err = clBuildProgram(prog, 1, &c->dev.id, options, NULL, NULL);
+  err = clBuildProgram(prog, 1, &c->dev.id, idopts, NULL, NULL);
   if (err != CL_SUCCESS) {
     char log[1400];
     build_log(c, prog, log, sizeof log);
