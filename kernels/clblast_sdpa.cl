@@ -15,25 +15,14 @@
 #define SM_WG 64
 #endif
 
-/* Element offset of index id (row-major over shape) in a strided view. */
-static ulong strided_index(ulong id, long4 shape, long4 str)
-{
-  ulong i3 = id % (ulong)shape.w;
-  id /= (ulong)shape.w;
-  ulong i2 = id % (ulong)shape.z;
-  id /= (ulong)shape.z;
-  ulong i1 = id % (ulong)shape.y;
-  ulong i0 = id / (ulong)shape.y;
-  return i0 * (ulong)str.x + i1 * (ulong)str.y + i2 * (ulong)str.z + i3 * (ulong)str.w;
-}
-
 /* dst[view] = src[view], one work-item per element of shape. */
 __kernel void copy4d(__global const float *src, ulong s_off, long4 s_str,
                      __global float *dst, ulong d_off, long4 d_str, long4 shape, ulong n)
 {
   ulong id = get_global_id(0);
   if (id >= n) return;
-  dst[d_off + strided_index(id, shape, d_str)] = src[s_off + strided_index(id, shape, s_str)];
+  dst[d_off + attn_strided_index(id, shape, d_str)] =
+      src[s_off + attn_strided_index(id, shape, s_str)];
 }
 
 /* dst[view] += src[view]; src strides are 0 along the dimensions it broadcasts. */
@@ -42,7 +31,8 @@ __kernel void add4d(__global const float *src, ulong s_off, long4 s_str,
 {
   ulong id = get_global_id(0);
   if (id >= n) return;
-  dst[d_off + strided_index(id, shape, d_str)] += src[s_off + strided_index(id, shape, s_str)];
+  dst[d_off + attn_strided_index(id, shape, d_str)] +=
+      src[s_off + attn_strided_index(id, shape, s_str)];
 }
 
 /* max that keeps NaN: a NaN score must spoil its row, as in the reference. */

@@ -92,6 +92,17 @@ static inline ushort attn_f32_to_bf16(float f) {
 #define ATTN_ST_2(p, i, f) ((p)[i] = attn_f32_to_bf16(f))
 #define ATTN_ST(T, p, i, f) ATTN_CAT(ATTN_ST_, T)(p, i, f)
 
+/* Element offset of index id (row-major over shape) in a strided 4-D view. */
+static inline ulong attn_strided_index(ulong id, long4 shape, long4 str) {
+  ulong i3 = id % (ulong)shape.w;
+  id /= (ulong)shape.w;
+  ulong i2 = id % (ulong)shape.z;
+  id /= (ulong)shape.z;
+  ulong i1 = id % (ulong)shape.y;
+  ulong i0 = id / (ulong)shape.y;
+  return i0 * (ulong)str.x + i1 * (ulong)str.y + i2 * (ulong)str.z + i3 * (ulong)str.w;
+}
+
 /* ---- Visibility -----------------------------------------------------------
  * Causal attention is aligned bottom-right (the last query row sees every
  * key): key j is visible to query row i of Sq over Skv keys iff

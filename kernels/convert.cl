@@ -18,52 +18,20 @@
  * the results do not depend on the device's float modes (denormal flushing).
  */
 
-static ulong cv_index(ulong id, long4 shape, long4 str)
-{
-  ulong i3 = id % (ulong)shape.w;
-  id /= (ulong)shape.w;
-  ulong i2 = id % (ulong)shape.z;
-  id /= (ulong)shape.z;
-  ulong i1 = id % (ulong)shape.y;
-  ulong i0 = id / (ulong)shape.y;
-  return i0 * (ulong)str.x + i1 * (ulong)str.y + i2 * (ulong)str.z + i3 * (ulong)str.w;
-}
+/* One kernel per direction, each from common.cl's loads and stores (the
+ * rounding every backend shares). S and D: the attn_dtype codes of source
+ * and destination. */
+#define CONVERT_KERNEL(name, S, D)                                                         \
+  __kernel void name(__global const ATTN_TYPE(S) *src, ulong s_off, long4 s_str,            \
+                     __global ATTN_TYPE(D) *dst, ulong d_off, long4 d_str, long4 shape,     \
+                     ulong n) {                                                             \
+    ulong id = get_global_id(0);                                                            \
+    if (id >= n) return;                                                                    \
+    const float x = ATTN_LD(S, src, s_off + attn_strided_index(id, shape, s_str));          \
+    ATTN_ST(D, dst, d_off + attn_strided_index(id, shape, d_str), x);                       \
+  }
 
-__kernel void f16_to_f32(__global const half *src, ulong s_off, long4 s_str,
-                         __global float *dst, ulong d_off, long4 d_str, long4 shape, ulong n)
-{
-  ulong id = get_global_id(0);
-  if (id >= n) return;
-  dst[d_off + cv_index(id, shape, d_str)] = vload_half(s_off + cv_index(id, shape, s_str), src);
-}
-
-__kernel void bf16_to_f32(__global const ushort *src, ulong s_off, long4 s_str,
-                          __global float *dst, ulong d_off, long4 d_str, long4 shape, ulong n)
-{
-  ulong id = get_global_id(0);
-  if (id >= n) return;
-  const uint u = (uint)src[s_off + cv_index(id, shape, s_str)];
-  dst[d_off + cv_index(id, shape, d_str)] = as_float(u << 16);
-}
-
-__kernel void f32_to_f16(__global const float *src, ulong s_off, long4 s_str,
-                         __global half *dst, ulong d_off, long4 d_str, long4 shape, ulong n)
-{
-  ulong id = get_global_id(0);
-  if (id >= n) return;
-  vstore_half_rte(src[s_off + cv_index(id, shape, s_str)], d_off + cv_index(id, shape, d_str), dst);
-}
-
-__kernel void f32_to_bf16(__global const float *src, ulong s_off, long4 s_str,
-                          __global ushort *dst, ulong d_off, long4 d_str, long4 shape, ulong n)
-{
-  ulong id = get_global_id(0);
-  if (id >= n) return;
-  const uint u = as_uint(src[s_off + cv_index(id, shape, s_str)]);
-  ushort r;
-  if ((u & 0x7fffffffu) > 0x7f800000u)
-    r = (ushort)((u >> 16) | 0x40u); /* NaN: keep sign and payload top, set quiet bit */
-  else
-    r = (ushort)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16); /* nearest even; overflow -> inf */
-  dst[d_off + cv_index(id, shape, d_str)] = r;
-}
+CONVERT_KERNEL(f16_to_f32, ATTN_F16, ATTN_F32)
+CONVERT_KERNEL(bf16_to_f32, ATTN_BF16, ATTN_F32)
+CONVERT_KERNEL(f32_to_f16, ATTN_F32, ATTN_F16)
+CONVERT_KERNEL(f32_to_bf16, ATTN_F32, ATTN_BF16)

@@ -704,11 +704,11 @@ static void log_convert_path(attn_backend_ctx *c, const char *stage, const char 
               which);
 }
 
-static bool is16(const attn_view *v) { return v->buf && v->dtype != ATTN_F32; }
+/* The descriptor's features say whether any operand is 16-bit. */
+#define CLB_FEAT_16BIT (ATTN_FEAT_F16 | ATTN_FEAT_BF16)
 
 static attn_status clb_linear(attn_backend_ctx *c, const attn_linear_desc *d) {
-  if (!is16(&d->x) && !is16(&d->w) && !is16(&d->bias) && !is16(&d->y))
-    return clb_linear_f32(c, d);
+  if (!(d->features & CLB_FEAT_16BIT)) return clb_linear_f32(c, d);
   char which[96] = "";
   note_dtype(which, sizeof which, "x", &d->x);
   note_dtype(which, sizeof which, "w", &d->w);
@@ -728,9 +728,7 @@ static attn_status clb_linear(attn_backend_ctx *c, const attn_linear_desc *d) {
 }
 
 static attn_status clb_sdpa(attn_backend_ctx *c, const attn_sdpa_desc *d) {
-  if (!is16(&d->q) && !is16(&d->k) && !is16(&d->v) && !is16(&d->mask) && !is16(&d->out) &&
-      !is16(&d->weights) && !is16(&d->lse))
-    return clb_sdpa_f32(c, d);
+  if (!(d->features & CLB_FEAT_16BIT)) return clb_sdpa_f32(c, d);
   char which[128] = "";
   note_dtype(which, sizeof which, "q", &d->q);
   note_dtype(which, sizeof which, "k", &d->k);
@@ -738,23 +736,20 @@ static attn_status clb_sdpa(attn_backend_ctx *c, const attn_sdpa_desc *d) {
   note_dtype(which, sizeof which, "mask", &d->mask);
   note_dtype(which, sizeof which, "out", &d->out);
   note_dtype(which, sizeof which, "weights", &d->weights);
-  note_dtype(which, sizeof which, "lse", &d->lse);
   log_convert_path(c, "sdpa", which);
   attn_sdpa_desc e = *d;
-  f32_scratch s[7] = {{{0}}};
+  f32_scratch s[6] = {{{0}}};
   attn_status st = widen_input(c, &e.q, &s[0], "sdpa: f32 copy of q");
   if (st == ATTN_OK) st = widen_input(c, &e.k, &s[1], "sdpa: f32 copy of k");
   if (st == ATTN_OK) st = widen_input(c, &e.v, &s[2], "sdpa: f32 copy of v");
   if (st == ATTN_OK) st = widen_input(c, &e.mask, &s[3], "sdpa: f32 copy of mask");
   if (st == ATTN_OK) st = scratch_output(c, &e.out, &s[4], "sdpa: f32 out");
   if (st == ATTN_OK) st = scratch_output(c, &e.weights, &s[5], "sdpa: f32 weights");
-  /* lse is f32 by the ABI; converted anyway should a core ever send another. */
-  if (st == ATTN_OK) st = scratch_output(c, &e.lse, &s[6], "sdpa: f32 lse");
+  /* lse is always f32 (the core refuses any other). */
   if (st == ATTN_OK) st = clb_sdpa_f32(c, &e);
   if (st == ATTN_OK) st = narrow_output(c, &d->out, &e.out);
   if (st == ATTN_OK) st = narrow_output(c, &d->weights, &e.weights);
-  if (st == ATTN_OK) st = narrow_output(c, &d->lse, &e.lse);
-  scratch_release(c, s, 7);
+  scratch_release(c, s, 6);
   return st;
 }
 
