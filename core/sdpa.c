@@ -68,6 +68,29 @@ static attn_view view_bcast(const attn_tensor *t) {
   return v;
 }
 
+/* The same storage, place, shape and strides: an in-place merge. */
+static bool same_view(const attn_tensor *a, const attn_tensor *b) {
+  if (a->st != b->st || a->offset != b->offset || a->ndim != b->ndim) return false;
+  for (int i = 0; i < a->ndim; i++)
+    if (a->shape[i] != b->shape[i] || a->strides[i] != b->strides[i]) return false;
+  return true;
+}
+
+static attn_view lse_view(const attn_tensor *l) { /* [B,H,S] seen as [B,H,S,1] */
+  attn_view v = {0};
+  if (!l) return v;
+  v.buf = l->st->buf;
+  v.offset = l->offset;
+  for (int i = 0; i < 3; i++) {
+    v.shape[i] = l->shape[i];
+    v.strides[i] = l->strides[i];
+  }
+  v.shape[3] = 1;
+  v.strides[3] = 1;
+  v.dtype = ATTN_F32;
+  return v;
+}
+
 attn_status attn__sdpa_prepare(attn_context *ctx, const attn_sdpa_args *args,
                                attn_sdpa_desc *d) {
   attn_status s;
@@ -125,9 +148,10 @@ attn_status attn__sdpa_prepare(attn_context *ctx, const attn_sdpa_args *args,
                        (int)a->mask_kind);
   if (a->mask) {
     const int64_t *m = a->mask->shape;
-    if ((m[0] != 1 && m[0] != B) || (m[1] != 1 && m[1] != Hq) || m[2] != Sq || m[3] != Skv) {
+    if ((m[0] != 1 && m[0] != B) || (m[1] != 1 && m[1] != Hq) || (m[2] != 1 && m[2] != Sq) ||
+        m[3] != Skv) {
       char got[96];
-      return attn__error(ATTN_ERR_SHAPE, "mask: shape %s != [1|%lld,1|%lld,%lld,%lld]",
+      return attn__error(ATTN_ERR_SHAPE, "mask: shape %s != [1|%lld,1|%lld,1|%lld,%lld]",
                          attn__fmt_dims(got, sizeof got, 4, m), (long long)B, (long long)Hq,
                          (long long)Sq, (long long)Skv);
     }
@@ -148,6 +172,38 @@ attn_status attn__sdpa_prepare(attn_context *ctx, const attn_sdpa_args *args,
       if (a->kv_lens[b] < 0 || a->kv_lens[b] > Skv)
         return attn__error(ATTN_ERR_INVALID_ARG, "kv_lens[%lld]: %d not in [0, %lld]",
                            (long long)b, (int)a->kv_lens[b], (long long)Skv);
+
+  /* The options of 0.3 (zero: unused). Positions stay far from int64's
+   * limits so that every position arithmetic fits (and ALiBi's distance is
+   * an exact double). */
+  const int64_t pos_max = (int64_t)1 << 52;
+  if (a->has_positions) {
+    if (a->q_pos < -pos_max || a->q_pos > pos_max)
+      return attn__error(ATTN_ERR_INVALID_ARG, "q_pos: %lld not in [-2^52, 2^52]",
+                         (long long)a->q_pos);
+    if (a->k_pos < -pos_max || a->k_pos > pos_max)
+      return attn__error(ATTN_ERR_INVALID_ARG, "k_pos: %lld not in [-2^52, 2^52]",
+                         (long long)a->k_pos);
+  }
+  if (a->has_window) {
+    if (a->window_left < -1)
+      return attn__error(ATTN_ERR_INVALID_ARG, "window_left: %lld < -1 (-1 = unbounded)",
+                         (long long)a->window_left);
+    if (a->window_right < -1)
+      return attn__error(ATTN_ERR_INVALID_ARG, "window_right: %lld < -1 (-1 = unbounded)",
+                         (long long)a->window_right);
+  }
+  if (a->softcap != 0.0f && !(a->softcap > 0.0f && isfinite(a->softcap)))
+    return attn__error(ATTN_ERR_INVALID_ARG, "softcap: %g; must be > 0 and finite (0: none)",
+                       (double)a->softcap);
+  const float *vecs[2] = {a->alibi_slopes, a->sinks};
+  const char *vec_names[2] = {"alibi_slopes", "sinks"};
+  for (int n = 0; n < 2; n++)
+    if (vecs[n])
+      for (int64_t h = 0; h < Hq; h++)
+        if (!isfinite(vecs[n][h]))
+          return attn__error(ATTN_ERR_INVALID_ARG, "%s[%lld]: %g is not finite", vec_names[n],
+                             (long long)h, (double)vecs[n][h]);
 
   /* Outputs: each element written once, and nothing read is written. */
   const attn_tensor *ins[4] = {a->q, a->k, a->v, a->mask};
@@ -179,20 +235,23 @@ attn_status attn__sdpa_prepare(attn_context *ctx, const attn_sdpa_args *args,
   d->scale = a->has_scale ? a->scale : (float)(1.0 / sqrt((double)D));
   d->kv_lens = a->kv_lens;
   d->weights = a->weights ? attn__tensor_view4(a->weights) : (attn_view){0};
-  d->lse = (attn_view){0};
-  if (a->lse) { /* [B,Hq,Sq] seen as [B,Hq,Sq,1] */
-    const attn_tensor *l = a->lse;
-    d->lse.buf = l->st->buf;
-    d->lse.offset = l->offset;
-    for (int i = 0; i < 3; i++) {
-      d->lse.shape[i] = l->shape[i];
-      d->lse.strides[i] = l->strides[i];
-    }
-    d->lse.shape[3] = 1;
-    d->lse.strides[3] = 1;
-    d->lse.dtype = ATTN_F32;
-  }
+  d->lse = lse_view(a->lse);
+  d->q_pos = a->has_positions ? a->q_pos : Skv - Sq;
+  d->k_pos = a->has_positions ? a->k_pos : 0;
+  d->window_left = a->has_window ? a->window_left : -1;
+  d->window_right = a->has_window ? a->window_right : -1;
+  d->softcap = a->softcap;
+  d->alibi = a->alibi_slopes;
+  d->sinks = a->sinks;
+  const bool window = d->window_left >= 0 || d->window_right >= 0;
   uint64_t f = 0;
+  /* Positions matter only to the rules that compare them. */
+  if (d->q_pos - d->k_pos != Skv - Sq && (d->causal || window || d->alibi))
+    f |= ATTN_FEAT_POSITIONS;
+  if (window) f |= ATTN_FEAT_WINDOW;
+  if (d->softcap > 0.0f) f |= ATTN_FEAT_SOFTCAP;
+  if (d->alibi) f |= ATTN_FEAT_ALIBI;
+  if (d->sinks) f |= ATTN_FEAT_SINKS;
   if (d->mask_kind == ATTN_MASK_BOOL) f |= ATTN_FEAT_MASK_BOOL;
   if (d->mask_kind == ATTN_MASK_ADDITIVE) f |= ATTN_FEAT_MASK_ADDITIVE;
   if (d->causal) f |= ATTN_FEAT_CAUSAL;
@@ -206,6 +265,53 @@ attn_status attn__sdpa_prepare(attn_context *ctx, const attn_sdpa_args *args,
 
 attn_status attn__run_sdpa(attn_context *ctx, const attn_sdpa_desc *d) {
   return attn__be_stage(ctx, ATTN_STAGE_SDPA, d);
+}
+
+attn_status attn_merge(attn_context *ctx, const attn_tensor *out_a, const attn_tensor *lse_a,
+                       const attn_tensor *out_b, const attn_tensor *lse_b, attn_tensor *out,
+                       attn_tensor *lse) {
+  ATTN_ENTER("attn_merge");
+  attn_status s;
+  if (!ctx) return attn__error(ATTN_ERR_INVALID_ARG, "ctx: NULL");
+  const attn_tensor *ts[6] = {out_a, lse_a, out_b, lse_b, out, lse};
+  const char *names[6] = {"out_a", "lse_a", "out_b", "lse_b", "out", "lse"};
+  for (int i = 0; i < 6; i++) {
+    if (!ts[i]) {
+      if (i == 5) continue; /* lse is optional */
+      return attn__error(ATTN_ERR_INVALID_ARG, "%s: NULL", names[i]);
+    }
+    if ((s = check_tensor(ctx, ts[i], names[i], i % 2 ? 3 : 4))) return s;
+    if (i % 2 && ts[i]->dtype != ATTN_F32)
+      return attn__error(ATTN_ERR_INVALID_ARG, "%s: dtype %s; lse is always f32", names[i],
+                         attn_dtype_str(ts[i]->dtype));
+  }
+  for (int i = 1; i < 6; i++)
+    if (ts[i] && (s = check_dims(ts[i], names[i], out_a->shape))) return s;
+  /* out may be out_a or out_b exactly (and lse lse_a or lse_b); no other overlap. */
+  for (int o = 4; o < 6; o++) {
+    if (!ts[o]) continue;
+    for (int i = 0; i < 4; i++)
+      if (!(i % 2 == o % 2 && same_view(ts[o], ts[i])) && attn__tensors_overlap(ts[o], ts[i]))
+        return attn__error(ATTN_ERR_INVALID_ARG, "%s: overlaps input %s (only %s itself may be "
+                           "written in place)", names[o], names[i], o == 4 ? "out_a or out_b" :
+                           "lse_a or lse_b");
+    if ((s = attn__check_output_strides(ts[o], names[o]))) return s;
+  }
+  if (lse && attn__tensors_overlap(lse, out))
+    return attn__error(ATTN_ERR_INVALID_ARG, "lse: overlaps output out");
+
+  attn_merge_desc d;
+  memset(&d, 0, sizeof d);
+  d.struct_size = sizeof d;
+  d.out_a = attn__tensor_view4(out_a);
+  d.out_b = attn__tensor_view4(out_b);
+  d.out = attn__tensor_view4(out);
+  d.lse_a = lse_view(lse_a);
+  d.lse_b = lse_view(lse_b);
+  d.lse = lse_view(lse);
+  const attn_view *views[3] = {&d.out_a, &d.out_b, &d.out};
+  d.features = (lse ? ATTN_FEAT_LSE : 0) | attn__dtype_features(views, 3);
+  return attn__be_stage(ctx, ATTN_STAGE_MERGE, &d);
 }
 
 attn_status attn__run_linear(attn_context *ctx, const attn_linear_desc *d) {

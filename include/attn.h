@@ -36,7 +36,7 @@ extern "C" {
 #endif
 
 #define ATTN_VERSION_MAJOR 0
-#define ATTN_VERSION_MINOR 2
+#define ATTN_VERSION_MINOR 3
 #define ATTN_VERSION_PATCH 0
 
 /* ---- Status ------------------------------------------------------------ */
@@ -239,22 +239,39 @@ typedef enum attn_mask_kind {
   ATTN_MASK_ADDITIVE = 2 /* added to the scaled scores; -inf masks out */
 } attn_mask_kind;
 
-/* out = softmax(scale * Q K^T + mask) V, per batch item and query head.
+/* out = softmax(scores) V, per batch item and query head.
  * q, k, v, out, an additive mask and weights may each be f32, f16 or bf16 (a
  * bool mask and lse are f32); every backend takes q, k, v of one type, and
  * f32 q/out over f16 or bf16 k/v, and says which other mixes it refuses.
  *   q    [B, Hq,  Sq,  D]
  *   k    [B, Hkv, Skv, D]     Hq % Hkv == 0; query head h reads kv head h / (Hq/Hkv)
- *   v    [B, Hkv, Skv, Dv]
+ *   v    [B, Hkv, Skv, Dv]    D and Dv up to 512 on every backend
  *   out  [B, Hq,  Sq,  Dv]    must not overlap any input
- *   mask [1|B, 1|Hq, Sq, Skv] optional (NULL), kind in mask_kind
- *   causal: query i sees key j iff j <= i + Skv - Sq (aligned bottom-right,
- *     so a decode step over a KV cache is causal; top-left when Sq == Skv)
+ *   mask [1|B, 1|Hq, 1|Sq, Skv] optional (NULL), kind in mask_kind
  *   kv_lens: optional host array of B int32; keys j >= kv_lens[b] are hidden
  *   weights [B, Hq, Sq, Skv] optional output: the probabilities
- *   lse     [B, Hq, Sq] optional output: log(sum(exp(scaled masked scores)))
- * A row with no visible key gives zeros in out and weights and lse = -inf.
- * Initialise with ATTN_SDPA_ARGS_INIT: has_scale = false means scale = 1/sqrt(D). */
+ *   lse     [B, Hq, Sq] optional output: log of the softmax denominator
+ *
+ * Positions: query row i is at pq = q_pos + i, key j at pk = k_pos + j. By
+ * default k_pos = 0 and q_pos = Skv - Sq (aligned bottom-right, so a decode
+ * step over a KV cache is causal; top-left when Sq == Skv); has_positions
+ * takes q_pos and k_pos from the struct (q_pos = 0: PyTorch's is_causal).
+ * Key j is visible to row i iff j < kv_lens[b], the bool mask allows it, and
+ *   causal:      pk <= pq
+ *   has_window:  pq - window_left <= pk <= pq + window_right (FlashAttention's
+ *                window_size; -1 = unbounded on that side)
+ * The score of a visible key, in this order:
+ *   s = scale * q.k
+ *   softcap > 0:   s = softcap * tanh(s / softcap)         (Gemma 2)
+ *   alibi_slopes:  s += -alibi_slopes[h] * |pq - pk|       (ggml; BLOOM under causal)
+ *   additive mask: s += mask
+ * sinks (host [Hq] logits, gpt-oss): the softmax denominator gains
+ * exp(sinks[h]), so p_j = exp(s_j) / (sum_k exp(s_k) + exp(sinks[h])); out is
+ * sum_j p_j v_j over keys only and lse includes the sink.
+ * A row with no visible key gives zeros in out and weights, and lse = -inf
+ * (with sinks: lse = sinks[h]).
+ * Initialise with ATTN_SDPA_ARGS_INIT: has_scale = false means scale = 1/sqrt(D);
+ * every option added after 0.2 is off when its field is zero. */
 typedef struct attn_sdpa_args {
   size_t struct_size; /* sizeof(attn_sdpa_args), set by ATTN_SDPA_ARGS_INIT */
   const attn_tensor *q, *k, *v;
@@ -267,10 +284,32 @@ typedef struct attn_sdpa_args {
   const int32_t *kv_lens;
   attn_tensor *weights;
   attn_tensor *lse;
+  /* 0.3 */
+  bool has_positions;  /* use q_pos and k_pos below instead of the defaults */
+  int64_t q_pos, k_pos;
+  bool has_window;     /* use window_left / window_right (each >= -1) */
+  int64_t window_left, window_right;
+  float softcap;       /* > 0 and finite: cap the scores; 0: none */
+  const float *alibi_slopes; /* host [Hq], finite, or NULL; copied before return */
+  const float *sinks;        /* host [Hq], finite, or NULL; copied before return */
 } attn_sdpa_args;
 #define ATTN_SDPA_ARGS_INIT {.struct_size = sizeof(attn_sdpa_args)}
 
 ATTN_API attn_status attn_sdpa(attn_context *ctx, const attn_sdpa_args *args);
+
+/* Combine two partial attention results over disjoint key sets into the
+ * result over their union (split-key decoding, prefix sharing, sequence
+ * parallelism): per row,
+ *   lse = logaddexp(lse_a, lse_b)
+ *   out = exp(lse_a - lse) out_a + exp(lse_b - lse) out_b
+ * Two empty partials (lse -inf) give zeros and -inf, never NaN.
+ *   out_a, out_b, out [B, H, S, Dv] (any element types)
+ *   lse_a, lse_b, lse [B, H, S] f32; lse may be NULL
+ * out may be out_a or out_b itself (the same view: merge in place), and lse
+ * lse_a or lse_b; any other overlap with an input is refused. */
+ATTN_API attn_status attn_merge(attn_context *ctx, const attn_tensor *out_a,
+                                const attn_tensor *lse_a, const attn_tensor *out_b,
+                                const attn_tensor *lse_b, attn_tensor *out, attn_tensor *lse);
 
 /* ---- Multi-head attention graph ----------------------------------------- */
 

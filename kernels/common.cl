@@ -104,17 +104,36 @@ static inline ulong attn_strided_index(ulong id, long4 shape, long4 str) {
 }
 
 /* ---- Visibility -----------------------------------------------------------
- * Causal attention is aligned bottom-right (the last query row sees every
- * key): key j is visible to query row i of Sq over Skv keys iff
- * j <= i + Skv - Sq, i.e. j < attn_causal_end(i, Sq, Skv). The one place
- * the kernels spell this rule (as plugins/attn_plugin.h does for C). */
-static inline int attn_causal_end(int i, int Sq, int Skv) { return i + (Skv - Sq) + 1; }
-
-/* Keys j < attn_visible_limit(...) are visible to query row i, mask aside:
- * kv_len (already clamped to [0, Skv]) and, if causal, the diagonal. The
- * result is in [0, Skv]. */
-static inline int attn_visible_limit(int i, int Sq, int Skv, int causal, int kv_len) {
-  int lim = kv_len;
-  if (causal) lim = min(lim, attn_causal_end(i, Sq, Skv));
-  return max(lim, 0);
+ * Query row i sees keys j in [attn_row_lo(i, ..), attn_row_hi(i, ..)), mask
+ * aside: the host (clrt_sdpa_bounds in backends/opencl/clrt.c) folds kv_lens
+ * aside, causal and the sliding window into two diagonal offsets, so that
+ *   lo(i) = has_lo ? max(i + lo_off, 0) : 0
+ *   hi(i) = has_hi ? min(i + hi_off + 1, kv_len) : kv_len   (never below 0)
+ * with kv_len already clamped to [0, Skv]. The one place the kernels spell
+ * this rule (as attn_visible_range in plugins/attn_plugin.h does for C). */
+static inline int attn_row_lo(int i, int has_lo, int lo_off) {
+  return has_lo ? max(i + lo_off, 0) : 0;
 }
+static inline int attn_row_hi(int i, int kv_len, int has_hi, int hi_off) {
+  return max(has_hi ? min(i + hi_off + 1, kv_len) : kv_len, 0);
+}
+
+/* The SDPA options every attention kernel takes, as kernel parameters (in
+ * this order) and as the arguments of a call. softcap 0 means none; alibi
+ * and sinks are [Hq] f32 buffers, read only when has_alibi / has_sinks;
+ * cpos = q_pos - k_pos for ALiBi's distance |i + cpos - j|. */
+#define ATTN_OPTS_PARAMS                                                                    \
+  int has_lo, int lo_off, int has_hi, int hi_off, long cpos, float softcap,                   \
+      __global const float *alibi, int has_alibi, __global const float *sinks, int has_sinks
+
+/* softcap * tanh(s / softcap) for vectors, as 1 - 2 / (exp(2x) + 1) on |x|
+ * with the sign put back: exact at 0 and saturating to +-softcap, within a
+ * few ulp of tanh (POCL's vector tanh measured about twice as slow). */
+#define ATTN_SOFTCAP_FN(name, vtype, itype, as_itype, as_vtype)                             \
+  static inline vtype name(vtype s, float cap) {                                            \
+    const vtype x = fabs(s) * (2.0f / cap);                                                 \
+    const vtype e = exp(-x); /* in (0, 1] */                                                \
+    const vtype t = (1.0f - e) / (1.0f + e);                                                \
+    const itype sign = as_itype(s) & (itype)(0x80000000u);                                  \
+    return as_vtype(as_itype(t * cap) | sign);                                              \
+  }

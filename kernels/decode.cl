@@ -9,19 +9,22 @@
  *     a row block holds RB of them, so K/V are read once per kv head for
  *     groups of up to RB rows. Vectors run along the head dim (VW floats per
  *     load); each key's scores are RB dot products. Softmax is online within
- *     the chunk (base 2, q pre-scaled by scale*log2(e)), and the chunk writes
- *     its partial (max, sum, unnormalised acc[Dv]) per row to a scratch.
- *   decode_reduce: one work-item per row combines the chunks' partials,
- *     writes out and lse.
+ *     the chunk (scores in natural units, q pre-scaled by scale, exponentials
+ *     of s - m in base 2, as sdpa.cl), and the chunk writes its partial (max,
+ *     sum, unnormalised acc[Dv]) per row to a scratch. The chunks cover only
+ *     the keys [kbase, kbase + nchunks * chunk) that some row can see.
+ *   decode_reduce: one work-item per row combines the chunks' partials and
+ *     the sink, writes out and lse.
  *
- * Visibility of key j for query row i (as sdpa.cl): j < kv_len[b], the
- * causal rule of kernels/common.cl (attn_visible_limit), and the mask.
- * Hidden keys contribute nothing even when their values are NaN; a row that
- * sees no key gets zeros and lse = -inf.
+ * Visibility of key j for query row i (as sdpa.cl): the row's range of
+ * kernels/common.cl (attn_row_lo / attn_row_hi) and the mask; softcap, ALiBi
+ * and the mask apply in that order (ATTN_OPTS_PARAMS). Hidden keys
+ * contribute nothing even when their values are NaN; a row that sees no key
+ * gets zeros and lse = -inf (with sinks: the sink's logit).
  *
  * Build options (the host keeps the variants few):
  *   -DVW=8|16   vector width along the head dim (D and Dv are multiples)
- *   -DHD=n      max(D, Dv) rounded up to 16..256: private array size
+ *   -DHD=n      max(D, Dv) rounded up to 16..512: private array size
  *   -DEXACT=1   D == Dv == HD: constant loop bounds
  *   -DRB=n      rows per work-item (1, 2, 4 or 8)
  *   -DQT= -DKT= -DVT= -DOT= -DMT=  storage types of q, k, v, out and the
@@ -122,17 +125,18 @@ static inline float8 sum8x8(const float8 b[8]) {
 }
 
 /* Partials: for row id ((b*Hq + h)*Sq + i) and chunk c, PSTRIDE = Dv + 2
- * floats at (row*nchunks + c) * PSTRIDE: m (base-2 max, -inf if the chunk
- * saw no key), l (sum of 2^(s - m)), then acc[Dv]. */
+ * floats at (row*nchunks + c) * PSTRIDE: m (the max score, -inf if the chunk
+ * saw no key), l (sum of e^(s - m)), then acc[Dv]. */
+ATTN_SOFTCAP_FN(softcap8, float8, int8, as_int8, as_float8)
 
 __kernel void decode_partial(__global const qt *q, long q_off, long4 q_st,
                              __global const kt *k, long k_off, long4 k_st,
                              __global const vt *v, long v_off, long4 v_st,
                              __global const mt *mask, long m_off, long4 m_st, int mask_kind,
                              __global const int *kv_lens, int has_kv_lens,
-                             __global float *part, int nchunks, int chunk,
-                             int Hq, int Hkv, int Sq, int Skv, int D, int Dv, int causal,
-                             float scale) {
+                             __global float *part, int nchunks, int chunk, int kbase,
+                             int Hq, int Hkv, int Sq, int Skv, int D, int Dv, float scale,
+                             ATTN_OPTS_PARAMS) {
   const int c = get_global_id(0);
   const int G = Hq / Hkv, nrows = G * Sq, nrb = (nrows + RB - 1) / RB;
   const int hk = get_global_id(1) / nrb;
@@ -147,20 +151,26 @@ __kernel void decode_partial(__global const qt *q, long q_off, long4 q_st,
 
   /* Rows past nrows (the tail of the last block) repeat the last row with a
    * limit of 0: they extend no loop and are never written. */
-  int lim[RB], hrow[RB], irow[RB];
+  int lim[RB], low[RB], hrow[RB], irow[RB];
+  float slope[RB];
+  long dq[RB];
   const __global mt *mrow[RB];
   VEC qv[RB][NX];
-  const float qscale = scale * LOG2E;
-  int kend = 0;
+  const float qscale = scale;
+  int kend = 0, kbeg = Skv;
   #pragma unroll
   for (int r = 0; r < RB; r++) {
     const int row = min(r0 + r, nrows - 1);
     const int g = row / Sq, i = row % Sq, h = hk * G + g;
     hrow[r] = h, irow[r] = i;
-    int l = attn_visible_limit(i, Sq, Skv, causal, kvl);
-    if (r0 + r >= nrows) l = 0;
+    int l = attn_row_hi(i, kvl, has_hi, hi_off), lw = attn_row_lo(i, has_lo, lo_off);
+    if (r0 + r >= nrows) l = 0, lw = Skv;
     lim[r] = l;
+    low[r] = lw;
     kend = max(kend, l);
+    kbeg = min(kbeg, lw);
+    slope[r] = has_alibi ? alibi[h] : 0.0f;
+    dq[r] = (long)i + cpos; /* ALiBi: |pq - pk| = |dq - j| */
     mrow[r] = mask + m_off + b * m_st.s0 + h * m_st.s1 + (long)i * m_st.s2;
     const __global qt *qr = q + q_off + b * q_st.s0 + h * q_st.s1 + (long)i * q_st.s2;
     #pragma unroll
@@ -175,7 +185,7 @@ __kernel void decode_partial(__global const qt *q, long q_off, long4 q_st,
     }
   }
 
-  const int jb = c * chunk, je = min(jb + chunk, kend);
+  const int jb = kbase + c * chunk, je = min(jb + chunk, kend);
   float m[RB], l[RB];
   VEC acc[RB][NX];
   #pragma unroll
@@ -186,7 +196,7 @@ __kernel void decode_partial(__global const qt *q, long q_off, long4 q_st,
   }
 
   const int8 lane = (int8)(0, 1, 2, 3, 4, 5, 6, 7);
-  for (int j0 = jb; j0 < je; j0 += KB) {
+  for (int j0 = max(jb, kbeg); j0 < je; j0 += KB) {
     /* Scores of KB = 8 keys per row: per key and row a VEC of products,
      * folded to a float8 of partial sums, then the 8 keys' partials reduced
      * together into one float8 (key t in lane t): fewer shuffles than 8
@@ -217,6 +227,9 @@ __kernel void decode_partial(__global const qt *q, long q_off, long4 q_st,
     #pragma unroll
     for (int r = 0; r < RB; r++) {
       float8 sc = sum8x8(fold[r]);
+      if (softcap > 0.0f) sc = softcap8(sc, softcap);
+      if (has_alibi)
+        sc = fma((float8)(-slope[r]), fabs((float8)((float)(dq[r] - j0)) - convert_float8(lane)), sc);
       if (mask_kind != 0) {
         float mk[KB];
         #pragma unroll
@@ -224,9 +237,10 @@ __kernel void decode_partial(__global const qt *q, long q_off, long4 q_st,
           mk[t] = ATTN_LD(MT, mrow[r], (long)min(j0 + t, Skv - 1) * m_st.s3);
         const float8 mv = vload8(0, mk);
         if (mask_kind == 1) sc = select(sc, (float8)(-INFINITY), mv == (float8)(0.0f));
-        else sc += mv * LOG2E;
+        else sc += mv;
       }
-      sc = select(sc, (float8)(-INFINITY), (int8)(j0) + lane >= (int8)(min(lim[r], je)));
+      const int8 jv = (int8)(j0) + lane;
+      sc = select(sc, (float8)(-INFINITY), (jv >= (int8)(min(lim[r], je))) | (jv < (int8)(low[r])));
       const float4 m4 = max(sc.lo, sc.hi);
       const float2 m2 = max(m4.lo, m4.hi);
       const float bm = max(m[r], max(m2.x, m2.y));
@@ -238,9 +252,9 @@ __kernel void decode_partial(__global const qt *q, long q_off, long4 q_st,
        * acc below need computing (per-key work that the 16-bit K/V loads do
        * not shrink). */
       const int up = bm > m[r];
-      corr[r] = up ? exp2(m[r] - ms) : 1.0f;
+      corr[r] = up ? exp2((m[r] - ms) * LOG2E) : 1.0f;
       grew |= up;
-      const float8 pv = exp2(sc - ms);
+      const float8 pv = exp2((sc - ms) * LOG2E);
       hidden |= any(pv == (float8)(0.0f));
       const float4 p4 = pv.lo + pv.hi;
       const float2 p2 = p4.lo + p4.hi;
@@ -302,23 +316,27 @@ __kernel void decode_partial(__global const qt *q, long q_off, long4 q_st,
   }
 }
 
-/* One work-item per row (i, h, b): combine the nchunks partials. A chunk
- * that saw no key has m = -inf, l = 0, acc = 0 and weight 2^(-inf) = 0; a
- * NaN in a chunk's l or acc still reaches the row (0 * NaN = NaN). */
+/* One work-item per row (i, h, b): combine the nchunks partials and the
+ * sink (a logit z whose e^z joins the denominator only). A chunk that saw no
+ * key has m = -inf, l = 0, acc = 0 and weight 0; a NaN in a chunk's l or acc
+ * still reaches the row (0 * NaN = NaN). */
 __kernel void decode_reduce(__global const float *part, int nchunks,
                             __global ot *out, long o_off, long4 o_st,
                             __global float *lse, long l_off, long4 l_st, int has_lse,
-                            int Hq, int Sq, int Dv) {
+                            int Hq, int Sq, int Dv,
+                            __global const float *sinks, int has_sinks) {
   const int i = get_global_id(0), h = get_global_id(1), b = get_global_id(2);
   const long row = ((long)b * Hq + h) * Sq + i;
   const int pstride = Dv + 2;
   const __global float *pp = part + row * nchunks * pstride;
   float M = -INFINITY;
   for (int c = 0; c < nchunks; c++) M = max(M, pp[c * pstride]);
+  const float z = has_sinks ? sinks[h] : -INFINITY;
+  M = max(M, z);
   const float Ms = M == -INFINITY ? 0.0f : M;
-  float w[MAX_CHUNKS], L = 0.0f;
+  float w[MAX_CHUNKS], L = has_sinks ? exp2((z - Ms) * LOG2E) : 0.0f;
   for (int c = 0; c < nchunks; c++) {
-    w[c] = exp2(pp[c * pstride] - Ms);
+    w[c] = exp2((pp[c * pstride] - Ms) * LOG2E);
     L += pp[c * pstride + 1] * w[c];
   }
   const float inv = L == 0.0f ? 0.0f : 1.0f / L;
@@ -330,5 +348,5 @@ __kernel void decode_reduce(__global const float *part, int nchunks,
   }
   if (has_lse)
     lse[l_off + b * l_st.s0 + h * l_st.s1 + (long)i * l_st.s2] =
-        L == 0.0f ? -INFINITY : (M + log2(L)) * LN2;
+        L == 0.0f ? -INFINITY : M + log(L);
 }

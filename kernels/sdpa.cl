@@ -16,14 +16,22 @@
  * or value element feeds two FMAs. Its queries are held transposed in private
  * memory (qT[d] = the d-th element of 16 rows), keys are visited in blocks of
  * KB = 8, each key element broadcast into a vector, so the inner loops are
- * pure vector FMAs. Softmax is online (running max m and sum l per row, in
- * base 2: q is pre-scaled by scale*log2(e)), so no Sq x Skv score matrix ever
- * exists. The key loop stops at the last key any of the rows can see
- * (kv_lens, causal diagonal): key tiles past the diagonal are never computed.
+ * pure vector FMAs. Softmax is online (running max m and sum l per row), so
+ * no Sq x Skv score matrix ever exists. The key loop runs only over the keys
+ * some of its rows can see (kv_lens, causal diagonal, sliding window): key
+ * tiles outside them are never read or computed.
  *
- * Visibility of key j for query row i: j < kv_len[b], the causal rule of
- * kernels/common.cl (attn_causal_end), and the mask allows it.
- * A row that sees no key gets zeros and lse = -inf.
+ * Scores stay in natural units (q pre-scaled by scale) until the max is
+ * subtracted, and only the difference s - m is turned into base 2 for the
+ * exponential: an additive mask of -FLT_MAX then stays finite (a row whose
+ * every key has it is uniform, as on ref), and large scores lose no
+ * precision to a log2(e) factor applied before the subtraction.
+ *
+ * Visibility of key j for query row i: the row's range of kernels/common.cl
+ * (attn_row_lo / attn_row_hi) and the mask. A row that sees no key gets zeros
+ * and lse = -inf (with sinks: the sink's logit). Options (ATTN_OPTS_PARAMS):
+ * softcap, ALiBi and the mask apply to each visible score in that order;
+ * sinks join the denominator when the row is finished.
  */
 
 #ifndef HD
@@ -85,6 +93,7 @@ typedef int16 vi;
 #define QROW(r, n) const __global qt *qr##n = qb + (long)min(i0 + r, Sq - 1) * q_st.s2;
 #define MROW(r, n) const __global mt *mr##n = mb + (long)min(i0 + r, Sq - 1) * m_st.s2;
 #define DOT(t) s##t = fma(qd, (vf)(WKEL(t, o, d)), s##t);
+ATTN_SOFTCAP_FN(softcap16, vf, vi, as_int16, as_float16)
 /* One gather of the 16 rows per key (loading rows as vectors and transposing
  * them with shuffles measured no faster). */
 #define MASK(t)                                                                             \
@@ -94,20 +103,38 @@ typedef int16 vi;
     if (mask_kind == 1)                                                                     \
       s##t = select(s##t, (vf)(-INFINITY), mv == (vf)(0.0f));                               \
     else                                                                                    \
-      s##t += mv * LOG2E;                                                                   \
+      s##t += mv;                                                                           \
   }
 #define VZ(t) z = fma(ATTN_VLOAD16(VT, 0, vr##t + d), (vf)(0.0f), z);
-#define LIMIT(t) s##t = select(s##t, (vf)(-INFINITY), (vi)(j0 + t) >= lim);
+#define LIMIT(t) s##t = select(s##t, (vf)(-INFINITY), ((vi)(j0 + t) >= hi) | ((vi)(j0 + t) < lo));
 
-/* Per-row limits: key j is visible (mask aside) iff j < lim. */
-static inline vi row_limits(__global const int *kv_lens, int has_kv_lens, int b, int i0, int Sq,
-                            int Skv, int causal) {
-  int kvl = has_kv_lens ? clamp(kv_lens[b], 0, Skv) : Skv;
-  const vi lane = (vi)(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  vi lim = (vi)(kvl);
-  if (causal) lim = min(lim, (vi)(attn_causal_end(i0, Sq, Skv)) + lane);
-  return max(lim, (vi)(0));
-}
+/* Per-row ranges of rows i0 .. i0+15: key j is visible (mask aside) iff
+ * lo <= j < hi. Rows past Sq get the empty range [Skv, 0). */
+#define ROW_RANGE(lo, hi, i0)                                                               \
+  {                                                                                         \
+    const vi rows_ = (vi)(i0) + (vi)(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);   \
+    const vi past_ = rows_ >= (vi)(Sq);                                                     \
+    hi = has_hi ? min(rows_ + (vi)(hi_off + 1), (vi)(kvl)) : (vi)(kvl);                     \
+    hi = select(max(hi, (vi)(0)), (vi)(0), past_);                                          \
+    lo = has_lo ? max(rows_ + (vi)(lo_off), (vi)(0)) : (vi)(0);                             \
+    lo = select(lo, (vi)(Skv), past_);                                                      \
+  }
+#define HMIN(v, out)                                                                        \
+  {                                                                                         \
+    const int8 a8_ = min((v).lo, (v).hi);                                                   \
+    const int4 a4_ = min(a8_.lo, a8_.hi);                                                   \
+    out = min(min(a4_.s0, a4_.s1), min(a4_.s2, a4_.s3));                                    \
+  }
+#define HMAX(v, out)                                                                        \
+  {                                                                                         \
+    const int8 a8_ = max((v).lo, (v).hi);                                                   \
+    const int4 a4_ = max(a8_.lo, a8_.hi);                                                   \
+    out = max(max(a4_.s0, a4_.s1), max(a4_.s2, a4_.s3));                                    \
+  }
+/* ALiBi's -slope * |pq - pk| for rows i0 .. i0+15 and key j0 + t, with
+ * dq = i0 + cpos - j0 + lane (exact in float below 2^24). */
+#define ALIBI_DQ(i0) \
+  ((vf)((float)((long)(i0) + cpos - j0)) + (vf)(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15))
 
 /* 2^x for x <= 0 or NaN (all the softmax needs), as 2^round(x) * p(frac)
  * with a degree-6 polynomial (relative error 1e-7, at float rounding), and 0
@@ -180,8 +207,8 @@ __kernel void sdpa_flash(__global const qt *q, long q_off, long4 q_st,
                          __global const mt *mask, long m_off, long4 m_st, int mask_kind,
                          __global const int *kv_lens, int has_kv_lens,
                          __global float *lse, long l_off, long4 l_st, int has_lse,
-                         int Hq, int Hkv, int Sq, int Skv, int D, int Dv, int causal,
-                         float scale) {
+                         int Hq, int Hkv, int Sq, int Skv, int D, int Dv, float scale,
+                         ATTN_OPTS_PARAMS) {
   const int i0 = get_global_id(0) * RF;
   const int h = get_global_id(1);
   const int b = get_global_id(2);
@@ -195,24 +222,21 @@ __kernel void sdpa_flash(__global const qt *q, long q_off, long4 q_st,
   /* never dereferenced; keeps the pointers valid */
   if (mask_kind == 0) mb = (const __global mt *)q;
 
-  /* Rows past Sq (the tail of the last group) get limit 0 so they do not
-   * extend the loop. */
-  const vi lane = (vi)(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-#define LIM(x)                                                                              \
-  vi lim##x = row_limits(kv_lens, has_kv_lens, b, i0 + 16 * x, Sq, Skv, causal);             \
-  lim##x = select(lim##x, (vi)(0), (vi)(i0 + 16 * x) + lane >= (vi)(Sq));
-  HALVES(LIM)
-  const vi lmax = max(lim0, lim1);
-  const int8 l8 = max(lmax.lo, lmax.hi);
-  const int4 l4 = max(l8.lo, l8.hi);
-  const int kend = max(max(l4.s0, l4.s1), max(l4.s2, l4.s3));
-  /* Blocks below every row's limit need no limit selects. */
-  const vi lmn = min(lim0, lim1);
-  const int8 n8 = min(lmn.lo, lmn.hi);
-  const int4 n4 = min(n8.lo, n8.hi);
-  const int kmin = min(min(n4.s0, n4.s1), min(n4.s2, n4.s3));
+  /* The keys some row sees: [kbeg, kend). Rows past Sq (the tail of the
+   * last group) have an empty range, which extends nothing. */
+  const int kvl = has_kv_lens ? clamp(kv_lens[b], 0, Skv) : Skv;
+  vi lo0, hi0, lo1, hi1;
+  ROW_RANGE(lo0, hi0, i0)
+  ROW_RANGE(lo1, hi1, i0 + 16)
+  int kbeg, kend, all_lo, all_hi;
+  HMIN(min(lo0, lo1), kbeg)
+  HMAX(max(hi0, hi1), kend)
+  /* Blocks inside [all_lo, all_hi) are seen by every row: no range selects. */
+  HMAX(max(lo0, lo1), all_lo)
+  HMIN(min(hi0, hi1), all_hi)
+  const float slope = has_alibi ? alibi[h] : 0.0f;
 
-  const float qscale = scale * LOG2E;
+  const float qscale = scale;
   vf qT0[HD], qT1[HD], acc0[HD], acc1[HD];
   for (int d = 0; d < DQ; d++) {
     qT0[d] = gather16_q(qb, i0, Sq, q_st.s2, d * QS3) * qscale;
@@ -224,8 +248,8 @@ __kernel void sdpa_flash(__global const qt *q, long q_off, long4 q_st,
    * exp2(s - ms) is then exp2(-inf) = 0 rather than NaN. */
   vf ms0 = (vf)(0.0f), ms1 = ms0;
 
-  for (int j0 = 0; j0 < kend; j0 += KB) {
-    /* Keys past kend read key kend-1 (in bounds); the limit masks them. */
+  for (int j0 = kbeg; j0 < kend; j0 += KB) {
+    /* Keys past kend read key kend-1 (in bounds); the range hides them. */
 #define KROW2(t)                                                                            \
   const __global kt *kr##t = kb + (long)min(j0 + t, kend - 1) * k_st.s2;                     \
   const __global vt *vr##t = vb + (long)min(j0 + t, kend - 1) * v_st.s2;                     \
@@ -246,6 +270,17 @@ __kernel void sdpa_flash(__global const qt *q, long q_off, long4 q_st,
     s##t##_1 = fma(qc, kv, s##t##_1);                                                       \
   }
       REPK(DOT2)
+    }
+#define CAP2(t) s##t##_0 = softcap16(s##t##_0, softcap), s##t##_1 = softcap16(s##t##_1, softcap);
+    if (softcap > 0.0f) {
+      REPK(CAP2)
+    }
+    if (has_alibi) {
+      const vf dq0 = ALIBI_DQ(i0), dq1 = ALIBI_DQ(i0 + 16);
+#define ALIBI2(t)                                                                           \
+  s##t##_0 = fma((vf)(-slope), fabs(dq0 - (float)(t)), s##t##_0);                            \
+  s##t##_1 = fma((vf)(-slope), fabs(dq1 - (float)(t)), s##t##_1);
+      REPK(ALIBI2)
     }
     if (mask_kind != 0) {
 #if MT != ATTN_F32
@@ -274,15 +309,15 @@ __kernel void sdpa_flash(__global const qt *q, long q_off, long4 q_st,
     if (mask_kind == 1)                                                                     \
       s##t##_##x = select(s##t##_##x, (vf)(-INFINITY), mv == (vf)(0.0f));                   \
     else                                                                                    \
-      s##t##_##x += mv * LOG2E;                                                             \
+      s##t##_##x += mv;                                                                     \
   }
 #define MASK2(t) MASK2X(t, 0) MASK2X(t, 1)
       REPK(MASK2)
     }
 #define LIMIT2(t)                                                                           \
-  s##t##_0 = select(s##t##_0, (vf)(-INFINITY), (vi)(j0 + t) >= lim0);                       \
-  s##t##_1 = select(s##t##_1, (vf)(-INFINITY), (vi)(j0 + t) >= lim1);
-    if (j0 + KB > kmin) {
+  s##t##_0 = select(s##t##_0, (vf)(-INFINITY), ((vi)(j0 + t) >= hi0) | ((vi)(j0 + t) < lo0)); \
+  s##t##_1 = select(s##t##_1, (vf)(-INFINITY), ((vi)(j0 + t) >= hi1) | ((vi)(j0 + t) < lo1));
+    if (j0 < all_lo || j0 + KB > all_hi) {
       REPK(LIMIT2)
     }
 
@@ -295,7 +330,7 @@ __kernel void sdpa_flash(__global const qt *q, long q_off, long4 q_st,
   if (any(bm##x > m##x)) {                                                                  \
     const vf mn = max(m##x, bm##x);                                                         \
     const vf msn = select(mn, (vf)(0.0f), mn == (vf)(-INFINITY));                           \
-    const vf corr = exp2_nonpos(m##x - msn);                                                \
+    const vf corr = exp2_nonpos((m##x - msn) * LOG2E);                                      \
     l##x *= corr;                                                                           \
     for (int d = 0; d < DVV; d++) acc##x[d] *= corr;                                        \
     m##x = mn;                                                                              \
@@ -303,8 +338,8 @@ __kernel void sdpa_flash(__global const qt *q, long q_off, long4 q_st,
   }                                                                                         \
   REPK(PROB##x)                                                                             \
   l##x += ((p0_##x + p1_##x) + (p2_##x + p3_##x)) + ((p4_##x + p5_##x) + (p6_##x + p7_##x));
-#define PROB0(t) const vf p##t##_0 = exp2_nonpos(s##t##_0 - ms0);
-#define PROB1(t) const vf p##t##_1 = exp2_nonpos(s##t##_1 - ms1);
+#define PROB0(t) const vf p##t##_0 = exp2_nonpos((s##t##_0 - ms0) * LOG2E);
+#define PROB1(t) const vf p##t##_1 = exp2_nonpos((s##t##_1 - ms1) * LOG2E);
     HALVES(SOFTMAX)
 
     /* A hidden key must contribute nothing even when its value is NaN or
@@ -376,16 +411,31 @@ __kernel void sdpa_flash(__global const qt *q, long q_off, long4 q_st,
   }
 #define STORE0(r, n) STOREX(0, r, n)
 #define STORE1(r, n) STOREX(1, r, n)
+  /* With a sink of logit z: the max becomes mz = max(m, z) and the sum
+   * l 2^(m - mz) + 2^(z - mz) (base 2 of the natural differences); acc is
+   * scaled by 2^(m - mz) / sum. A row that saw no key has l = 0 and m = -inf:
+   * zeros, lse = z. */
+  const float sink = has_sinks ? sinks[h] : 0.0f;
 #define FINISH(x)                                                                           \
-  const vf inv##x = select((vf)(1.0f) / l##x, (vf)(0.0f), l##x == (vf)(0.0f));              \
-  const vf lsev##x = select((m##x + log2(l##x)) * LN2, (vf)(-INFINITY), l##x == (vf)(0.0f)); \
+  vf inv##x, lsev##x;                                                                       \
+  if (has_sinks) {                                                                          \
+    const vf mz = max(m##x, (vf)(sink));                                                    \
+    const vf e = select(exp2((m##x - mz) * LOG2E), (vf)(0.0f), l##x == (vf)(0.0f));         \
+    const vf lz = fma(l##x, e, exp2(((vf)(sink) - mz) * LOG2E));                            \
+    inv##x = e / lz;                                                                        \
+    lsev##x = mz + log(lz);                                                                 \
+  } else {                                                                                  \
+    inv##x = select((vf)(1.0f) / l##x, (vf)(0.0f), l##x == (vf)(0.0f));                     \
+    lsev##x = select(m##x + log(l##x), (vf)(-INFINITY), l##x == (vf)(0.0f));                \
+  }                                                                                         \
   REPR(STORE##x)
   HALVES(FINISH)
 }
 
 /* Second pass, only when the weights are requested: w[b,h,i,j] =
- * exp(scale * q.k + mask - lse[b,h,i]) for visible keys, else 0, with lse
- * from the first pass (-inf for a row with no visible key gives zeros).
+ * exp(s - lse[b,h,i]) for visible keys (s the score with every option),
+ * else 0, with lse from the first pass (it includes a sink; -inf for a row
+ * with no visible key gives zeros).
  * Same layout as sdpa_flash (16 rows in float16 lanes, keys in blocks of 8),
  * over every key, since hidden ones must be written as zeros too. */
 __kernel void sdpa_weights(__global const qt *q, long q_off, long4 q_st,
@@ -394,7 +444,8 @@ __kernel void sdpa_weights(__global const qt *q, long q_off, long4 q_st,
                            __global const int *kv_lens, int has_kv_lens,
                            __global const float *lse, long l_off, long4 l_st,
                            __global wt *w, long w_off, long4 w_st,
-                           int Hq, int Hkv, int Sq, int Skv, int D, int causal, float scale) {
+                           int Hq, int Hkv, int Sq, int Skv, int D, float scale,
+                           ATTN_OPTS_PARAMS) {
   const int i0 = get_global_id(0) * R;
   const int h = get_global_id(1);
   const int b = get_global_id(2);
@@ -412,10 +463,13 @@ __kernel void sdpa_weights(__global const qt *q, long q_off, long4 q_st,
 #define WKEL(t, o, d) ATTN_LD(KT, kr##t, o)
 #endif
 
-  const vi lim = row_limits(kv_lens, has_kv_lens, b, i0, Sq, Skv, causal);
+  const int kvl = has_kv_lens ? clamp(kv_lens[b], 0, Skv) : Skv;
+  vi lo, hi;
+  ROW_RANGE(lo, hi, i0)
+  const float slope = has_alibi ? alibi[h] : 0.0f;
 
   REPR(QROW)
-  const float qscale = scale * LOG2E;
+  const float qscale = scale;
   vf qT[HD];
   for (int d = 0; d < DQ; d++) {
     const long o = d * QS3;
@@ -424,9 +478,9 @@ __kernel void sdpa_weights(__global const qt *q, long q_off, long4 q_st,
   const __global float *lb = lse + l_off + b * l_st.s0 + h * l_st.s1;
 #define LROW(r, n) const __global float *lr##n = lb + (long)min(i0 + r, Sq - 1) * l_st.s2;
   REPR(LROW)
-  const vf lse2 = GATHER(ATTN_F32, lr, 0) * LOG2E;
+  const vf lsev = GATHER(ATTN_F32, lr, 0);
   /* A row with no visible key: every weight 0 (and no -inf - -inf). */
-  const vi empty = lse2 == (vf)(-INFINITY);
+  const vi empty = lsev == (vf)(-INFINITY);
 
   const __global mt *mb = mask + m_off + b * m_st.s0 + h * m_st.s1;
   if (mask_kind == 0) mb = (const __global mt *)q; /* never dereferenced */
@@ -449,6 +503,15 @@ __kernel void sdpa_weights(__global const qt *q, long q_off, long4 q_st,
       const long o = d * KS3;
       REPK(DOT)
     }
+#define CAP(t) s##t = softcap16(s##t, softcap);
+    if (softcap > 0.0f) {
+      REPK(CAP)
+    }
+    if (has_alibi) {
+      const vf dq = ALIBI_DQ(i0);
+#define ALIBI(t) s##t = fma((vf)(-slope), fabs(dq - (float)(t)), s##t);
+      REPK(ALIBI)
+    }
     if (mask_kind != 0) {
       REPK(MASK)
     }
@@ -456,7 +519,7 @@ __kernel void sdpa_weights(__global const qt *q, long q_off, long4 q_st,
 #define WSTORE(r, n) if (i0 + r < Sq) ATTN_ST(WT, wr##n, o, s.s##n);
 #define WPROB(t)                                                                            \
   if (j0 + t < Skv) {                                                                       \
-    const vf s = select(exp2(s##t - lse2), (vf)(0.0f), empty);                              \
+    const vf s = select(exp2((s##t - lsev) * LOG2E), (vf)(0.0f), empty);                     \
     const long o = (long)(j0 + t) * w_st.s3;                                                \
     REPR(WSTORE)                                                                            \
   }

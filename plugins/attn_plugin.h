@@ -29,9 +29,13 @@
 extern "C" {
 #endif
 
-/* ABI 2.1. Major 2 replaced 1.x's per-stage slots with run(stage, desc) and
+/* ABI 2.2. Major 2 replaced 1.x's per-stage slots with run(stage, desc) and
  * gave views an element type and descriptors a {struct_size, features}
- * header; minor 1 added 16-bit storage (ATTN_FEAT_F16 / ATTN_FEAT_BF16).
+ * header; minor 1 added 16-bit storage (ATTN_FEAT_F16 / ATTN_FEAT_BF16);
+ * minor 2 added the SDPA options of real models (positions, windows,
+ * softcap, ALiBi, sinks: ATTN_FEAT_POSITIONS .. ATTN_FEAT_SINKS, with the
+ * descriptor fields after `lse`), masks broadcast over queries, and the
+ * merge stage (ATTN_STAGE_MERGE).
  *
  * Growing the ABI (rules for the core and for backend authors):
  *  - A new option of a stage is a new ATTN_FEAT_* bit, a new minor version and,
@@ -46,7 +50,7 @@ extern "C" {
  *    the shorter descriptor, whose missing fields mean "option not used".
  *  - A new stage is a new attn_stage value and descriptor, not a new slot. */
 #define ATTN_ABI_MAJOR 2
-#define ATTN_ABI_MINOR 1
+#define ATTN_ABI_MINOR 2
 
 /* Services the core offers to backends. */
 typedef struct attn_host {
@@ -87,7 +91,12 @@ typedef struct attn_view {
 #define ATTN_FEAT_BIAS (1ull << 6)          /* linear: a bias */
 #define ATTN_FEAT_F16 (1ull << 7)           /* some operand is stored as fp16 (ABI 2.1) */
 #define ATTN_FEAT_BF16 (1ull << 8)          /* some operand is stored as bf16 (ABI 2.1) */
-#define ATTN_FEAT_COUNT 9
+#define ATTN_FEAT_POSITIONS (1ull << 9)     /* sdpa: q_pos - k_pos != Skv - Sq (ABI 2.2) */
+#define ATTN_FEAT_WINDOW (1ull << 10)       /* sdpa: a sliding window (ABI 2.2) */
+#define ATTN_FEAT_SOFTCAP (1ull << 11)      /* sdpa: softcap (ABI 2.2) */
+#define ATTN_FEAT_ALIBI (1ull << 12)        /* sdpa: ALiBi slopes (ABI 2.2) */
+#define ATTN_FEAT_SINKS (1ull << 13)        /* sdpa: attention sinks (ABI 2.2) */
+#define ATTN_FEAT_COUNT 14
 /* Every bit this SDK knows. */
 #define ATTN_FEAT_KNOWN ((1ull << ATTN_FEAT_COUNT) - 1)
 
@@ -95,7 +104,7 @@ typedef struct attn_view {
  * SDK does not know is newer than it. */
 static inline unsigned attn_feature_minor(int bit) {
   if (bit < 0 || bit >= ATTN_FEAT_COUNT) return ATTN_ABI_MINOR + 1;
-  return bit == 7 || bit == 8 ? 1 : 0;
+  return bit >= 9 ? 2 : bit == 7 || bit == 8 ? 1 : 0;
 }
 
 /* "causal", "bf16 storage", ... for messages; "feature bit N" if unknown. The
@@ -103,7 +112,8 @@ static inline unsigned attn_feature_minor(int bit) {
 static inline const char *attn_feature_name(int bit, char *buf, size_t len) {
   static const char *const names[ATTN_FEAT_COUNT] = {
       "bool mask", "additive mask", "causal", "kv_lens", "weights output", "lse output",
-      "bias",      "f16 storage",   "bf16 storage"};
+      "bias",      "f16 storage",   "bf16 storage", "positions", "window",
+      "softcap",   "alibi",         "sinks"};
   if (bit >= 0 && bit < ATTN_FEAT_COUNT) return names[bit];
   if (buf && len) {
     int n = 0;
@@ -141,13 +151,18 @@ typedef struct attn_linear_desc {
 
 /* As attn_sdpa_args, with shapes checked, the scale resolved, and the lse
  * view given as [B, Hq, Sq, 1]. kv_lens (host memory, B entries, each in
- * [0, Skv]) or NULL. mask.shape[0] is 1 or B and mask.shape[1] is 1 or Hq:
- * broadcast dims have stride 0 here, so index it as if it were full size.
- * q, k, v, out, an additive mask and weights may be f32, f16 or bf16 (a bool
- * mask and lse are f32). */
+ * [0, Skv]) or NULL. mask.shape[0] is 1 or B, mask.shape[1] 1 or Hq and
+ * mask.shape[2] 1 or Sq: broadcast dims have stride 0 here, so index it as
+ * if it were full size. q, k, v, out, an additive mask and weights may be
+ * f32, f16 or bf16 (a bool mask and lse are f32).
+ *
+ * The fields after lse (ABI 2.2) are read only where ATTN_DESC_HAS says
+ * they were sent; a 2.2 core always fills them. Every option depends on
+ * positions only through the diagonal offset q_pos - k_pos (attn_visible_range
+ * and attn_alibi_distance below spell the rules once for C backends). */
 typedef struct attn_sdpa_desc {
   size_t struct_size; /* sizeof as the core saw it */
-  uint64_t features;  /* the options used: mask kind, causal, kv_lens, outputs, dtypes */
+  uint64_t features;  /* the options used: mask kind, causal, kv_lens, outputs, dtypes, ... */
   attn_view q, k, v, out;
   attn_view mask;           /* buf NULL if none */
   attn_mask_kind mask_kind; /* ATTN_MASK_NONE iff mask.buf == NULL */
@@ -156,24 +171,59 @@ typedef struct attn_sdpa_desc {
   const int32_t *kv_lens;
   attn_view weights; /* buf NULL if not requested */
   attn_view lse;     /* buf NULL if not requested */
+  /* ABI 2.2 */
+  int64_t q_pos, k_pos;   /* positions of query row 0 and key 0 (defaults resolved) */
+  int64_t window_left;    /* -1 unbounded; both -1 unless ATTN_FEAT_WINDOW */
+  int64_t window_right;
+  float softcap;          /* > 0 iff ATTN_FEAT_SOFTCAP, else 0 */
+  const float *alibi;     /* host [Hq] iff ATTN_FEAT_ALIBI, else NULL */
+  const float *sinks;     /* host [Hq] iff ATTN_FEAT_SINKS, else NULL */
 } attn_sdpa_desc;
+
+/* out = exp(lse_a - lse) out_a + exp(lse_b - lse) out_b, lse = logaddexp:
+ * out_a, out_b, out [B, H, S, Dv] of any element type; lse_a, lse_b, lse
+ * [B, H, S, 1] f32 (lse.buf NULL if not requested). out may be the very view
+ * out_a or out_b (and lse lse_a or lse_b): read each row before writing it. */
+typedef struct attn_merge_desc {
+  size_t struct_size;
+  uint64_t features; /* ATTN_FEAT_LSE, _F16, _BF16 */
+  attn_view out_a, lse_a, out_b, lse_b, out, lse;
+} attn_merge_desc;
 
 typedef enum attn_stage {
   ATTN_STAGE_LINEAR = 1, /* desc is const attn_linear_desc * */
-  ATTN_STAGE_SDPA = 2    /* desc is const attn_sdpa_desc * */
+  ATTN_STAGE_SDPA = 2,   /* desc is const attn_sdpa_desc * */
+  ATTN_STAGE_MERGE = 3   /* desc is const attn_merge_desc * (ABI 2.2) */
 } attn_stage;
 
 /* ---- Shared rules, written once for every C backend -------------------- */
 
-/* Keys j < attn_visible_limit(...) are visible to query row i (mask aside):
- * kv_lens (kv_len < 0 means none) and causal aligned bottom-right, key j
- * visible iff j <= i + Skv - Sq. The result is in [0, Skv]. */
-static inline int64_t attn_visible_limit(int64_t i, int64_t Sq, int64_t Skv, bool causal,
-                                         int64_t kv_len) {
-  int64_t lim = Skv;
-  if (kv_len >= 0 && kv_len < lim) lim = kv_len;
-  if (causal && i + Skv - Sq + 1 < lim) lim = i + Skv - Sq + 1;
-  return lim < 0 ? 0 : lim;
+/* Keys j in [*lo, *hi) are visible to query row i of batch item b (the
+ * mask aside): kv_lens, and, with p = i + q_pos - k_pos the row's diagonal
+ * (the last key a causal row sees), causal (j <= p) and the window
+ * (p - left <= j <= p + right). 0 <= *lo and *hi <= Skv; empty when
+ * *lo >= *hi. Works for descriptors of every 2.x core. */
+static inline void attn_visible_range(const struct attn_sdpa_desc *d, int64_t b, int64_t i,
+                                      int64_t *lo, int64_t *hi) {
+  const int64_t Sq = d->q.shape[2], Skv = d->k.shape[2];
+  const int has22 = ATTN_DESC_HAS(d, sinks);
+  const int64_t diag = i + (has22 ? d->q_pos - d->k_pos : Skv - Sq);
+  int64_t l = 0, h = Skv;
+  if (d->kv_lens && d->kv_lens[b] < h) h = d->kv_lens[b];
+  if (d->causal && diag + 1 < h) h = diag + 1;
+  if (has22 && d->window_right >= 0 && diag + d->window_right + 1 < h)
+    h = diag + d->window_right + 1;
+  if (has22 && d->window_left >= 0 && diag - d->window_left > l) l = diag - d->window_left;
+  if (h < 0) h = 0;
+  if (l > Skv) l = Skv;
+  *lo = l;
+  *hi = h;
+}
+
+/* |pq - pk| of query row i and key j, ALiBi's distance. */
+static inline double attn_alibi_distance(const struct attn_sdpa_desc *d, int64_t i, int64_t j) {
+  const int64_t t = i + d->q_pos - d->k_pos - j;
+  return (double)(t < 0 ? -t : t);
 }
 
 /* Element conversions. Every conversion to 16 bits rounds to nearest even;

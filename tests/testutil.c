@@ -17,6 +17,9 @@ static int64_t idx4(int64_t i0, int64_t i1, int64_t i2, int64_t i3, int64_t n1, 
 
 void tu_sdpa_double(const tu_sdpa_problem *p, double *out, double *weights, double *lse) {
   const int64_t group = p->Hq / p->Hkv;
+  const int64_t mq = p->mask_q ? p->mask_q : p->Sq;
+  const int64_t q_pos = p->has_positions ? p->q_pos : p->Skv - p->Sq;
+  const int64_t k_pos = p->has_positions ? p->k_pos : 0;
   double *score = malloc((size_t)p->Skv * sizeof *score);
   char *visible = malloc((size_t)p->Skv);
   if (!score || !visible) {
@@ -27,15 +30,20 @@ void tu_sdpa_double(const tu_sdpa_problem *p, double *out, double *weights, doub
     for (int64_t h = 0; h < p->Hq; h++)
       for (int64_t i = 0; i < p->Sq; i++) {
         const int64_t hk = h / group;
+        const int64_t pq = q_pos + i;
         /* 1. scores of the keys this query may see */
         for (int64_t j = 0; j < p->Skv; j++) {
+          const int64_t pk = k_pos + j;
           int vis = 1;
           if (p->kv_lens && j >= p->kv_lens[b]) vis = 0;
-          if (p->causal && j > i + p->Skv - p->Sq) vis = 0;
+          if (p->causal && pk > pq) vis = 0;
+          if (p->has_window && p->window_left >= 0 && pk < pq - p->window_left) vis = 0;
+          if (p->has_window && p->window_right >= 0 && pk > pq + p->window_right) vis = 0;
           double m = 0;
           if (p->mask) {
-            int64_t mb = p->mask_b == 1 ? 0 : b, mh = p->mask_h == 1 ? 0 : h;
-            m = p->mask[idx4(mb, mh, i, j, p->mask_h, p->Sq, p->Skv)];
+            int64_t mb = p->mask_b == 1 ? 0 : b, mh = p->mask_h == 1 ? 0 : h,
+                    mi = mq == 1 ? 0 : i;
+            m = p->mask[idx4(mb, mh, mi, j, p->mask_h, mq, p->Skv)];
             if (p->mask_kind == ATTN_MASK_BOOL && m == 0) vis = 0;
           }
           visible[j] = (char)vis;
@@ -44,10 +52,14 @@ void tu_sdpa_double(const tu_sdpa_problem *p, double *out, double *weights, doub
           for (int64_t d = 0; d < p->D; d++)
             dot += (double)p->q[idx4(b, h, i, d, p->Hq, p->Sq, p->D)] *
                    (double)p->k[idx4(b, hk, j, d, p->Hkv, p->Skv, p->D)];
-          score[j] = p->scale * dot + (p->mask_kind == ATTN_MASK_ADDITIVE ? m : 0.0);
+          double s = p->scale * dot;
+          if (p->softcap > 0) s = p->softcap * tanh(s / p->softcap);
+          if (p->alibi) s += -(double)p->alibi[h] * fabs((double)(pq - pk));
+          score[j] = s + (p->mask_kind == ATTN_MASK_ADDITIVE ? m : 0.0);
         }
         /* 2. softmax: a row is empty when no visible score exceeds -inf
-         * (a NaN score is not -inf: it makes the row NaN, as it should) */
+         * (a NaN score is not -inf: it makes the row NaN, as it should);
+         * the sink joins the max and the denominator */
         double mx = -INFINITY;
         int nonempty = 0;
         for (int64_t j = 0; j < p->Skv; j++)
@@ -55,7 +67,9 @@ void tu_sdpa_double(const tu_sdpa_problem *p, double *out, double *weights, doub
             if (!(score[j] == -INFINITY)) nonempty = 1;
             if (score[j] > mx) mx = score[j];
           }
-        double total = 0;
+        const double sink = p->sinks ? (double)p->sinks[h] : -INFINITY;
+        if (nonempty && sink > mx) mx = sink;
+        double total = nonempty && p->sinks ? exp(sink - mx) : 0.0;
         for (int64_t j = 0; j < p->Skv; j++)
           if (visible[j] && nonempty) total += exp(score[j] - mx);
         for (int64_t j = 0; j < p->Skv; j++) /* score becomes the probability */
@@ -71,7 +85,7 @@ void tu_sdpa_double(const tu_sdpa_problem *p, double *out, double *weights, doub
         }
         if (weights)
           for (int64_t j = 0; j < p->Skv; j++) weights[row * p->Skv + j] = score[j];
-        if (lse) lse[row] = nonempty ? mx + log(total) : -INFINITY;
+        if (lse) lse[row] = nonempty ? mx + log(total) : sink;
       }
   free(score);
   free(visible);

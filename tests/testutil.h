@@ -22,11 +22,22 @@ typedef struct tu_sdpa_problem {
   bool causal;
   double scale;            /* already resolved (1/sqrt(D) by default) */
   const int32_t *kv_lens;  /* [B] or NULL */
+  /* The options of attn.h 0.3; zero means unused. */
+  int64_t mask_q;          /* the mask's query dim: 1 or Sq (0 means Sq) */
+  bool has_positions;      /* else q_pos = Skv - Sq, k_pos = 0 */
+  int64_t q_pos, k_pos;
+  bool has_window;
+  int64_t window_left, window_right; /* -1 = unbounded */
+  double softcap;          /* > 0: s = softcap * tanh(s / softcap) */
+  const float *alibi;      /* [Hq] slopes or NULL */
+  const float *sinks;      /* [Hq] logits or NULL */
 } tu_sdpa_problem;
 
-/* Straight from the definition, in double: scores, mask, causal, kv_lens,
- * softmax, weighted sum. out [B,Hq,Sq,Dv]; weights [B,Hq,Sq,Skv] and
- * lse [B,Hq,Sq] may be NULL. Rows with no visible key: zeros, lse = -inf. */
+/* Straight from the definition, in double: positions, visibility (kv_lens,
+ * causal, window, bool mask), scores with softcap, ALiBi and the additive
+ * mask, softmax with the sink, weighted sum. out [B,Hq,Sq,Dv]; weights
+ * [B,Hq,Sq,Skv] and lse [B,Hq,Sq] may be NULL. Rows with no visible key:
+ * zeros, lse = -inf (the sink with sinks). */
 void tu_sdpa_double(const tu_sdpa_problem *p, double *out, double *weights, double *lse);
 
 /* y[r,:] = x[r,:] W^T + b in double; x [rows, in], w [out, in], b [out] or NULL. */

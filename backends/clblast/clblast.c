@@ -5,14 +5,16 @@
  *   linear  y = x W^T (one strided-batched GEMM), then y += bias (add4d)
  *   sdpa    per batch item and tile of queries:
  *             S = scale * Q K^T      strided-batched GEMM over heads
- *             P = softmax(S + mask)  softmax_rows, in place, with weights/lse
+ *             P = softmax(S + ...)   softmax_rows, in place, with softcap, ALiBi,
+ *                                    the mask, sinks, weights/lse
  *             O = P V                strided-batched GEMM over heads, over the
  *                                    keys every row of the tile sees; pv_rows
- *                                    adds the keys near the causal diagonal
- *           The scores of one tile ([Hq, tile, Skv]) stay on the device and the
+ *                                    adds the keys near the edges of the rows'
+ *                                    ranges (causal diagonal, window)
+ *           The scores of one tile ([Hq, tile, keys]) stay on the device and the
  *           tile is chosen so that they fit SCORE_BUDGET, so device memory is
- *           bounded whatever Sq and Skv are. Keys past kv_lens or past the
- *           tile's causal diagonal are neither computed nor read.
+ *           bounded whatever Sq and Skv are. Keys no row of the tile can see
+ *           (kv_lens, causal, window) are neither computed nor read.
  *
  * Known limit: a key hidden by a boolean mask is still read by the P V GEMM
  * with probability 0, so a NaN/inf in its value gives NaN (0 * NaN), where
@@ -225,11 +227,21 @@ static attn_status clb_synchronize(attn_backend_ctx *c) { return clrt_finish(&c-
 #define CLB_LINEAR_FEATURES (ATTN_FEAT_BIAS | CLB_DTYPE_FEATURES)
 #define CLB_SDPA_FEATURES                                                                  \
   (ATTN_FEAT_MASK_BOOL | ATTN_FEAT_MASK_ADDITIVE | ATTN_FEAT_CAUSAL | ATTN_FEAT_KV_LENS |   \
-   ATTN_FEAT_WEIGHTS | ATTN_FEAT_LSE | CLB_DTYPE_FEATURES)
+   ATTN_FEAT_WEIGHTS | ATTN_FEAT_LSE | CLB_DTYPE_FEATURES | ATTN_FEAT_POSITIONS |           \
+   ATTN_FEAT_WINDOW | ATTN_FEAT_SOFTCAP | ATTN_FEAT_ALIBI | ATTN_FEAT_SINKS)
+#define CLB_MERGE_FEATURES (ATTN_FEAT_LSE | CLB_DTYPE_FEATURES)
 
 static attn_status clb_supports(attn_backend_ctx *c, attn_stage stage, const void *desc,
                                 char *why, size_t why_len) {
   (void)c;
+  if (stage == ATTN_STAGE_MERGE) {
+    const int bit = attn_feature_unknown(((const attn_merge_desc *)desc)->features,
+                                         CLB_MERGE_FEATURES);
+    if (bit < 0) return ATTN_OK;
+    char buf[32];
+    snprintf(why, why_len, "clblast: merge cannot do %s", attn_feature_name(bit, buf, sizeof buf));
+    return ATTN_ERR_UNSUPPORTED;
+  }
   if (stage == ATTN_STAGE_LINEAR || stage == ATTN_STAGE_SDPA) {
     const uint64_t f = stage == ATTN_STAGE_LINEAR ? ((const attn_linear_desc *)desc)->features
                                                   : ((const attn_sdpa_desc *)desc)->features;
@@ -428,8 +440,9 @@ static head_split split_heads(int64_t Hq, int64_t Hkv) {
   return s;
 }
 
-static attn_status enqueue_softmax(attn_backend_ctx *c, const attn_sdpa_desc *d, int64_t b,
-                                   int64_t i0, int64_t T, int64_t ld, int64_t kvlen) {
+static attn_status enqueue_softmax(attn_backend_ctx *c, const attn_sdpa_desc *d,
+                                   const clrt_sdpa_opts *op, int64_t b, int64_t i0, int64_t T,
+                                   int64_t klo, int64_t ld, int64_t kvlen) {
   cl_kernel k;
   attn_status st = clrt_kernel_get(&c->cl, KERNELS, c->opts, "softmax_rows", &k);
   if (st != ATTN_OK) return st;
@@ -437,8 +450,8 @@ static attn_status enqueue_softmax(attn_backend_ctx *c, const attn_sdpa_desc *d,
    * scores, which the flags keep the kernel from touching that way. */
   cl_mem s_mem = c->scores->mem;
   cl_ulong s_off = 0;
-  cl_int ld_ = (cl_int)ld, T_ = (cl_int)T, i0_ = (cl_int)i0, Sq = (cl_int)d->q.shape[2],
-         Skv = (cl_int)d->k.shape[2], kvlen_ = (cl_int)kvlen, causal = d->causal ? 1 : 0;
+  cl_int ld_ = (cl_int)ld, T_ = (cl_int)T, i0_ = (cl_int)i0, klo_ = (cl_int)klo,
+         Skv = (cl_int)d->k.shape[2], kvlen_ = (cl_int)kvlen;
   const attn_view *mv = &d->mask, *wv = &d->weights, *lv = &d->lse;
   cl_mem m_mem = mv->buf ? mv->buf->mem : s_mem;
   cl_ulong m_off = mv->buf ? (cl_ulong)(mv->offset + b * mv->strides[0]) : 0;
@@ -452,40 +465,41 @@ static attn_status enqueue_softmax(attn_backend_ctx *c, const attn_sdpa_desc *d,
   cl_ulong l_off = lv->buf ? (cl_ulong)(lv->offset + b * lv->strides[0]) : 0;
   cl_long4 l_str = to_cl(long4_of(lv->strides[0], lv->strides[1], lv->strides[2], lv->strides[3]));
   cl_int has_l = lv->buf != NULL;
-  st = clrt_set_args(k, 21, CLRT_ARG(s_mem), CLRT_ARG(s_off), CLRT_ARG(ld_), CLRT_ARG(T_),
-                     CLRT_ARG(i0_), CLRT_ARG(Sq), CLRT_ARG(Skv), CLRT_ARG(kvlen_),
-                     CLRT_ARG(causal), CLRT_ARG(m_mem), CLRT_ARG(m_off), CLRT_ARG(m_str),
+  st = clrt_set_args(k, 20 + CLRT_OPTS_NARGS, CLRT_ARG(s_mem), CLRT_ARG(s_off), CLRT_ARG(ld_),
+                     CLRT_ARG(T_), CLRT_ARG(i0_), CLRT_ARG(klo_), CLRT_ARG(Skv),
+                     CLRT_ARG(kvlen_), CLRT_ARG(m_mem), CLRT_ARG(m_off), CLRT_ARG(m_str),
                      CLRT_ARG(mkind), CLRT_ARG(w_mem), CLRT_ARG(w_off), CLRT_ARG(w_str),
                      CLRT_ARG(has_w), CLRT_ARG(l_mem), CLRT_ARG(l_off), CLRT_ARG(l_str),
-                     CLRT_ARG(has_l));
+                     CLRT_ARG(has_l), CLRT_OPTS_ARGS(*op));
   if (st != ATTN_OK) return st;
   size_t local = c->sm_wg, global = (size_t)(d->q.shape[1] * T) * local;
   return clrt_enqueue(&c->cl, k, 1, &global, &local);
 }
 
-/* out tile (+)= P V over keys [c_lo, c_hi), each row reading only the keys it
- * sees; the tile's output is at o_mem + o_off with strides o_str [., h, t, e]. */
+/* out tile (+)= P V over keys [j_lo, j_hi), each row reading only the keys it
+ * sees; P's column 0 is key klo; the tile's output is at o_mem + o_off with
+ * strides o_str [., h, t, e]. */
 static attn_status enqueue_pv_rows(attn_backend_ctx *c, const attn_sdpa_desc *d,
-                                   const attn_view *v, int64_t b, int64_t i0, int64_t T,
-                                   int64_t ld, int64_t kvlen, int64_t c_lo, int64_t c_hi,
+                                   const clrt_sdpa_opts *op, const attn_view *v, int64_t b,
+                                   int64_t i0, int64_t T, int64_t klo, int64_t ld,
+                                   int64_t kvlen, int64_t j_lo, int64_t j_hi, bool accumulate,
                                    cl_mem o_mem, size_t o_off, i64x4 o_str) {
   cl_kernel k;
   attn_status st = clrt_kernel_get(&c->cl, KERNELS, c->opts, "pv_rows", &k);
   if (st != ATTN_OK) return st;
   const int64_t Hq = d->q.shape[1], Dv = d->v.shape[3];
   cl_mem p_mem = c->scores->mem, v_mem = v->buf->mem;
-  cl_int ld_ = (cl_int)ld, T_ = (cl_int)T, i0_ = (cl_int)i0, Sq = (cl_int)d->q.shape[2],
-         Skv = (cl_int)d->k.shape[2], kvlen_ = (cl_int)kvlen, causal = d->causal ? 1 : 0,
-         lo = (cl_int)c_lo, hi = (cl_int)c_hi, group = (cl_int)(Hq / d->k.shape[1]),
-         acc = c_lo > 0;
+  cl_int ld_ = (cl_int)ld, T_ = (cl_int)T, i0_ = (cl_int)i0, klo_ = (cl_int)klo,
+         kvlen_ = (cl_int)kvlen, lo = (cl_int)j_lo, hi = (cl_int)j_hi,
+         group = (cl_int)(Hq / d->k.shape[1]), acc = accumulate;
   cl_ulong v_off = (cl_ulong)(v->offset + b * v->strides[0]), o_off_ = (cl_ulong)o_off;
   cl_long4 v_str = to_cl(long4_of(v->strides[0], v->strides[1], v->strides[2], v->strides[3]));
   cl_long4 o_str_ = to_cl(o_str);
-  st = clrt_set_args(k, 18, CLRT_ARG(p_mem), CLRT_ARG(ld_), CLRT_ARG(T_), CLRT_ARG(i0_),
-                     CLRT_ARG(Sq), CLRT_ARG(Skv), CLRT_ARG(kvlen_), CLRT_ARG(causal),
-                     CLRT_ARG(lo), CLRT_ARG(hi), CLRT_ARG(group), CLRT_ARG(v_mem),
-                     CLRT_ARG(v_off), CLRT_ARG(v_str), CLRT_ARG(o_mem), CLRT_ARG(o_off_),
-                     CLRT_ARG(o_str_), CLRT_ARG(acc));
+  st = clrt_set_args(k, 16 + CLRT_OPTS_NARGS, CLRT_ARG(p_mem), CLRT_ARG(ld_), CLRT_ARG(T_),
+                     CLRT_ARG(i0_), CLRT_ARG(klo_), CLRT_ARG(kvlen_), CLRT_ARG(lo), CLRT_ARG(hi),
+                     CLRT_ARG(group), CLRT_ARG(v_mem), CLRT_ARG(v_off), CLRT_ARG(v_str),
+                     CLRT_ARG(o_mem), CLRT_ARG(o_off_), CLRT_ARG(o_str_), CLRT_ARG(acc),
+                     CLRT_OPTS_ARGS(*op));
   if (st != ATTN_OK) return st;
   size_t global[3] = {(size_t)Dv, (size_t)T, (size_t)Hq};
   return clrt_enqueue(&c->cl, k, 3, global, NULL);
@@ -504,9 +518,10 @@ static attn_status clb_sdpa_f32(attn_backend_ctx *c, const attn_sdpa_desc *d) {
   int64_t row_bytes = Hq * Skv * (int64_t)sizeof(float);
   int64_t tile = (int64_t)budget / row_bytes;
   if (tile < 1) tile = 1;
-  /* Causal tiles stay short: the keys near the diagonal, which only some
-   * rows see, go through pv_rows (a plain loop), not the GEMM. */
-  if (d->causal && tile > CAUSAL_TILE) tile = CAUSAL_TILE;
+  /* Causal and windowed tiles stay short: the keys near the edges of the
+   * rows' ranges, which only some rows see, go through pv_rows (a plain
+   * loop), not the GEMM. */
+  if ((d->causal || (d->features & ATTN_FEAT_WINDOW)) && tile > CAUSAL_TILE) tile = CAUSAL_TILE;
   if (tile > Sq) tile = Sq;
   host->debug("clblast sdpa: B=%lld Hq=%lld Hkv=%lld Sq=%lld Skv=%lld D=%lld Dv=%lld tile=%lld",
               (long long)B, (long long)Hq, (long long)Hkv, (long long)Sq, (long long)Skv,
@@ -514,7 +529,10 @@ static attn_status clb_sdpa_f32(attn_backend_ctx *c, const attn_sdpa_desc *d) {
 
   attn_buffer *tq = NULL, *tk = NULL, *tv = NULL, *to = NULL;
   attn_view q, k, v, o = d->out;
-  attn_status st = gemm_input(c, &d->q, &tq, &q);
+  clrt_sdpa_opts op;
+  attn_status st = clrt_sdpa_opts_init(&c->cl, d, "clblast", &op);
+  if (st != ATTN_OK) return st;
+  st = gemm_input(c, &d->q, &tq, &q);
   if (st == ATTN_OK) st = gemm_input(c, &d->k, &tk, &k);
   if (st == ATTN_OK) st = gemm_input(c, &d->v, &tv, &v);
   if (st == ATTN_OK) st = scores_reserve(c, (size_t)(tile * row_bytes));
@@ -528,11 +546,16 @@ static attn_status clb_sdpa_f32(attn_backend_ctx *c, const attn_sdpa_desc *d) {
     const int64_t kvlen = d->kv_lens ? d->kv_lens[b] : Skv;
     for (int64_t i0 = 0; st == ATTN_OK && i0 < Sq; i0 += tile) {
       const int64_t T = Sq - i0 < tile ? Sq - i0 : tile;
-      /* Keys [0, n_eff) are visible to some row of the tile (kv_lens, and
-       * the causal diagonal of its last row); only those are computed. Keys
-       * [0, c0) are visible to every row (c0 = the first row's limit). */
-      const int64_t n_eff = attn_visible_limit(i0 + T - 1, Sq, Skv, d->causal, kvlen),
-                    c0 = attn_visible_limit(i0, Sq, Skv, d->causal, kvlen);
+      /* Both ends of a row's range grow with the row: keys [klo, khi) are
+       * visible to some row of the tile (the first row's lo, the last row's
+       * hi); only those are computed. Keys [c_lo, c_hi) are visible to every
+       * row (the last row's lo, the first row's hi). */
+      int64_t klo, khi, c_lo, c_hi;
+      attn_visible_range(d, b, i0, &klo, &c_hi);
+      attn_visible_range(d, b, i0 + T - 1, &c_lo, &khi);
+      if (khi < klo) khi = klo;
+      const int64_t n_eff = khi - klo;
+      const bool gemm_pv = c_lo < c_hi;
       const int64_t ld = n_eff > 0 ? n_eff : 1; /* score row pitch */
       const size_t s_head = (size_t)(T * ld);   /* scores of one head */
       for (int64_t oi = 0; st == ATTN_OK && n_eff > 0 && oi < hs.nouter; oi++) {
@@ -541,14 +564,16 @@ static attn_status clb_sdpa_f32(attn_backend_ctx *c, const attn_sdpa_desc *d) {
                        (size_t)(q.offset + b * q.strides[0] + h0 * q.strides[1] +
                                 i0 * q.strides[2]),
                        view_ld(&q)};
-        gemm_mat kb = {k.buf->mem, (size_t)(k.offset + b * k.strides[0] + hk0 * k.strides[1]),
+        gemm_mat kb = {k.buf->mem,
+                       (size_t)(k.offset + b * k.strides[0] + hk0 * k.strides[1] +
+                                klo * k.strides[2]),
                        view_ld(&k)};
         gemm_mat sc = {c->scores->mem, (size_t)h0 * s_head, (size_t)ld};
         st = gemm(c, "sdpa: Q K^T", true, (size_t)T, (size_t)n_eff, (size_t)D, d->scale, qa,
                   (size_t)(hs.ih * q.strides[1]), kb, (size_t)(hs.ik * k.strides[1]), sc,
                   hs.ih * s_head, (size_t)hs.ninner);
       }
-      if (st == ATTN_OK) st = enqueue_softmax(c, d, b, i0, T, ld, n_eff);
+      if (st == ATTN_OK) st = enqueue_softmax(c, d, &op, b, i0, T, klo, ld, kvlen);
 
       /* Where the output of this tile goes: out itself or the staging buffer. */
       gemm_mat ot;
@@ -562,21 +587,31 @@ static attn_status clb_sdpa_f32(attn_backend_ctx *c, const attn_sdpa_desc *d) {
         ot_str = long4_of(0, o.strides[1], o.strides[2], o.strides[3]);
       }
       /* O = P V over the keys every row sees, by GEMM... */
-      for (int64_t oi = 0; st == ATTN_OK && c0 > 0 && oi < hs.nouter; oi++) {
+      for (int64_t oi = 0; st == ATTN_OK && gemm_pv && oi < hs.nouter; oi++) {
         const int64_t h0 = oi * hs.oh, hk0 = oi * hs.ok;
-        gemm_mat pa = {c->scores->mem, (size_t)h0 * s_head, (size_t)ld};
-        gemm_mat vb = {v.buf->mem, (size_t)(v.offset + b * v.strides[0] + hk0 * v.strides[1]),
+        gemm_mat pa = {c->scores->mem, (size_t)h0 * s_head + (size_t)(c_lo - klo), (size_t)ld};
+        gemm_mat vb = {v.buf->mem,
+                       (size_t)(v.offset + b * v.strides[0] + hk0 * v.strides[1] +
+                                c_lo * v.strides[2]),
                        view_ld(&v)};
         gemm_mat oc = ot;
         oc.off += (size_t)(h0 * ot_str.s[1]);
-        st = gemm(c, "sdpa: P V", false, (size_t)T, (size_t)Dv, (size_t)c0, 1.0f, pa,
+        st = gemm(c, "sdpa: P V", false, (size_t)T, (size_t)Dv, (size_t)(c_hi - c_lo), 1.0f, pa,
                   hs.ih * s_head, vb, (size_t)(hs.ik * v.strides[1]), oc,
                   (size_t)(hs.ih * ot_str.s[1]), (size_t)hs.ninner);
       }
-      /* ...and over the keys near the causal diagonal row by row, which also
-       * writes the zeros of rows that see nothing. */
-      if (st == ATTN_OK && (c0 < n_eff || c0 == 0))
-        st = enqueue_pv_rows(c, d, &v, b, i0, T, ld, kvlen, c0, n_eff, ot.mem, ot.off, ot_str);
+      /* ...and over the keys near the edges row by row; without the GEMM,
+       * over all of them, which also writes the zeros of rows that see
+       * nothing. */
+      if (st == ATTN_OK && !gemm_pv)
+        st = enqueue_pv_rows(c, d, &op, &v, b, i0, T, klo, ld, kvlen, klo, khi, false, ot.mem,
+                             ot.off, ot_str);
+      if (st == ATTN_OK && gemm_pv && klo < c_lo)
+        st = enqueue_pv_rows(c, d, &op, &v, b, i0, T, klo, ld, kvlen, klo, c_lo, true, ot.mem,
+                             ot.off, ot_str);
+      if (st == ATTN_OK && gemm_pv && c_hi < khi)
+        st = enqueue_pv_rows(c, d, &op, &v, b, i0, T, klo, ld, kvlen, c_hi, khi, true, ot.mem,
+                             ot.off, ot_str);
       if (st == ATTN_OK && stage_out)
         st = enqueue_elementwise(
             c, "copy4d", to->mem, 0, long4_of(0, T * Dv, Dv, 1), o.buf->mem,
@@ -588,6 +623,7 @@ static attn_status clb_sdpa_f32(attn_backend_ctx *c, const attn_sdpa_desc *d) {
   clrt_buffer_free(&c->cl, tk);
   clrt_buffer_free(&c->cl, tv);
   clrt_buffer_free(&c->cl, to);
+  clrt_sdpa_opts_release(&c->cl, &op);
   return st;
 }
 
@@ -756,6 +792,7 @@ static attn_status clb_sdpa(attn_backend_ctx *c, const attn_sdpa_desc *d) {
 /* ---- the vtable ------------------------------------------------------------------- */
 
 static attn_status clb_run(attn_backend_ctx *c, attn_stage stage, const void *desc) {
+  if (stage == ATTN_STAGE_MERGE) return clrt_merge(&c->cl, desc);
   return stage == ATTN_STAGE_SDPA ? clb_sdpa(c, desc) : clb_linear(c, desc);
 }
 

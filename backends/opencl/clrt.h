@@ -262,4 +262,38 @@ CLRT_INTERNAL const char *clrt_tune_value(const char *text, const char *name, ch
 CLRT_INTERNAL double clrt_now_ms(void);
 CLRT_INTERNAL double clrt_median(double *v, int n);
 
+/* ---- SDPA options and the merge stage (attention.c) ------------------------------ */
+
+/* The kernel arguments of kernels/common.cl's ATTN_OPTS_PARAMS for one SDPA
+ * call: the row ranges folded into diagonal offsets (clamped to the int
+ * range the rows can reach), softcap, ALiBi's position offset, and device
+ * copies of the alibi slopes and sinks (scratch; release with
+ * clrt_sdpa_opts_release once the kernels are enqueued). */
+typedef struct clrt_sdpa_opts {
+  cl_int has_lo, lo_off, has_hi, hi_off;
+  cl_long cpos;
+  cl_float softcap;
+  cl_mem alibi;
+  cl_int has_alibi;
+  cl_mem sinks;
+  cl_int has_sinks;
+} clrt_sdpa_opts;
+/* The number of kernel arguments CLRT_OPTS_ARGS expands to. */
+#define CLRT_OPTS_NARGS 10
+#define CLRT_OPTS_ARGS(o)                                                                  \
+  CLRT_ARG((o).has_lo), CLRT_ARG((o).lo_off), CLRT_ARG((o).has_hi), CLRT_ARG((o).hi_off),   \
+      CLRT_ARG((o).cpos), CLRT_ARG((o).softcap), CLRT_ARG((o).alibi),                       \
+      CLRT_ARG((o).has_alibi), CLRT_ARG((o).sinks), CLRT_ARG((o).has_sinks)
+/* Fill o for d; absent alibi / sinks get a 4-byte placeholder buffer
+ * (kernels never read it) so every argument is a valid cl_mem. */
+CLRT_INTERNAL attn_status clrt_sdpa_opts_init(clrt_ctx *c, const attn_sdpa_desc *d,
+                                              const char *who, clrt_sdpa_opts *o);
+CLRT_INTERNAL void clrt_sdpa_opts_release(clrt_ctx *c, clrt_sdpa_opts *o);
+/* Keys [*lo, *hi) are visible to some query row of batch item b (the union
+ * of the rows' ranges, kv_lens included): what a kernel need read at all. */
+CLRT_INTERNAL void clrt_sdpa_key_span(const attn_sdpa_desc *d, int64_t b, int64_t *lo,
+                                      int64_t *hi);
+/* The merge stage (kernels/merge.cl), for every OpenCL backend. */
+CLRT_INTERNAL attn_status clrt_merge(clrt_ctx *c, const attn_merge_desc *d);
+
 #endif /* ATTN_CLRT_H */

@@ -9,7 +9,7 @@
 
 /* Largest D and Dv (as the fused kernel), and the most chunks the reduce
  * kernel combines (MAX_CHUNKS in kernels/decode.cl). */
-#define DECODE_MAX_HEAD_DIM 256
+#define DECODE_MAX_HEAD_DIM 512
 #define DECODE_MAX_CHUNKS 64
 /* Keys per chunk at least: below this the partials cost more than they save. */
 #define DECODE_MIN_CHUNK 128
@@ -90,6 +90,19 @@ attn_status pocl_decode_sdpa(clrt_ctx *c, const attn_sdpa_desc *d, int groups_pe
   if (s == ATTN_OK) s = clrt_kernel_get(c, "decode", opts, "decode_reduce", &kr);
   if (s != ATTN_OK) return s;
 
+  /* Only keys [kbase, kspan_end) are visible to any row of any batch item
+   * (causal diagonal, window); kv_lens only shortens some rows further. */
+  int64_t kbase = Skv, kspan_end = 0;
+  for (int64_t bb = 0; bb < B; bb++) {
+    int64_t lo, hi;
+    clrt_sdpa_key_span(d, bb, &lo, &hi);
+    if (lo < hi) {
+      if (lo < kbase) kbase = lo;
+      if (hi > kspan_end) kspan_end = hi;
+    }
+  }
+  if (kbase >= kspan_end) kbase = 0, kspan_end = 0;
+  const int64_t span = kspan_end - kbase;
   /* Split the keys so that the work-groups number about groups_per_cu
    * per compute unit, in chunks of at least DECODE_MIN_CHUNK keys. */
   cl_uint cus = 1;
@@ -102,21 +115,27 @@ attn_status pocl_decode_sdpa(clrt_ctx *c, const attn_sdpa_desc *d, int groups_pe
   long want = ((long)groups_per_cu * cus + base - 1) / base;
   const char *split = getenv("ATTN_POCL_DECODE_SPLIT"); /* measurement knob */
   if (split && atoi(split) > 0) want = atoi(split);
-  long maxc = (Skv + DECODE_MIN_CHUNK - 1) / DECODE_MIN_CHUNK;
+  long maxc = (span + DECODE_MIN_CHUNK - 1) / DECODE_MIN_CHUNK;
   if (want > maxc) want = maxc;
   if (want > DECODE_MAX_CHUNKS) want = DECODE_MAX_CHUNKS;
   if (want < 1) want = 1;
-  cl_int chunk = (cl_int)clrt_round_up((size_t)((Skv + want - 1) / want), 8);
+  cl_int chunk = (cl_int)clrt_round_up((size_t)((span + want - 1) / want), 8);
   if (chunk < 8) chunk = 8;
-  cl_int nchunks = (Skv + chunk - 1) / chunk;
+  cl_int nchunks = (cl_int)((span + chunk - 1) / chunk), kbase_ = (cl_int)kbase;
   if (nchunks < 1) nchunks = 1;
 
   const size_t part_bytes =
       (size_t)B * Hq * Sq * (size_t)nchunks * (size_t)(Dv + 2) * sizeof(cl_float);
   cl_mem part, kvl = NULL;
+  clrt_sdpa_opts op;
+  s = clrt_sdpa_opts_init(c, d, "pocl", &op);
+  if (s != ATTN_OK) return s;
   s = clrt_scratch_alloc(c, CL_MEM_READ_WRITE, part_bytes, NULL, "pocl: the decode partials",
                          &part);
-  if (s != ATTN_OK) return s;
+  if (s != ATTN_OK) {
+    clrt_sdpa_opts_release(c, &op);
+    return s;
+  }
   cl_int has_kvl = d->kv_lens != NULL;
   if (has_kvl) {
     /* kv_lens is host memory the caller may reuse once we return: copy it. */
@@ -124,6 +143,7 @@ attn_status pocl_decode_sdpa(clrt_ctx *c, const attn_sdpa_desc *d, int groups_pe
                            (void *)d->kv_lens, "pocl: kv_lens", &kvl);
     if (s != ATTN_OK) {
       clrt_scratch_free(c, part);
+      clrt_sdpa_opts_release(c, &op);
       return s;
     }
   }
@@ -134,16 +154,17 @@ attn_status pocl_decode_sdpa(clrt_ctx *c, const attn_sdpa_desc *d, int groups_pe
   cl_long m_off = d->mask.offset, l_off = d->lse.offset;
   cl_long4 q_st = strides4(&d->q), k_st = strides4(&d->k), v_st = strides4(&d->v),
            o_st = strides4(&d->out), m_st = strides4(&d->mask), l_st = strides4(&d->lse);
-  cl_int mask_kind = d->mask.buf ? (cl_int)d->mask_kind : 0, causal = d->causal;
+  cl_int mask_kind = d->mask.buf ? (cl_int)d->mask_kind : 0;
   cl_int has_lse = lse != NULL;
   cl_float scale = d->scale;
 
-  s = clrt_set_args(kp, 26, CLRT_ARG(q), CLRT_ARG(q_off), CLRT_ARG(q_st), CLRT_ARG(k),
-                    CLRT_ARG(k_off), CLRT_ARG(k_st), CLRT_ARG(v), CLRT_ARG(v_off), CLRT_ARG(v_st),
-                    CLRT_ARG(mask), CLRT_ARG(m_off), CLRT_ARG(m_st), CLRT_ARG(mask_kind),
-                    CLRT_ARG(kvl), CLRT_ARG(has_kvl), CLRT_ARG(part), CLRT_ARG(nchunks),
-                    CLRT_ARG(chunk), CLRT_ARG(Hq), CLRT_ARG(Hkv), CLRT_ARG(Sq), CLRT_ARG(Skv),
-                    CLRT_ARG(D), CLRT_ARG(Dv), CLRT_ARG(causal), CLRT_ARG(scale));
+  s = clrt_set_args(kp, 26 + CLRT_OPTS_NARGS, CLRT_ARG(q), CLRT_ARG(q_off), CLRT_ARG(q_st),
+                    CLRT_ARG(k), CLRT_ARG(k_off), CLRT_ARG(k_st), CLRT_ARG(v), CLRT_ARG(v_off),
+                    CLRT_ARG(v_st), CLRT_ARG(mask), CLRT_ARG(m_off), CLRT_ARG(m_st),
+                    CLRT_ARG(mask_kind), CLRT_ARG(kvl), CLRT_ARG(has_kvl), CLRT_ARG(part),
+                    CLRT_ARG(nchunks), CLRT_ARG(chunk), CLRT_ARG(kbase_), CLRT_ARG(Hq),
+                    CLRT_ARG(Hkv), CLRT_ARG(Sq), CLRT_ARG(Skv), CLRT_ARG(D), CLRT_ARG(Dv),
+                    CLRT_ARG(scale), CLRT_OPTS_ARGS(op));
   if (s == ATTN_OK) {
     /* One work-item per group, as the flash kernel: each holds RB rows of q
      * and acc in private memory, which POCL would replicate per work-item. */
@@ -152,9 +173,10 @@ attn_status pocl_decode_sdpa(clrt_ctx *c, const attn_sdpa_desc *d, int groups_pe
     s = clrt_enqueue(c, kp, 3, global, local);
   }
   if (s == ATTN_OK)
-    s = clrt_set_args(kr, 12, CLRT_ARG(part), CLRT_ARG(nchunks), CLRT_ARG(out), CLRT_ARG(o_off),
+    s = clrt_set_args(kr, 14, CLRT_ARG(part), CLRT_ARG(nchunks), CLRT_ARG(out), CLRT_ARG(o_off),
                       CLRT_ARG(o_st), CLRT_ARG(lse), CLRT_ARG(l_off), CLRT_ARG(l_st),
-                      CLRT_ARG(has_lse), CLRT_ARG(Hq), CLRT_ARG(Sq), CLRT_ARG(Dv));
+                      CLRT_ARG(has_lse), CLRT_ARG(Hq), CLRT_ARG(Sq), CLRT_ARG(Dv),
+                      CLRT_ARG(op.sinks), CLRT_ARG(op.has_sinks));
   if (s == ATTN_OK) {
     size_t global[3] = {(size_t)Sq, (size_t)Hq, (size_t)B};
     s = clrt_enqueue(c, kr, 3, global, NULL);
@@ -163,5 +185,6 @@ attn_status pocl_decode_sdpa(clrt_ctx *c, const attn_sdpa_desc *d, int groups_pe
   /* Released now, freed by the driver when the queued kernels are done. */
   clrt_scratch_free(c, part);
   clrt_scratch_free(c, kvl);
+  clrt_sdpa_opts_release(c, &op);
   return s;
 }

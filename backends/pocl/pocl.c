@@ -13,7 +13,7 @@
 
 #define POCL_MAX_DEVICES 16
 /* Largest D and Dv the fused kernel holds in private memory. */
-#define POCL_MAX_HEAD_DIM 256
+#define POCL_MAX_HEAD_DIM 512
 /* Query rows per work-item of sdpa_flash (RF in kernels/sdpa.cl) and of
  * sdpa_weights (R there). */
 #define SDPA_FLASH_ROWS 32
@@ -110,7 +110,10 @@ static int view_fits_int(const attn_view *v) {
 #define POCL_LINEAR_FEATURES (ATTN_FEAT_BIAS | ATTN_FEAT_F16 | ATTN_FEAT_BF16)
 #define POCL_SDPA_FEATURES                                                                 \
   (ATTN_FEAT_MASK_BOOL | ATTN_FEAT_MASK_ADDITIVE | ATTN_FEAT_CAUSAL | ATTN_FEAT_KV_LENS |   \
-   ATTN_FEAT_WEIGHTS | ATTN_FEAT_LSE | ATTN_FEAT_F16 | ATTN_FEAT_BF16)
+   ATTN_FEAT_WEIGHTS | ATTN_FEAT_LSE | ATTN_FEAT_F16 | ATTN_FEAT_BF16 |                     \
+   ATTN_FEAT_POSITIONS | ATTN_FEAT_WINDOW | ATTN_FEAT_SOFTCAP | ATTN_FEAT_ALIBI |           \
+   ATTN_FEAT_SINKS)
+#define POCL_MERGE_FEATURES (ATTN_FEAT_LSE | ATTN_FEAT_F16 | ATTN_FEAT_BF16)
 
 static attn_status refuse_feature(char *why, size_t why_len, const char *stage, int bit) {
   char buf[32];
@@ -140,6 +143,12 @@ static attn_status pocl_supports(attn_backend_ctx *c, attn_stage stage, const vo
     }
     if (!view_fits_int(&d->q) || !view_fits_int(&d->k) || !view_fits_int(&d->v))
       return unsupported(why, why_len, "pocl: sdpa dims must fit in 32-bit ints");
+    return ATTN_OK;
+  }
+  if (stage == ATTN_STAGE_MERGE) {
+    const attn_merge_desc *d = desc;
+    const int bit = attn_feature_unknown(d->features, POCL_MERGE_FEATURES);
+    if (bit >= 0) return refuse_feature(why, why_len, "merge", bit);
     return ATTN_OK;
   }
   return unsupported(why, why_len, "pocl: unknown stage");
@@ -230,7 +239,7 @@ static attn_status pocl_sdpa(attn_backend_ctx *c, const attn_sdpa_desc *d) {
   cl_int B = (cl_int)d->q.shape[0], Hq = (cl_int)d->q.shape[1], Hkv = (cl_int)d->k.shape[1];
   cl_int Sq = (cl_int)d->q.shape[2], Skv = (cl_int)d->k.shape[2];
   cl_int D = (cl_int)d->q.shape[3], Dv = (cl_int)d->v.shape[3];
-  cl_int causal = d->causal, mask_kind = d->mask.buf ? (cl_int)d->mask_kind : 0;
+  cl_int mask_kind = d->mask.buf ? (cl_int)d->mask_kind : 0;
   cl_float scale = d->scale;
   cl_mem q = mem_of(&d->q), k = mem_of(&d->k), v = mem_of(&d->v), out = mem_of(&d->out);
   cl_mem mask = mem_of(&d->mask), lse = mem_of(&d->lse);
@@ -239,6 +248,9 @@ static attn_status pocl_sdpa(attn_backend_ctx *c, const attn_sdpa_desc *d) {
   cl_long4 q_st = strides4(&d->q), k_st = strides4(&d->k), v_st = strides4(&d->v),
            o_st = strides4(&d->out), m_st = strides4(&d->mask), l_st = strides4(&d->lse);
 
+  clrt_sdpa_opts op;
+  s = clrt_sdpa_opts_init(&c->cl, d, "pocl", &op);
+  if (s != ATTN_OK) return s;
   cl_mem kvl = NULL, tmp_lse = NULL;
   cl_int has_kvl = d->kv_lens != NULL;
   if (has_kvl) {
@@ -247,7 +259,10 @@ static attn_status pocl_sdpa(attn_backend_ctx *c, const attn_sdpa_desc *d) {
     attn_status st = clrt_scratch_alloc(&c->cl, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR,
                                         (size_t)B * sizeof(cl_int), (void *)d->kv_lens,
                                         "pocl: kv_lens", &kvl);
-    if (st != ATTN_OK) return st;
+    if (st != ATTN_OK) {
+      clrt_sdpa_opts_release(&c->cl, &op);
+      return st;
+    }
   }
   if (d->weights.buf && !lse) {
     /* The weights pass needs each row's lse: keep it in a scratch buffer. */
@@ -256,6 +271,7 @@ static attn_status pocl_sdpa(attn_backend_ctx *c, const attn_sdpa_desc *d) {
                                         "pocl: the lse scratch", &tmp_lse);
     if (st != ATTN_OK) {
       clrt_scratch_free(&c->cl, kvl);
+      clrt_sdpa_opts_release(&c->cl, &op);
       return st;
     }
     lse = tmp_lse;
@@ -264,14 +280,14 @@ static attn_status pocl_sdpa(attn_backend_ctx *c, const attn_sdpa_desc *d) {
   }
   cl_int has_lse = lse != NULL;
 
-  s = clrt_set_args(kf, 30, CLRT_ARG(q), CLRT_ARG(q_off), CLRT_ARG(q_st), CLRT_ARG(k),
-                    CLRT_ARG(k_off), CLRT_ARG(k_st), CLRT_ARG(v), CLRT_ARG(v_off), CLRT_ARG(v_st),
-                    CLRT_ARG(out), CLRT_ARG(o_off), CLRT_ARG(o_st), CLRT_ARG(mask),
-                    CLRT_ARG(m_off), CLRT_ARG(m_st), CLRT_ARG(mask_kind), CLRT_ARG(kvl),
-                    CLRT_ARG(has_kvl), CLRT_ARG(lse), CLRT_ARG(l_off), CLRT_ARG(l_st),
-                    CLRT_ARG(has_lse), CLRT_ARG(Hq), CLRT_ARG(Hkv), CLRT_ARG(Sq), CLRT_ARG(Skv),
-                    CLRT_ARG(D), CLRT_ARG(Dv), CLRT_ARG(causal), CLRT_ARG(scale));
-  /* 30 above counts the pairs: keep it equal to the kernel's parameter count. */
+  s = clrt_set_args(kf, 29 + CLRT_OPTS_NARGS, CLRT_ARG(q), CLRT_ARG(q_off), CLRT_ARG(q_st),
+                    CLRT_ARG(k), CLRT_ARG(k_off), CLRT_ARG(k_st), CLRT_ARG(v), CLRT_ARG(v_off),
+                    CLRT_ARG(v_st), CLRT_ARG(out), CLRT_ARG(o_off), CLRT_ARG(o_st),
+                    CLRT_ARG(mask), CLRT_ARG(m_off), CLRT_ARG(m_st), CLRT_ARG(mask_kind),
+                    CLRT_ARG(kvl), CLRT_ARG(has_kvl), CLRT_ARG(lse), CLRT_ARG(l_off),
+                    CLRT_ARG(l_st), CLRT_ARG(has_lse), CLRT_ARG(Hq), CLRT_ARG(Hkv), CLRT_ARG(Sq),
+                    CLRT_ARG(Skv), CLRT_ARG(D), CLRT_ARG(Dv), CLRT_ARG(scale), CLRT_OPTS_ARGS(op));
+  /* 29 above counts the pairs: keep it equal to the kernel's parameter count. */
   if (s == ATTN_OK) {
     /* One work-item per work-group: each carries 32 rows and 4 x HD float16
      * of private state, which POCL would otherwise replicate for every
@@ -286,12 +302,13 @@ static attn_status pocl_sdpa(attn_backend_ctx *c, const attn_sdpa_desc *d) {
     cl_mem w = mem_of(&d->weights);
     cl_long w_off = d->weights.offset;
     cl_long4 w_st = strides4(&d->weights);
-    s = clrt_set_args(kw, 25, CLRT_ARG(q), CLRT_ARG(q_off), CLRT_ARG(q_st), CLRT_ARG(k),
-                      CLRT_ARG(k_off), CLRT_ARG(k_st), CLRT_ARG(mask), CLRT_ARG(m_off),
-                      CLRT_ARG(m_st), CLRT_ARG(mask_kind), CLRT_ARG(kvl), CLRT_ARG(has_kvl),
-                      CLRT_ARG(lse), CLRT_ARG(l_off), CLRT_ARG(l_st), CLRT_ARG(w),
-                      CLRT_ARG(w_off), CLRT_ARG(w_st), CLRT_ARG(Hq), CLRT_ARG(Hkv), CLRT_ARG(Sq),
-                      CLRT_ARG(Skv), CLRT_ARG(D), CLRT_ARG(causal), CLRT_ARG(scale));
+    s = clrt_set_args(kw, 24 + CLRT_OPTS_NARGS, CLRT_ARG(q), CLRT_ARG(q_off), CLRT_ARG(q_st),
+                      CLRT_ARG(k), CLRT_ARG(k_off), CLRT_ARG(k_st), CLRT_ARG(mask),
+                      CLRT_ARG(m_off), CLRT_ARG(m_st), CLRT_ARG(mask_kind), CLRT_ARG(kvl),
+                      CLRT_ARG(has_kvl), CLRT_ARG(lse), CLRT_ARG(l_off), CLRT_ARG(l_st),
+                      CLRT_ARG(w), CLRT_ARG(w_off), CLRT_ARG(w_st), CLRT_ARG(Hq), CLRT_ARG(Hkv),
+                      CLRT_ARG(Sq), CLRT_ARG(Skv), CLRT_ARG(D), CLRT_ARG(scale),
+                      CLRT_OPTS_ARGS(op));
     if (s == ATTN_OK) {
       size_t global[3] = {((size_t)Sq + SDPA_WEIGHTS_ROWS - 1) / SDPA_WEIGHTS_ROWS,
                           (size_t)Hq, (size_t)B};
@@ -302,10 +319,12 @@ static attn_status pocl_sdpa(attn_backend_ctx *c, const attn_sdpa_desc *d) {
   /* Released now, freed by the driver when the queued kernels are done. */
   clrt_scratch_free(&c->cl, kvl);
   clrt_scratch_free(&c->cl, tmp_lse);
+  clrt_sdpa_opts_release(&c->cl, &op);
   return s;
 }
 
 static attn_status pocl_run(attn_backend_ctx *c, attn_stage stage, const void *desc) {
+  if (stage == ATTN_STAGE_MERGE) return clrt_merge(&c->cl, desc);
   return stage == ATTN_STAGE_SDPA ? pocl_sdpa(c, desc) : pocl_linear(c, desc);
 }
 

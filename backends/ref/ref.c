@@ -131,7 +131,7 @@ static attn_status ref_buffer_read(attn_backend_ctx *ctx, attn_buffer *buf, size
 
 /* ---- stages ---------------------------------------------------------------- */
 
-/* Every feature of ABI 2.1, every dtype on every operand. */
+/* Every feature of ABI 2.2, every dtype on every operand. */
 #define REF_FEATURES ATTN_FEAT_KNOWN
 
 static attn_status ref_supports(attn_backend_ctx *ctx, attn_stage stage, const void *desc,
@@ -140,6 +140,7 @@ static attn_status ref_supports(attn_backend_ctx *ctx, attn_stage stage, const v
   uint64_t features;
   if (stage == ATTN_STAGE_LINEAR) features = ((const attn_linear_desc *)desc)->features;
   else if (stage == ATTN_STAGE_SDPA) features = ((const attn_sdpa_desc *)desc)->features;
+  else if (stage == ATTN_STAGE_MERGE) features = ((const attn_merge_desc *)desc)->features;
   else {
     snprintf(why, why_len, "ref: unknown stage %d", (int)stage);
     return ATTN_ERR_UNSUPPORTED;
@@ -208,19 +209,23 @@ typedef struct row_scratch {
 } row_scratch;
 
 /* One query row (b, h, i): scores, softmax with max subtraction, weighted sum.
- * Hidden keys (causal, kv_lens, a zero in a bool mask) are never read, so a
- * NaN there cannot leak in; an additive mask is simply added, so -inf gives
- * weight exactly 0 and +inf or NaN poison this row only. */
+ * Hidden keys (outside the row's visible range, a zero in a bool mask) are
+ * never read, so a NaN there cannot leak in; an additive mask is simply
+ * added, so -inf gives weight exactly 0 and +inf or NaN poison this row
+ * only. The score of a visible key follows attn.h's order: scale, softcap,
+ * ALiBi, mask. */
 static void sdpa_row(const attn_sdpa_desc *d, int64_t b, int64_t h, int64_t i,
                      row_scratch *w) {
-  const int64_t Hq = d->q.shape[1], Sq = d->q.shape[2], D = d->q.shape[3];
+  const int64_t Hq = d->q.shape[1], D = d->q.shape[3];
   const int64_t Hkv = d->k.shape[1], Skv = d->k.shape[2], Dv = d->v.shape[3];
   const int64_t kh = h / (Hq / Hkv); /* GQA by index: consecutive q heads share a kv head */
   const double scale = d->scale;
+  const double softcap = d->features & ATTN_FEAT_SOFTCAP ? d->softcap : 0.0;
+  const double slope = d->features & ATTN_FEAT_ALIBI ? d->alibi[h] : 0.0;
+  const bool sink = (d->features & ATTN_FEAT_SINKS) != 0;
 
-  /* Keys j < limit are visible to this row: causal bottom-right and kv_lens. */
-  const int64_t limit =
-      attn_visible_limit(i, Sq, Skv, d->causal, d->kv_lens ? d->kv_lens[b] : -1);
+  int64_t lo, hi; /* keys [lo, hi) pass kv_lens, causal and the window */
+  attn_visible_range(d, b, i, &lo, &hi);
 
   load_row(&d->q, idx(&d->q, b, h, i, 0), d->q.strides[3], D, w->q);
 
@@ -230,7 +235,7 @@ static void sdpa_row(const attn_sdpa_desc *d, int64_t b, int64_t h, int64_t i,
   for (int64_t j = 0; j < Skv; j++) {
     w->seen[j] = 0;
     w->s[j] = -INFINITY;
-    if (j >= limit) continue;
+    if (j < lo || j >= hi) continue;
     if (d->mask_kind == ATTN_MASK_BOOL && ld(&d->mask, idx(&d->mask, b, h, i, j)) == 0.0)
       continue;
     load_row(&d->k, idx(&d->k, b, kh, j, 0), d->k.strides[3], D, w->kv);
@@ -245,6 +250,8 @@ static void sdpa_row(const attn_sdpa_desc *d, int64_t b, int64_t h, int64_t i,
     }
     for (; c < D; c++) s0 += w->q[c] * kr[c];
     double s = scale * ((s0 + s1) + (s2 + s3));
+    if (softcap > 0) s = softcap * tanh(s / softcap);
+    if (slope != 0) s -= slope * attn_alibi_distance(d, i, j);
     if (d->mask_kind == ATTN_MASK_ADDITIVE) s += ld(&d->mask, idx(&d->mask, b, h, i, j));
     w->seen[j] = 1;
     w->s[j] = s;
@@ -253,17 +260,20 @@ static void sdpa_row(const attn_sdpa_desc *d, int64_t b, int64_t h, int64_t i,
   }
 
   const int64_t o = idx(&d->out, b, h, i, 0), os = d->out.strides[3];
+  const double sink_logit = sink ? d->sinks[h] : -INFINITY;
   if (!any) {
-    /* No visible key: zeros and lse = -inf, never NaN. */
+    /* No visible key: zeros and lse = -inf (the sink's logit with sinks), never NaN. */
     for (int64_t c = 0; c < Dv; c++) st(&d->out, o + c * os, 0.0);
     if (d->weights.buf)
       for (int64_t j = 0; j < Skv; j++) st(&d->weights, idx(&d->weights, b, h, i, j), 0.0);
-    if (d->lse.buf) st(&d->lse, idx(&d->lse, b, h, i, 0), -INFINITY);
+    if (d->lse.buf) st(&d->lse, idx(&d->lse, b, h, i, 0), sink_logit);
     return;
   }
-  /* If every visible score but a NaN is -inf, mx stays -inf and the
-   * subtraction below turns the whole row into NaN, as it should. */
-  double sum = 0;
+  /* The sink joins the max-subtracted frame and the denominator, not the sum
+   * over values. If every visible score but a NaN is -inf, mx stays -inf and
+   * the subtraction below turns the whole row into NaN, as it should. */
+  if (sink && sink_logit > mx) mx = sink_logit;
+  double sum = sink ? exp(sink_logit - mx) : 0.0;
   for (int64_t j = 0; j < Skv; j++)
     if (w->seen[j]) {
       w->s[j] = exp(w->s[j] - mx);
@@ -351,8 +361,49 @@ static attn_status ref_sdpa(const attn_sdpa_desc *d) {
   return ATTN_OK;
 }
 
+/* Per row: lse = logaddexp(lse_a, lse_b), out = wa out_a + wb out_b with
+ * wa = exp(lse_a - lse). Each row is read whole before it is written, so out
+ * may be out_a or out_b itself. */
+static attn_status ref_merge(const attn_merge_desc *d) {
+  const int64_t B = d->out.shape[0], H = d->out.shape[1], S = d->out.shape[2];
+  const int64_t Dv = d->out.shape[3];
+  double *a = malloc((size_t)Dv * sizeof *a), *bb = malloc((size_t)Dv * sizeof *bb);
+  if (!a || !bb) {
+    free(a);
+    free(bb);
+    return host->error(ATTN_ERR_NOMEM, "ref: out of host memory for a row of %lld",
+                       (long long)Dv);
+  }
+  for (int64_t b = 0; b < B; b++)
+    for (int64_t h = 0; h < H; h++)
+      for (int64_t i = 0; i < S; i++) {
+        const double la = ld(&d->lse_a, idx(&d->lse_a, b, h, i, 0));
+        const double lb = ld(&d->lse_b, idx(&d->lse_b, b, h, i, 0));
+        const double m = isnan(la) ? la : isnan(lb) ? lb : la > lb ? la : lb;
+        double l, wa, wb;
+        if (m == -INFINITY) { /* both empty */
+          l = -INFINITY, wa = wb = 0.0;
+        } else {
+          /* NaN in either lse makes m, l and the row NaN. */
+          l = m + log(exp(la - m) + exp(lb - m));
+          wa = exp(la - l), wb = exp(lb - l);
+        }
+        load_row(&d->out_a, idx(&d->out_a, b, h, i, 0), d->out_a.strides[3], Dv, a);
+        load_row(&d->out_b, idx(&d->out_b, b, h, i, 0), d->out_b.strides[3], Dv, bb);
+        /* An empty partial's weight is exactly 0: its row (zeros) adds nothing. */
+        for (int64_t c = 0; c < Dv; c++)
+          st(&d->out, idx(&d->out, b, h, i, c),
+             (wa != 0.0 ? wa * a[c] : 0.0) + (wb != 0.0 ? wb * bb[c] : 0.0));
+        if (d->lse.buf) st(&d->lse, idx(&d->lse, b, h, i, 0), l);
+      }
+  free(a);
+  free(bb);
+  return ATTN_OK;
+}
+
 static attn_status ref_run(attn_backend_ctx *ctx, attn_stage stage, const void *desc) {
   (void)ctx;
+  if (stage == ATTN_STAGE_MERGE) return ref_merge(desc);
   return stage == ATTN_STAGE_SDPA ? ref_sdpa(desc) : ref_linear(desc);
 }
 

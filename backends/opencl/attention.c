@@ -1,0 +1,111 @@
+/* What every OpenCL backend's attention kernels share on the host side: the
+ * SDPA options as kernel arguments (kernels/common.cl, ATTN_OPTS_PARAMS) and
+ * the merge stage (kernels/merge.cl). */
+#include <stdio.h>
+#include <string.h>
+
+#include "clrt.h"
+
+/* x clamped to [lo, hi]. */
+static int64_t clamp64(int64_t x, int64_t lo, int64_t hi) { return x < lo ? lo : x > hi ? hi : x; }
+
+attn_status clrt_sdpa_opts_init(clrt_ctx *c, const attn_sdpa_desc *d, const char *who,
+                                clrt_sdpa_opts *o) {
+  memset(o, 0, sizeof *o);
+  const int64_t Sq = d->q.shape[2], Skv = d->k.shape[2];
+  const int has22 = ATTN_DESC_HAS(d, sinks);
+  const int64_t cpos = has22 ? d->q_pos - d->k_pos : Skv - Sq;
+  const int64_t wl = has22 ? d->window_left : -1, wr = has22 ? d->window_right : -1;
+  /* Row i sees keys lo(i) = i + lo_off .. hi(i) = i + hi_off + 1 (see
+   * attn_row_lo / attn_row_hi). An offset beyond [-Sq - 1, Skv + 1] gives
+   * every row the same clamped bound as the limit itself, so clamping keeps
+   * the rule exact and the offsets in int. */
+  int64_t hi = INT64_MAX;
+  if (d->causal) hi = cpos;
+  if (wr >= 0 && cpos + wr < hi) hi = cpos + wr; /* cannot overflow: |cpos| <= 2^53 */
+  if (hi != INT64_MAX) o->has_hi = 1, o->hi_off = (cl_int)clamp64(hi, -Sq - 1, Skv + 1);
+  if (wl >= 0) o->has_lo = 1, o->lo_off = (cl_int)clamp64(cpos - wl, -Sq - 1, Skv + 1);
+  o->cpos = cpos;
+  o->softcap = has22 && (d->features & ATTN_FEAT_SOFTCAP) ? d->softcap : 0.0f;
+  const int64_t Hq = d->q.shape[1];
+  const float *vecs[2] = {has22 && (d->features & ATTN_FEAT_ALIBI) ? d->alibi : NULL,
+                          has22 && (d->features & ATTN_FEAT_SINKS) ? d->sinks : NULL};
+  cl_mem *mems[2] = {&o->alibi, &o->sinks};
+  cl_int *has[2] = {&o->has_alibi, &o->has_sinks};
+  static float placeholder[1];
+  for (int n = 0; n < 2; n++) {
+    char what[96];
+    snprintf(what, sizeof what, "%s: the %s", who, n ? "sinks" : "alibi slopes");
+    /* The slopes and sinks live in host memory the caller may reuse once we
+     * return: the buffer takes a copy now. */
+    attn_status s = clrt_scratch_alloc(
+        c, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR,
+        vecs[n] ? (size_t)Hq * sizeof(float) : sizeof placeholder,
+        vecs[n] ? (void *)vecs[n] : (void *)placeholder, what, mems[n]);
+    if (s != ATTN_OK) {
+      clrt_sdpa_opts_release(c, o);
+      return s;
+    }
+    *has[n] = vecs[n] != NULL;
+  }
+  return ATTN_OK;
+}
+
+void clrt_sdpa_opts_release(clrt_ctx *c, clrt_sdpa_opts *o) {
+  clrt_scratch_free(c, o->alibi);
+  clrt_scratch_free(c, o->sinks);
+  o->alibi = o->sinks = NULL;
+}
+
+void clrt_sdpa_key_span(const attn_sdpa_desc *d, int64_t b, int64_t *lo, int64_t *hi) {
+  /* Both bounds grow with the row: the first row has the lowest lo, the
+   * last the highest hi. */
+  int64_t l0, h0, l1, h1;
+  attn_visible_range(d, b, 0, &l0, &h0);
+  attn_visible_range(d, b, d->q.shape[2] - 1, &l1, &h1);
+  *lo = l0;
+  *hi = h1;
+}
+
+static cl_long4 strides4(const attn_view *v) {
+  cl_long4 s;
+  for (int i = 0; i < 4; i++) s.s[i] = v->strides[i];
+  return s;
+}
+
+/* " -D<name>=<code>" for a 16-bit view (kernels/common.cl's type codes). */
+static void dtype_option(char *buf, size_t len, const char *name, const attn_view *v) {
+  if (!v->buf || v->dtype == ATTN_F32) return;
+  const size_t n = strlen(buf);
+  if (n < len) snprintf(buf + n, len - n, " -D%s=%d", name, (int)v->dtype);
+}
+
+attn_status clrt_merge(clrt_ctx *c, const attn_merge_desc *d) {
+  const int64_t B = d->out.shape[0], H = d->out.shape[1], S = d->out.shape[2];
+  const int64_t Dv = d->out.shape[3];
+  if (B > INT32_MAX || H > INT32_MAX || S > INT32_MAX || Dv > INT32_MAX)
+    return clrt_host()->error(ATTN_ERR_UNSUPPORTED, "merge: dims must fit in 32-bit ints");
+  char opts[64] = "";
+  dtype_option(opts, sizeof opts, "AT", &d->out_a);
+  dtype_option(opts, sizeof opts, "BT", &d->out_b);
+  dtype_option(opts, sizeof opts, "OT", &d->out);
+  cl_kernel k;
+  attn_status s = clrt_kernel_get(c, "merge", opts, "attn_merge", &k);
+  if (s != ATTN_OK) return s;
+  cl_mem a = d->out_a.buf->mem, la = d->lse_a.buf->mem, b = d->out_b.buf->mem,
+         lb = d->lse_b.buf->mem, o = d->out.buf->mem;
+  cl_mem l = d->lse.buf ? d->lse.buf->mem : la; /* never written when has_lse is 0 */
+  cl_long a_off = d->out_a.offset, la_off = d->lse_a.offset, b_off = d->out_b.offset,
+          lb_off = d->lse_b.offset, o_off = d->out.offset, l_off = d->lse.offset;
+  cl_long4 a_st = strides4(&d->out_a), la_st = strides4(&d->lse_a), b_st = strides4(&d->out_b),
+           lb_st = strides4(&d->lse_b), o_st = strides4(&d->out), l_st = strides4(&d->lse);
+  cl_int has_lse = d->lse.buf != NULL, H_ = (cl_int)H, S_ = (cl_int)S, Dv_ = (cl_int)Dv;
+  s = clrt_set_args(k, 22, CLRT_ARG(a), CLRT_ARG(a_off), CLRT_ARG(a_st), CLRT_ARG(la),
+                    CLRT_ARG(la_off), CLRT_ARG(la_st), CLRT_ARG(b), CLRT_ARG(b_off),
+                    CLRT_ARG(b_st), CLRT_ARG(lb), CLRT_ARG(lb_off), CLRT_ARG(lb_st), CLRT_ARG(o),
+                    CLRT_ARG(o_off), CLRT_ARG(o_st), CLRT_ARG(l), CLRT_ARG(l_off),
+                    CLRT_ARG(l_st), CLRT_ARG(has_lse), CLRT_ARG(H_), CLRT_ARG(S_), CLRT_ARG(Dv_));
+  if (s != ATTN_OK) return s;
+  size_t global[3] = {(size_t)S, (size_t)H, (size_t)B};
+  return clrt_enqueue(c, k, 3, global, NULL);
+}
