@@ -207,6 +207,7 @@ __kernel void sdpa_flash(__global const qt *q, long q_off, long4 q_st,
                          __global const mt *mask, long m_off, long4 m_st, int mask_kind,
                          __global const int *kv_lens, int has_kv_lens,
                          __global float *lse, long l_off, long4 l_st, int has_lse,
+                         __global float *ml, int has_ml,
                          int Hq, int Hkv, int Sq, int Skv, int D, int Dv, float scale,
                          ATTN_OPTS_PARAMS) {
   const int i0 = get_global_id(0) * RF;
@@ -408,6 +409,11 @@ __kernel void sdpa_flash(__global const qt *q, long q_off, long4 q_st,
     const float sc = inv##x.s##n;                                                           \
     for (int d = 0; d < DVV; d++) ATTN_ST(OT, orow, d * OS3, acc##x[d].s##n * sc);          \
     if (has_lse) lb[(long)(i0 + 16 * x + r) * l_st.s2] = lsev##x.s##n;                      \
+    if (has_ml) {                                                                           \
+      __global float *mlr = ml + (((long)b * Hq + h) * Sq + i0 + 16 * x + r) * 2;             \
+      mlr[0] = m##x.s##n;                                                                   \
+      mlr[1] = sc;                                                                          \
+    }                                                                                       \
   }
 #define STORE0(r, n) STOREX(0, r, n)
 #define STORE1(r, n) STOREX(1, r, n)
@@ -433,16 +439,19 @@ __kernel void sdpa_flash(__global const qt *q, long q_off, long4 q_st,
 }
 
 /* Second pass, only when the weights are requested: w[b,h,i,j] =
- * exp(s - lse[b,h,i]) for visible keys (s the score with every option),
- * else 0, with lse from the first pass (it includes a sink; -inf for a row
- * with no visible key gives zeros).
+ * e^(s - m) * inv for visible keys (s the score with every option), else 0,
+ * with each row's max m and inverse sum inv (the sink included) that the
+ * first pass left in ml: [row][2], row = (b*Hq + h)*Sq + i. Not e^(s - lse):
+ * lse absorbs log(sum) when |m| is huge (a row all at -FLT_MAX would get
+ * weights of 1), and rounds away the precision of large scores. inv = 0
+ * marks a row with no visible key: zeros.
  * Same layout as sdpa_flash (16 rows in float16 lanes, keys in blocks of 8),
  * over every key, since hidden ones must be written as zeros too. */
 __kernel void sdpa_weights(__global const qt *q, long q_off, long4 q_st,
                            __global const kt *k, long k_off, long4 k_st,
                            __global const mt *mask, long m_off, long4 m_st, int mask_kind,
                            __global const int *kv_lens, int has_kv_lens,
-                           __global const float *lse, long l_off, long4 l_st,
+                           __global const float *ml,
                            __global wt *w, long w_off, long4 w_st,
                            int Hq, int Hkv, int Sq, int Skv, int D, float scale,
                            ATTN_OPTS_PARAMS) {
@@ -475,12 +484,12 @@ __kernel void sdpa_weights(__global const qt *q, long q_off, long4 q_st,
     const long o = d * QS3;
     qT[d] = GATHER(QT, qr, o) * qscale;
   }
-  const __global float *lb = lse + l_off + b * l_st.s0 + h * l_st.s1;
-#define LROW(r, n) const __global float *lr##n = lb + (long)min(i0 + r, Sq - 1) * l_st.s2;
-  REPR(LROW)
-  const vf lsev = GATHER(ATTN_F32, lr, 0);
+  const __global float *mlb = ml + ((long)b * Hq + h) * Sq * 2;
+#define MLROW(r, n) const __global float *lr##n = mlb + (long)min(i0 + r, Sq - 1) * 2;
+  REPR(MLROW)
+  const vf mrow = GATHER(ATTN_F32, lr, 0), inv = GATHER(ATTN_F32, lr, 1);
   /* A row with no visible key: every weight 0 (and no -inf - -inf). */
-  const vi empty = lsev == (vf)(-INFINITY);
+  const vi empty = inv == (vf)(0.0f);
 
   const __global mt *mb = mask + m_off + b * m_st.s0 + h * m_st.s1;
   if (mask_kind == 0) mb = (const __global mt *)q; /* never dereferenced */
@@ -519,7 +528,7 @@ __kernel void sdpa_weights(__global const qt *q, long q_off, long4 q_st,
 #define WSTORE(r, n) if (i0 + r < Sq) ATTN_ST(WT, wr##n, o, s.s##n);
 #define WPROB(t)                                                                            \
   if (j0 + t < Skv) {                                                                       \
-    const vf s = select(exp2((s##t - lsev) * LOG2E), (vf)(0.0f), empty);                     \
+    const vf s = select(exp2_nonpos((s##t - mrow) * LOG2E) * inv, (vf)(0.0f), empty);        \
     const long o = (long)(j0 + t) * w_st.s3;                                                \
     REPR(WSTORE)                                                                            \
   }

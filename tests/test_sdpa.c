@@ -17,6 +17,7 @@
 
 #include <cmocka.h>
 
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -171,12 +172,13 @@ static void run_problem(problem *pb, result *r) {
   attn_tensor *q = upload4(p->q, qs, pb->layout), *k = upload4(p->k, ks, pb->layout),
               *v = upload4(p->v, vs, pb->layout), *mask = NULL;
   if (p->mask) {
-    const int64_t ms[4] = {p->mask_b, p->mask_h, p->Sq, p->Skv};
+    const int64_t ms[4] = {p->mask_b, p->mask_h, p->mask_q ? p->mask_q : p->Sq, p->Skv};
     mask = upload4(p->mask, ms, L_BHSD);
     if (pb->mask_as_view) {
       const int64_t full[4] = {p->B, p->Hq, p->Sq, p->Skv};
-      const int64_t st[4] = {p->mask_b == 1 ? 0 : p->mask_h * p->Sq * p->Skv,
-                             p->mask_h == 1 ? 0 : p->Sq * p->Skv, p->Skv, 1};
+      const int64_t mq = p->mask_q ? p->mask_q : p->Sq;
+      const int64_t st[4] = {p->mask_b == 1 ? 0 : p->mask_h * mq * p->Skv,
+                             p->mask_h == 1 ? 0 : mq * p->Skv, mq == 1 ? 0 : p->Skv, 1};
       attn_tensor *mv;
       CHECK_OK(attn_tensor_view(mask, 0, 4, full, st, &mv));
       attn_tensor_free(mask);
@@ -198,6 +200,11 @@ static void run_problem(problem *pb, result *r) {
   a.kv_lens = p->kv_lens;
   a.weights = pb->want_weights ? weights.view : NULL;
   a.lse = pb->want_lse ? lse.view : NULL;
+  a.has_positions = p->has_positions, a.q_pos = p->q_pos, a.k_pos = p->k_pos;
+  a.has_window = p->has_window;
+  a.window_left = p->window_left, a.window_right = p->window_right;
+  a.softcap = (float)p->softcap;
+  a.alibi_slopes = p->alibi, a.sinks = p->sinks;
   CHECK_OK(attn_sdpa(g_ctx, &a));
   CHECK_OK(attn_synchronize(g_ctx));
 
@@ -552,6 +559,330 @@ static void random_case(void **state) {
   free(q), free(k), free(v), free(mask), free(lens);
 }
 
+/* ---- the options of 0.3: positions, windows, softcap, ALiBi, sinks ---------------- */
+
+typedef struct ocase {
+  const char *name;
+  int64_t B, Hq, Hkv, Sq, Skv, D, Dv;
+  attn_mask_kind mask;
+  char mb, mh, mq;     /* broadcast: '1' or 'B' / 'H' / 'S' (full) */
+  bool causal, kv_lens;
+  bool pos;            /* has_positions with q_pos, k_pos */
+  int64_t q_pos, k_pos;
+  bool win;            /* has_window with (wl, wr) */
+  int64_t wl, wr;
+  float softcap;       /* 0: none */
+  bool alibi, sinks;
+  bool weights;        /* also the weights (pocl's decode path takes none) */
+  enum layout layout;
+} ocase;
+
+/* Each option alone, then the combinations real models use and the
+ * awkward ones: window + causal + GQA + kv_lens, softcap + mask, sinks +
+ * window, ALiBi + causal, positions with Sq > Skv and with q_pos < 0, head
+ * dims up to 512, decode shapes (Sq <= 8: pocl's split-key path), masks
+ * broadcast over queries. */
+static const ocase ocases[] = {
+    /* name                 B  Hq Hkv Sq   Skv   D    Dv   mask mb mh mq causal kvl  pos qp kp  win wl wr softcap alibi sinks weights layout */
+    {"window_both",         1, 2, 2, 100, 100, 64, 64, ATTN_MASK_NONE, 0, 0, 0, false, false, false, 0, 0, true, 16, 8, 0, false, false, true, L_BHSD},
+    {"window_left",         2, 2, 1, 70, 90, 40, 40, ATTN_MASK_NONE, 0, 0, 0, false, false, false, 0, 0, true, 33, -1, 0, false, false, true, L_BSHD},
+    {"window_right",        1, 3, 3, 50, 50, 16, 24, ATTN_MASK_NONE, 0, 0, 0, false, false, false, 0, 0, true, -1, 5, 0, false, false, true, L_BHSD},
+    {"window_unbounded",    1, 2, 2, 20, 30, 8, 8, ATTN_MASK_NONE, 0, 0, 0, true, false, false, 0, 0, true, -1, -1, 0, false, false, true, L_BHSD},
+    {"window_causal_gqa_kvlens", 3, 8, 2, 77, 300, 64, 64, ATTN_MASK_NONE, 0, 0, 0, true, true, false, 0, 0, true, 40, 0, 0, false, false, true, L_BSHD},
+    {"window_causal_big",   1, 2, 1, 300, 300, 64, 64, ATTN_MASK_BOOL, '1', '1', 'S', true, false, false, 0, 0, true, 64, 0, 0, false, false, true, L_BHSD},
+    {"softcap",             2, 2, 2, 33, 65, 64, 64, ATTN_MASK_NONE, 0, 0, 0, false, false, false, 0, 0, false, 0, 0, 0.7f, false, false, true, L_BHSD},
+    {"softcap_add_mask_B11S", 2, 4, 2, 40, 70, 32, 32, ATTN_MASK_ADDITIVE, 'B', '1', '1', false, false, false, 0, 0, false, 0, 0, 1.5f, false, false, true, L_PADDED},
+    {"softcap_bool_mask_causal", 1, 4, 4, 64, 64, 64, 40, ATTN_MASK_BOOL, '1', 'H', 'S', true, false, false, 0, 0, false, 0, 0, 50.0f, false, false, true, L_BHSD},
+    {"alibi",               2, 4, 4, 30, 50, 32, 32, ATTN_MASK_NONE, 0, 0, 0, false, false, false, 0, 0, false, 0, 0, 0, true, false, true, L_BHSD},
+    {"alibi_causal",        1, 8, 2, 64, 128, 64, 64, ATTN_MASK_NONE, 0, 0, 0, true, false, false, 0, 0, false, 0, 0, 0, true, false, true, L_BSHD},
+    {"sinks",               2, 4, 2, 20, 40, 32, 32, ATTN_MASK_NONE, 0, 0, 0, false, false, false, 0, 0, false, 0, 0, 0, false, true, true, L_BHSD},
+    {"sinks_window_kvlens", 3, 4, 4, 50, 120, 64, 64, ATTN_MASK_NONE, 0, 0, 0, true, true, false, 0, 0, true, 24, 0, 0, false, true, true, L_BHSD},
+    {"sinks_bool_mask",     1, 2, 2, 17, 33, 16, 16, ATTN_MASK_BOOL, '1', '1', 'S', false, false, false, 0, 0, false, 0, 0, 0, false, true, true, L_TRANSPOSED},
+    {"top_left_causal",     1, 2, 2, 50, 80, 32, 32, ATTN_MASK_NONE, 0, 0, 0, true, false, true, 0, 0, false, 0, 0, 0, false, false, true, L_BHSD},
+    {"q_pos_negative",      2, 2, 1, 40, 30, 32, 32, ATTN_MASK_NONE, 0, 0, 0, true, true, true, -5, 3, false, 0, 0, 0, false, false, true, L_BSHD},
+    {"sq_gt_skv_positions_window", 1, 4, 2, 90, 40, 64, 64, ATTN_MASK_NONE, 0, 0, 0, true, false, true, 0, 0, true, 10, 0, 0, false, true, true, L_BHSD},
+    {"positions_alibi",     1, 2, 2, 30, 60, 32, 32, ATTN_MASK_NONE, 0, 0, 0, false, false, true, 1000, 990, false, 0, 0, 0, true, false, true, L_BHSD},
+    {"positions_beyond",    1, 2, 2, 16, 16, 16, 16, ATTN_MASK_NONE, 0, 0, 0, true, false, true, 4000000000LL, 0, true, 4000000010LL, -1, 0, false, false, true, L_BHSD},
+    {"everything",          2, 8, 2, 70, 150, 64, 64, ATTN_MASK_ADDITIVE, 'B', '1', '1', true, true, false, 0, 0, true, 48, 0, 30.0f, true, true, true, L_BSHD},
+    {"d512",                1, 2, 1, 40, 70, 512, 512, ATTN_MASK_NONE, 0, 0, 0, true, false, false, 0, 0, true, 20, 0, 0, false, false, true, L_BHSD},
+    {"d512_dv384_sinks",    1, 2, 2, 33, 50, 512, 384, ATTN_MASK_NONE, 0, 0, 0, false, false, false, 0, 0, false, 0, 0, 0, false, true, true, L_BSHD},
+    {"d320_dv512_softcap",  1, 2, 2, 20, 40, 320, 512, ATTN_MASK_BOOL, '1', '1', '1', false, false, false, 0, 0, false, 0, 0, 2.0f, false, false, true, L_BHSD},
+    {"decode_window_sinks_gqa", 2, 8, 2, 1, 1000, 64, 64, ATTN_MASK_NONE, 0, 0, 0, true, true, false, 0, 0, true, 128, 0, 0, false, true, false, L_BHSD},
+    {"decode_alibi_softcap", 1, 4, 4, 4, 700, 128, 128, ATTN_MASK_ADDITIVE, '1', '1', '1', true, false, false, 0, 0, false, 0, 0, 20.0f, true, false, false, L_BHSD},
+    {"decode_d512_window",  1, 4, 1, 2, 600, 512, 512, ATTN_MASK_NONE, 0, 0, 0, true, false, true, 100, 0, true, 50, 0, 0, false, false, false, L_BHSD},
+    {"mask_bool_111S",      2, 2, 2, 20, 45, 16, 16, ATTN_MASK_BOOL, '1', '1', '1', false, false, false, 0, 0, false, 0, 0, 0, false, false, true, L_BHSD},
+    {"mask_add_B11S_causal", 3, 4, 2, 25, 25, 32, 32, ATTN_MASK_ADDITIVE, 'B', '1', '1', true, false, false, 0, 0, false, 0, 0, 0, false, false, true, L_BSHD},
+};
+#define NOCASES (sizeof ocases / sizeof ocases[0])
+
+static void option_case(void **state) {
+  const ocase *c = *state;
+  problem pb;
+  memset(&pb, 0, sizeof pb);
+  tu_sdpa_problem *p = &pb.p;
+  p->B = c->B, p->Hq = c->Hq, p->Hkv = c->Hkv, p->Sq = c->Sq, p->Skv = c->Skv;
+  p->D = c->D, p->Dv = c->Dv;
+  uint64_t s = 0x0971000u + (uint64_t)(c - ocases);
+  float *q = tu_alloc_uniform((size_t)(c->B * c->Hq * c->Sq * c->D), &s, -2, 2);
+  float *k = tu_alloc_uniform((size_t)(c->B * c->Hkv * c->Skv * c->D), &s, -1, 1);
+  float *v = tu_alloc_uniform((size_t)(c->B * c->Hkv * c->Skv * c->Dv), &s, -1, 1);
+  p->q = q, p->k = k, p->v = v;
+  float *mask = NULL;
+  if (c->mask != ATTN_MASK_NONE) {
+    p->mask_b = c->mb == 'B' ? c->B : 1;
+    p->mask_h = c->mh == 'H' ? c->Hq : 1;
+    p->mask_q = c->mq == 'S' ? c->Sq : 1;
+    const size_t n = (size_t)(p->mask_b * p->mask_h * p->mask_q * c->Skv);
+    mask = tu_alloc_uniform(n, &s, -3, 1);
+    for (size_t i = 0; i < n; i++) {
+      const bool hide = tu_rand_u64(&s) % 4 == 0;
+      if (c->mask == ATTN_MASK_BOOL) mask[i] = hide ? 0.0f : 1.0f;
+      else if (hide) mask[i] = -INFINITY;
+    }
+    p->mask = mask, p->mask_kind = c->mask;
+  }
+  int32_t *lens = NULL;
+  if (c->kv_lens) {
+    lens = xmalloc((size_t)c->B * sizeof *lens);
+    for (int64_t b = 0; b < c->B; b++) /* an empty batch item, a full one, one between */
+      lens[b] = b == 0 ? 0 : b == 1 ? (int32_t)c->Skv : (int32_t)(c->Skv / 3);
+    if (c->B == 1) lens[0] = (int32_t)(c->Skv / 2);
+    p->kv_lens = lens;
+  }
+  float *alibi = NULL, *sinks = NULL;
+  if (c->alibi) { /* BLOOM's slopes 2^(-8 h / Hq), h = 1 .. Hq */
+    alibi = xmalloc((size_t)c->Hq * sizeof *alibi);
+    for (int64_t h = 0; h < c->Hq; h++) alibi[h] = exp2f(-8.0f * (float)(h + 1) / (float)c->Hq);
+    p->alibi = alibi;
+  }
+  if (c->sinks) {
+    sinks = tu_alloc_uniform((size_t)c->Hq, &s, -2, 3);
+    p->sinks = sinks;
+  }
+  p->causal = c->causal;
+  p->has_positions = c->pos, p->q_pos = c->q_pos, p->k_pos = c->k_pos;
+  p->has_window = c->win, p->window_left = c->wl, p->window_right = c->wr;
+  p->softcap = c->softcap;
+  pb.want_weights = c->weights, pb.want_lse = true, pb.check_weights = true;
+  pb.layout = c->layout;
+  result r;
+  run_problem(&pb, &r);
+  check_result(&pb, &r);
+  /* The case does what it says: the options hide keys or change scores. */
+  if (c->sinks && c->kv_lens && c->B > 1) {
+    /* batch item 0 sees nothing: lse is the sink's logit, out zeros */
+    for (int64_t h = 0; h < c->Hq; h++)
+      assert_true(r.lse[h * c->Sq] == sinks[h]);
+  }
+  result_free(&r);
+  free(q), free(k), free(v), free(mask), free(lens), free(alibi), free(sinks);
+}
+
+/* transformers' padding mask: torch.finfo(float32).min, not -inf. A row
+ * whose every key has it is uniform over them (the average of V, as ref and
+ * PyTorch give); a row with some keys unmasked ignores the masked ones. */
+static void finfo_min_mask(void **state) {
+  float *b[3];
+  problem pb = small_problem(1, 2, 8, 24, 32, 32, 0xF1F0, b);
+  tu_sdpa_problem *p = &pb.p;
+  float *mask = xmalloc(8 * 24 * sizeof *mask);
+  for (int i = 0; i < 8; i++)
+    for (int j = 0; j < 24; j++)
+      mask[i * 24 + j] = (i < 3 || j >= 20) ? -FLT_MAX : 0.0f; /* rows 0-2: every key */
+  p->mask = mask, p->mask_kind = ATTN_MASK_ADDITIVE, p->mask_b = 1, p->mask_h = 1;
+  result r;
+  run_problem(&pb, &r);
+  /* the oracle itself: row 0 is the plain average of V */
+  for (int e = 0; e < 32; e++) {
+    double avg = 0;
+    for (int j = 0; j < 24; j++) avg += b[2][j * 32 + e];
+    assert_true(fabs(r.want_out[e] - avg / 24) < 1e-12);
+  }
+  check_result(&pb, &r);
+  result_free(&r);
+  free(mask), free(b[0]), free(b[1]), free(b[2]);
+}
+
+/* Scores in the thousands (the issue's inputs x30 at its shape): the weights
+ * may be no worse than twice a plain float32 computation's error against
+ * the double truth (float dot products, float softmax, as PyTorch's math
+ * path). One weight's error depends on near-ties between its row's largest
+ * scores, so the maximum over many rows (heads x queries) is compared. */
+static void large_scores_precision(void **state) {
+  float *b[3];
+  const int H = 4, Sq = 128, Skv = 64, D = 64;
+  problem pb = small_problem(1, H, Sq, Skv, D, D, 0x3600, b);
+  for (int i = 0; i < H * Sq * D; i++) b[0][i] *= 60.0f;
+  for (int i = 0; i < H * Skv * D; i++) b[1][i] *= 60.0f;
+  result r;
+  run_problem(&pb, &r);
+  const float scale = (float)pb.p.scale;
+  double err32 = 0, err = 0, smax = 0;
+  for (int h = 0; h < H; h++)
+    for (int i = 0; i < Sq; i++) {
+      const float *qr = b[0] + ((size_t)h * Sq + i) * D, *kh = b[1] + (size_t)h * Skv * D;
+      float sc[64], m = -INFINITY, l = 0;
+      for (int j = 0; j < Skv; j++) {
+        float d = 0;
+        for (int c = 0; c < D; c++) d += qr[c] * kh[j * D + c];
+        sc[j] = d * scale;
+        m = fmaxf(m, sc[j]);
+        smax = fmax(smax, fabs(sc[j]));
+      }
+      for (int j = 0; j < Skv; j++) l += expf(sc[j] - m);
+      const size_t row = ((size_t)h * Sq + i) * Skv;
+      for (int j = 0; j < Skv; j++) {
+        const double want = r.want_weights[row + j];
+        err32 = fmax(err32, fabs(expf(sc[j] - m) / l - want));
+        err = fmax(err, fabs(r.weights[row + j] - want));
+      }
+    }
+  print_message("  |s| up to %.0f: weights err %.3g, plain float32 %.3g\n", smax, err, err32);
+  assert_true(smax > 3600);
+  assert_true(err <= 2 * err32 + 1e-7);
+  result_free(&r);
+  free(b[0]), free(b[1]), free(b[2]);
+}
+
+/* attn_merge of two SDPAs over the keys [0, s) and [s, Skv) (the second at
+ * k_pos = s, so causal positions stay those of the union) equals one SDPA
+ * over all keys; batch item 0 has an empty second partial (kv_lens), item 1
+ * two empty ones (zeros, lse = -inf); once in place (out = out_a). */
+static void merge_partials(bool in_place, attn_dtype out_dtype) {
+  const int64_t B = 2, H = 4, Hkv = 2, Sq = 9, Skv = 50, D = 32, split = 20;
+  uint64_t s = 0x3E46E;
+  float *q = tu_alloc_uniform((size_t)(B * H * Sq * D), &s, -2, 2);
+  float *k = tu_alloc_uniform((size_t)(B * Hkv * Skv * D), &s, -1, 1);
+  float *v = tu_alloc_uniform((size_t)(B * Hkv * Skv * D), &s, -1, 1);
+  int32_t lens[2] = {(int32_t)Skv, 0}; /* the union: item 0 sees every key, item 1 none */
+  tu_sdpa_problem p = {.B = B, .Hq = H, .Hkv = Hkv, .Sq = Sq, .Skv = Skv, .D = D, .Dv = D,
+                       .q = q, .k = k, .v = v, .causal = true, .kv_lens = lens,
+                       .scale = (double)(float)(1.0 / sqrt((double)D))};
+  double *want = xmalloc((size_t)(B * H * Sq * D) * sizeof *want);
+  double *want_lse = xmalloc((size_t)(B * H * Sq) * sizeof *want_lse);
+  tu_sdpa_double(&p, want, NULL, want_lse);
+
+  const int64_t qs[4] = {B, H, Sq, D}, ks[4] = {B, Hkv, Skv, D};
+  attn_tensor *tq = upload4(q, qs, L_BHSD), *tk = upload4(k, ks, L_BHSD), *tv = upload4(v, ks, L_BHSD);
+  const int64_t ksa[4] = {B, Hkv, split, D}, ksb[4] = {B, Hkv, Skv - split, D};
+  const int64_t kst[4] = {Hkv * Skv * D, Skv * D, D, 1};
+  attn_tensor *ka, *kb, *va, *vb;
+  CHECK_OK(attn_tensor_view(tk, 0, 4, ksa, kst, &ka));
+  CHECK_OK(attn_tensor_view(tk, split * D, 4, ksb, kst, &kb));
+  CHECK_OK(attn_tensor_view(tv, 0, 4, ksa, kst, &va));
+  CHECK_OK(attn_tensor_view(tv, split * D, 4, ksb, kst, &vb));
+  const int64_t ls[3] = {B, H, Sq};
+  attn_tensor *oa, *ob, *la, *lb, *o = NULL, *l;
+  CHECK_OK(attn_tensor_create_typed(g_ctx, out_dtype, 4, qs, &oa));
+  CHECK_OK(attn_tensor_create_typed(g_ctx, out_dtype, 4, qs, &ob));
+  CHECK_OK(attn_tensor_create(g_ctx, 3, ls, &la));
+  CHECK_OK(attn_tensor_create(g_ctx, 3, ls, &lb));
+  CHECK_OK(attn_tensor_create(g_ctx, 3, ls, &l));
+  if (!in_place) CHECK_OK(attn_tensor_create_typed(g_ctx, out_dtype, 4, qs, &o));
+  int32_t la_lens[2] = {(int32_t)split, 0}, lb_lens[2] = {(int32_t)(Skv - split), 0};
+  attn_sdpa_args a = ATTN_SDPA_ARGS_INIT;
+  a.q = tq, a.k = ka, a.v = va, a.out = oa, a.lse = la, a.causal = true, a.kv_lens = la_lens;
+  a.has_positions = true, a.q_pos = Skv - Sq, a.k_pos = 0;
+  CHECK_OK(attn_sdpa(g_ctx, &a));
+  a.k = kb, a.v = vb, a.out = ob, a.lse = lb, a.kv_lens = lb_lens, a.k_pos = split;
+  CHECK_OK(attn_sdpa(g_ctx, &a));
+  attn_tensor *dst = in_place ? oa : o;
+  const size_t n = (size_t)(B * H * Sq * D), nr = (size_t)(B * H * Sq);
+  float *got = xmalloc(n * sizeof *got), *got_lse = xmalloc(nr * sizeof *got_lse);
+  /* The formula in double from the partials as stored (before the merge,
+   * which may overwrite them), and, in f32, the union itself. */
+  float *pa = xmalloc(n * sizeof *pa), *pb = xmalloc(n * sizeof *pb);
+  float *pla = xmalloc(nr * sizeof *pla), *plb = xmalloc(nr * sizeof *plb);
+  CHECK_OK(attn_tensor_read(oa, pa, n));
+  CHECK_OK(attn_tensor_read(ob, pb, n));
+  CHECK_OK(attn_tensor_read(la, pla, nr));
+  CHECK_OK(attn_tensor_read(lb, plb, nr));
+  double *formula = xmalloc(n * sizeof *formula);
+  for (size_t r = 0; r < nr; r++) {
+    const double m = fmax(pla[r], plb[r]);
+    const double lse = m == -INFINITY ? -INFINITY : m + log(exp(pla[r] - m) + exp(plb[r] - m));
+    for (int64_t e = 0; e < D; e++) {
+      const size_t i = r * (size_t)D + (size_t)e;
+      formula[i] = m == -INFINITY ? 0.0
+                                  : exp(pla[r] - lse) * pa[i] + exp(plb[r] - lse) * pb[i];
+    }
+  }
+  CHECK_OK(attn_merge(g_ctx, oa, la, ob, lb, dst, in_place ? la : l));
+  CHECK_OK(attn_tensor_read(dst, got, n));
+  CHECK_OK(attn_tensor_read(in_place ? la : l, got_lse, nr));
+  int ok = tu_check_close_typed("merged out (formula)", out_dtype, got, formula, n, NULL);
+  if (out_dtype == ATTN_F32) ok &= tu_check_close("merged out (union)", got, want, n, NULL);
+  ok &= tu_check_close("merged lse", got_lse, want_lse, nr, NULL);
+  free(pa), free(pb), free(pla), free(plb), free(formula);
+  assert_true(ok);
+  /* batch item 1: both partials empty, so zeros and -inf, never NaN */
+  for (size_t i = nr / 2; i < nr; i++) assert_true(got_lse[i] == -INFINITY);
+  for (size_t i = n / 2; i < n; i++) assert_true(got[i] == 0.0f);
+  attn_tensor *all[] = {tq, tk, tv, ka, kb, va, vb, oa, ob, la, lb, o, l};
+  for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) attn_tensor_free(all[i]);
+  free(q), free(k), free(v), free(want), free(want_lse), free(got), free(got_lse);
+}
+static void merge_union(void **state) { merge_partials(false, ATTN_F32); }
+static void merge_in_place(void **state) { merge_partials(true, ATTN_F32); }
+static void merge_bf16(void **state) { merge_partials(false, ATTN_BF16); }
+
+/* Bad options: refused naming the argument, the context still usable. */
+static void options_refused(void **state) {
+  const int64_t qs[4] = {1, 2, 4, 8}, ls[3] = {1, 2, 4}, qst[4] = {64, 32, 8, 1};
+  const int64_t big = 72, lst[3] = {64, 32, 8};
+  attn_tensor *q, *o, *l, *l2, *m, *ob, *o_shift, *l_in_o;
+  CHECK_OK(attn_tensor_create(g_ctx, 4, qs, &q));
+  CHECK_OK(attn_tensor_create(g_ctx, 1, &big, &ob));
+  CHECK_OK(attn_tensor_view(ob, 0, 4, qs, qst, &o));
+  CHECK_OK(attn_tensor_view(ob, 8, 4, qs, qst, &o_shift));
+  CHECK_OK(attn_tensor_view(ob, 0, 3, ls, lst, &l_in_o));
+  CHECK_OK(attn_tensor_create(g_ctx, 3, ls, &l));
+  CHECK_OK(attn_tensor_create(g_ctx, 3, ls, &l2));
+  const int64_t ms[4] = {1, 1, 2, 4};
+  CHECK_OK(attn_tensor_create(g_ctx, 4, ms, &m));
+  float zeros[64] = {0};
+  CHECK_OK(attn_tensor_write(q, zeros, 64));
+  attn_sdpa_args a = ATTN_SDPA_ARGS_INIT;
+  a.q = q, a.k = q, a.v = q, a.out = o;
+  a.has_window = true, a.window_left = -2;
+  tu_assert_fails(attn_sdpa(g_ctx, &a), ATTN_ERR_INVALID_ARG, "window_left");
+  a.window_left = 3, a.window_right = -7;
+  tu_assert_fails(attn_sdpa(g_ctx, &a), ATTN_ERR_INVALID_ARG, "window_right");
+  a.has_window = false;
+  a.softcap = -1.0f;
+  tu_assert_fails(attn_sdpa(g_ctx, &a), ATTN_ERR_INVALID_ARG, "softcap");
+  a.softcap = INFINITY;
+  tu_assert_fails(attn_sdpa(g_ctx, &a), ATTN_ERR_INVALID_ARG, "softcap");
+  a.softcap = 0;
+  const float bad[2] = {0.5f, NAN};
+  a.alibi_slopes = bad;
+  tu_assert_fails(attn_sdpa(g_ctx, &a), ATTN_ERR_INVALID_ARG, "alibi_slopes[1]");
+  a.alibi_slopes = NULL, a.sinks = bad;
+  tu_assert_fails(attn_sdpa(g_ctx, &a), ATTN_ERR_INVALID_ARG, "sinks[1]");
+  a.sinks = NULL;
+  a.has_positions = true, a.q_pos = (int64_t)1 << 60;
+  tu_assert_fails(attn_sdpa(g_ctx, &a), ATTN_ERR_INVALID_ARG, "q_pos");
+  a.has_positions = false;
+  a.mask = m, a.mask_kind = ATTN_MASK_BOOL; /* mask query dim 2: neither 1 nor Sq = 4 */
+  tu_assert_fails(attn_sdpa(g_ctx, &a), ATTN_ERR_SHAPE, "mask");
+  a.mask = NULL, a.mask_kind = ATTN_MASK_NONE;
+  /* merge: shapes, lse type, overlaps other than exactly in place */
+  tu_assert_fails(attn_merge(g_ctx, q, l, o, l2, o_shift, NULL), ATTN_ERR_INVALID_ARG,
+                  "out: overlaps input out_b");
+  tu_assert_fails(attn_merge(g_ctx, q, l, q, l2, o, l_in_o), ATTN_ERR_INVALID_ARG,
+                  "lse: overlaps output out");
+  tu_assert_fails(attn_merge(g_ctx, q, l, q, l, o, m), ATTN_ERR_SHAPE, "lse");
+  tu_assert_fails(attn_merge(g_ctx, q, l, q, NULL, o, NULL), ATTN_ERR_INVALID_ARG, "lse_b");
+  /* and the context still works */
+  CHECK_OK(attn_sdpa(g_ctx, &a));
+  CHECK_OK(attn_merge(g_ctx, q, l, q, l2, o, NULL));
+  CHECK_OK(attn_synchronize(g_ctx));
+  CHECK_OK(attn_merge(g_ctx, q, l, o, l2, o, l2)); /* in place into out_b and lse_b */
+  CHECK_OK(attn_synchronize(g_ctx));
+  attn_tensor_free(q), attn_tensor_free(o), attn_tensor_free(l), attn_tensor_free(l2);
+  attn_tensor_free(m), attn_tensor_free(ob), attn_tensor_free(o_shift), attn_tensor_free(l_in_o);
+}
+
 /* ---- host-only: the oracle and the tolerance ----------------------------------- */
 
 /* A plain float32 attention, the way a correct kernel computes it: float
@@ -681,10 +1012,19 @@ int main(void) {
       cmocka_unit_test(hand_causal_bottom_right),
       cmocka_unit_test(nan_stays_in_its_rows),
       cmocka_unit_test(huge_scores),
+      cmocka_unit_test(finfo_min_mask),
+      cmocka_unit_test(large_scores_precision),
+      cmocka_unit_test(merge_union),
+      cmocka_unit_test(merge_in_place),
+      cmocka_unit_test(merge_bf16),
+      cmocka_unit_test(options_refused),
   };
   enum { NFIXED = sizeof fixed / sizeof fixed[0] };
-  struct CMUnitTest tests[NFIXED + NCASES];
+  struct CMUnitTest tests[NFIXED + NCASES + NOCASES];
   memcpy(tests, fixed, sizeof fixed);
+  for (size_t i = 0; i < NOCASES; i++)
+    tests[NFIXED + NCASES + i] =
+        (struct CMUnitTest){ocases[i].name, option_case, NULL, NULL, (void *)&ocases[i]};
   static const char *const layouts[] = {"", "_BSHD", "_padded", "_transposed"};
   for (size_t i = 0; i < NCASES; i++) {
     const rcase *c = &cases[i];
@@ -708,7 +1048,8 @@ int main(void) {
     char group[96];
     memcpy(g_dev, devs[d], sizeof g_dev);
     snprintf(group, sizeof group, "sdpa on %.63s", g_dev);
-    failed += _cmocka_run_group_tests(group, tests, NFIXED + NCASES, open_device, close_device);
+    failed += _cmocka_run_group_tests(group, tests, NFIXED + NCASES + NOCASES, open_device,
+                                      close_device);
   }
   return failed ? 1 : 0;
 }

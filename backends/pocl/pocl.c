@@ -251,7 +251,7 @@ static attn_status pocl_sdpa(attn_backend_ctx *c, const attn_sdpa_desc *d) {
   clrt_sdpa_opts op;
   s = clrt_sdpa_opts_init(&c->cl, d, "pocl", &op);
   if (s != ATTN_OK) return s;
-  cl_mem kvl = NULL, tmp_lse = NULL;
+  cl_mem kvl = NULL, ml = NULL;
   cl_int has_kvl = d->kv_lens != NULL;
   if (has_kvl) {
     /* kv_lens lives in host memory the caller may reuse after we return: the
@@ -264,30 +264,29 @@ static attn_status pocl_sdpa(attn_backend_ctx *c, const attn_sdpa_desc *d) {
       return st;
     }
   }
-  if (d->weights.buf && !lse) {
-    /* The weights pass needs each row's lse: keep it in a scratch buffer. */
+  if (d->weights.buf) {
+    /* The weights pass needs each row's max and inverse sum. */
     attn_status st = clrt_scratch_alloc(&c->cl, CL_MEM_READ_WRITE,
-                                        (size_t)B * Hq * Sq * sizeof(cl_float), NULL,
-                                        "pocl: the lse scratch", &tmp_lse);
+                                        (size_t)B * Hq * Sq * 2 * sizeof(cl_float), NULL,
+                                        "pocl: the row max and sum scratch", &ml);
     if (st != ATTN_OK) {
       clrt_scratch_free(&c->cl, kvl);
       clrt_sdpa_opts_release(&c->cl, &op);
       return st;
     }
-    lse = tmp_lse;
-    l_off = 0;
-    l_st = (cl_long4){{(cl_long)Hq * Sq, Sq, 1, 0}};
   }
-  cl_int has_lse = lse != NULL;
+  cl_int has_lse = lse != NULL, has_ml = ml != NULL;
+  if (!has_lse) lse = out; /* never written: a valid buffer argument */
 
-  s = clrt_set_args(kf, 29 + CLRT_OPTS_NARGS, CLRT_ARG(q), CLRT_ARG(q_off), CLRT_ARG(q_st),
+  s = clrt_set_args(kf, 31 + CLRT_OPTS_NARGS, CLRT_ARG(q), CLRT_ARG(q_off), CLRT_ARG(q_st),
                     CLRT_ARG(k), CLRT_ARG(k_off), CLRT_ARG(k_st), CLRT_ARG(v), CLRT_ARG(v_off),
                     CLRT_ARG(v_st), CLRT_ARG(out), CLRT_ARG(o_off), CLRT_ARG(o_st),
                     CLRT_ARG(mask), CLRT_ARG(m_off), CLRT_ARG(m_st), CLRT_ARG(mask_kind),
                     CLRT_ARG(kvl), CLRT_ARG(has_kvl), CLRT_ARG(lse), CLRT_ARG(l_off),
-                    CLRT_ARG(l_st), CLRT_ARG(has_lse), CLRT_ARG(Hq), CLRT_ARG(Hkv), CLRT_ARG(Sq),
-                    CLRT_ARG(Skv), CLRT_ARG(D), CLRT_ARG(Dv), CLRT_ARG(scale), CLRT_OPTS_ARGS(op));
-  /* 29 above counts the pairs: keep it equal to the kernel's parameter count. */
+                    CLRT_ARG(l_st), CLRT_ARG(has_lse), CLRT_ARG(ml), CLRT_ARG(has_ml),
+                    CLRT_ARG(Hq), CLRT_ARG(Hkv), CLRT_ARG(Sq), CLRT_ARG(Skv), CLRT_ARG(D),
+                    CLRT_ARG(Dv), CLRT_ARG(scale), CLRT_OPTS_ARGS(op));
+  /* 31 above counts the pairs: keep it equal to the kernel's parameter count. */
   if (s == ATTN_OK) {
     /* One work-item per work-group: each carries 32 rows and 4 x HD float16
      * of private state, which POCL would otherwise replicate for every
@@ -302,11 +301,10 @@ static attn_status pocl_sdpa(attn_backend_ctx *c, const attn_sdpa_desc *d) {
     cl_mem w = mem_of(&d->weights);
     cl_long w_off = d->weights.offset;
     cl_long4 w_st = strides4(&d->weights);
-    s = clrt_set_args(kw, 24 + CLRT_OPTS_NARGS, CLRT_ARG(q), CLRT_ARG(q_off), CLRT_ARG(q_st),
+    s = clrt_set_args(kw, 22 + CLRT_OPTS_NARGS, CLRT_ARG(q), CLRT_ARG(q_off), CLRT_ARG(q_st),
                       CLRT_ARG(k), CLRT_ARG(k_off), CLRT_ARG(k_st), CLRT_ARG(mask),
                       CLRT_ARG(m_off), CLRT_ARG(m_st), CLRT_ARG(mask_kind), CLRT_ARG(kvl),
-                      CLRT_ARG(has_kvl), CLRT_ARG(lse), CLRT_ARG(l_off), CLRT_ARG(l_st),
-                      CLRT_ARG(w), CLRT_ARG(w_off), CLRT_ARG(w_st), CLRT_ARG(Hq), CLRT_ARG(Hkv),
+                      CLRT_ARG(has_kvl), CLRT_ARG(ml), CLRT_ARG(w), CLRT_ARG(w_off), CLRT_ARG(w_st), CLRT_ARG(Hq), CLRT_ARG(Hkv),
                       CLRT_ARG(Sq), CLRT_ARG(Skv), CLRT_ARG(D), CLRT_ARG(scale),
                       CLRT_OPTS_ARGS(op));
     if (s == ATTN_OK) {
@@ -318,7 +316,7 @@ static attn_status pocl_sdpa(attn_backend_ctx *c, const attn_sdpa_desc *d) {
   }
   /* Released now, freed by the driver when the queued kernels are done. */
   clrt_scratch_free(&c->cl, kvl);
-  clrt_scratch_free(&c->cl, tmp_lse);
+  clrt_scratch_free(&c->cl, ml);
   clrt_sdpa_opts_release(&c->cl, &op);
   return s;
 }
