@@ -9,6 +9,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <float.h>
 #include <math.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -24,6 +25,7 @@
 
 #include "npy.h"
 #include "spawn.h"
+#include "testutil.h"
 
 static const char *bin;
 static char dir[256];
@@ -311,7 +313,7 @@ static void test_help_version(void **state) {
   assert_non_null(strstr(r.out, "mha"));
   RUN(&r, "--version");
   spawn_expect_status(&r, 0);
-  assert_non_null(strstr(r.out, "0.2.0"));
+  assert_non_null(strstr(r.out, "0.3.0"));
   RUN(&r, "run", "--help");
   spawn_expect_status(&r, 0);
   assert_non_null(strstr(r.out, "--kv-lens"));
@@ -508,6 +510,75 @@ static void test_run_files_additive_mask(void **state) {
   free(k);
   free(v);
   free(m);
+}
+
+/* The SDPA options of 0.3 through the command: --q-pos, --k-pos, --window,
+ * --softcap, --alibi, --sinks and a [B, 1, 1, Skv] padding mask, against the
+ * double oracle of tests/testutil.c; then each bad value exits 2 naming its
+ * option, before any work (no output file). */
+static void test_run_options(void **state) {
+  (void)state;
+  enum { B = 2, HQ = 4, HKV = 2, SQ = 9, SKV = 21, D = 8 };
+  const int64_t qs[4] = {B, HQ, SQ, D}, ks[4] = {B, HKV, SKV, D}, ms[4] = {B, 1, 1, SKV};
+  const int64_t hs[1] = {HQ}, bad_hs[1] = {HQ - 1};
+  float *q = rand_array(B * HQ * SQ * D), *k = rand_array(B * HKV * SKV * D),
+        *v = rand_array(B * HKV * SKV * D);
+  for (int i = 0; i < B * HQ * SQ * D; i++) q[i] *= 8; /* scores large enough to cap */
+  float mask[B * SKV], slopes[HQ], sinks[HQ], bad[HQ];
+  for (int i = 0; i < B * SKV; i++) mask[i] = i % SKV >= SKV - 3 * (i / SKV) ? -FLT_MAX : 0.0f;
+  for (int h = 0; h < HQ; h++) slopes[h] = exp2f(-2.0f * (float)(h + 1)), sinks[h] = 0.5f * h - 1;
+  for (int h = 0; h < HQ; h++) bad[h] = h == 2 ? NAN : 1.0f;
+  char pq[320], pk[320], pv[320], pm[320], pa[320], ps[320], pb[320], pbl[320], po[320],
+      pe[320];
+  save_f32("oq.npy", 4, qs, q, pq, sizeof pq);
+  save_f32("ok.npy", 4, ks, k, pk, sizeof pk);
+  save_f32("ov.npy", 4, ks, v, pv, sizeof pv);
+  save_f32("om.npy", 4, ms, mask, pm, sizeof pm);
+  save_f32("oa.npy", 1, hs, slopes, pa, sizeof pa);
+  save_f32("os.npy", 1, hs, sinks, ps, sizeof ps);
+  save_f32("obad.npy", 1, hs, bad, pb, sizeof pb);
+  save_f32("oshort.npy", 1, bad_hs, slopes, pbl, sizeof pbl);
+  path_in(po, sizeof po, "oo.npy");
+  path_in(pe, sizeof pe, "oe.npy");
+  spawn_result r;
+  RUN(&r, "run", "--q", pq, "--k", pk, "--v", pv, "--mask", pm, "--causal", "--q-pos", "3",
+      "--k-pos", "-2", "--window", "6,-1", "--softcap", "2.5", "--alibi", pa, "--sinks", ps,
+      "--out", po, "--lse-out", pe, "--check");
+  spawn_expect_status(&r, 0);
+  assert_non_null(strstr(r.out, "q-pos 3  k-pos -2  window 6,-1  softcap 2.5  alibi  sinks"));
+  tu_sdpa_problem p = {.B = B, .Hq = HQ, .Hkv = HKV, .Sq = SQ, .Skv = SKV, .D = D, .Dv = D,
+                       .q = q, .k = k, .v = v, .mask = mask, .mask_kind = ATTN_MASK_ADDITIVE,
+                       .mask_b = B, .mask_h = 1, .mask_q = 1, .causal = true,
+                       .scale = (double)(float)(1 / sqrt(D)), .has_positions = true,
+                       .q_pos = 3, .k_pos = -2, .has_window = true, .window_left = 6,
+                       .window_right = -1, .softcap = 2.5, .alibi = slopes, .sinks = sinks};
+  double out[B * HQ * SQ * D], lse[B * HQ * SQ];
+  tu_sdpa_double(&p, out, NULL, lse);
+  const int64_t lsh[3] = {B, HQ, SQ};
+  float *go = load_f32(po, 4, qs), *gl = load_f32(pe, 3, lsh);
+  expect_close("out", go, out, B * HQ * SQ * D);
+  expect_close("lse", gl, lse, B * HQ * SQ);
+  free(go), free(gl);
+  unlink(po);
+
+  /* bad values: exit 2, the option named, nothing written */
+  struct {
+    const char *opt, *val, *want;
+  } bads[] = {
+      {"--window", "-2,0", "--window"},   {"--window", "3", "--window"},
+      {"--window", "1,x", "--window"},    {"--softcap", "0", "--softcap"},
+      {"--softcap", "-1", "--softcap"},   {"--softcap", "inf", "--softcap"},
+      {"--softcap", "nan", "--softcap"},  {"--alibi", pb, "--alibi"},
+      {"--alibi", pbl, "--alibi"},        {"--sinks", pb, "--sinks"},
+      {"--sinks", pbl, "--sinks"},        {"--q-pos", "x", "--q-pos"},
+  };
+  for (size_t i = 0; i < sizeof bads / sizeof bads[0]; i++) {
+    RUN(&r, "run", "--q", pq, "--k", pk, "--v", pv, bads[i].opt, bads[i].val, "--out", po);
+    spawn_expect_status(&r, 2);
+    expect_error_line(&r, bads[i].want);
+    assert_false(exists(po));
+  }
+  free(q), free(k), free(v);
 }
 
 /* Failing runs exit 1 with one line and leave no output file; an existing
@@ -1126,6 +1197,7 @@ int main(void) {
       cmocka_unit_test(test_run_files_bool_mask),
       cmocka_unit_test(test_run_files_additive_mask),
       cmocka_unit_test(test_run_failures),
+      cmocka_unit_test(test_run_options),
       cmocka_unit_test(test_mha),
       cmocka_unit_test(test_run_dtypes),
       cmocka_unit_test(test_mha_16bit),

@@ -37,12 +37,22 @@ void help_run(FILE *f) {
           "  --kv-dtype T      store k and v as T (overrides --dtype for them)\n"
           "  --out-dtype T     the type of out and of --out (default: q's type)\n"
           "Options:\n"
-          "  --mask FILE       [1|B, 1|Hq, Sq, Skv], leading 1s may be left out; numpy bool:\n"
-          "                    true = attend; float32 or float16: added to the scaled scores\n"
+          "  --mask FILE       [1|B, 1|Hq, 1|Sq, Skv], leading 1s may be left out; numpy\n"
+          "                    bool: true = attend; float32 or float16: added to the scores\n"
           "                    (-inf masks)\n"
           "  --kv-lens FILE    int32 [B]: keys j >= kv_lens[b] are hidden\n"
-          "  --causal          query i sees key j iff j <= i + Skv - Sq (bottom-right aligned)\n"
+          "Positions: query row i is at pq = q_pos + i, key j at pk = k_pos + j.\n"
+          "  --q-pos N         default Skv - Sq (bottom-right aligned; 0: top-left)\n"
+          "  --k-pos N         default 0\n"
+          "  --causal          query i sees key j iff pk <= pq\n"
+          "  --window L,R      sliding window: key j visible iff pq - L <= pk <= pq + R\n"
+          "                    (integers; -1 = unbounded on that side)\n"
+          "Scores: s = scale * q.k, then softcap, then ALiBi, then the additive mask:\n"
           "  --scale X         default 1/sqrt(D)\n"
+          "  --softcap X       s = X * tanh(s / X) (X > 0)\n"
+          "  --alibi FILE      float32 [Hq] slopes: s += -slope[h] * |pq - pk|\n"
+          "  --sinks FILE      float32 [Hq] logits: exp(sink[h]) joins each row's softmax\n"
+          "                    denominator (out sums over keys only; lse includes it)\n"
           "  --out FILE        write out [B, Hq, Sq, Dv] ('<f4', '<f2' or '<V2': --out-dtype)\n"
           "  --weights-out FILE  write the probabilities [B, Hq, Sq, Skv] (float32)\n"
           "  --lse-out FILE    write the row log-sum-exp [B, Hq, Sq] (float32; -inf for empty\n"
@@ -67,6 +77,10 @@ typedef struct sdpa_job {
   bool causal, has_scale;
   float scale;
   const int32_t *kv_lens;
+  bool has_positions, has_window;
+  int64_t q_pos, k_pos, window_left, window_right;
+  float softcap;
+  const float *alibi, *sinks;
   bool want_weights, want_lse;
   attn_dtype out_dtype;
   /* derived */
@@ -120,6 +134,15 @@ static int run_sdpa_on(attn_context *ctx, const sdpa_job *j, int64_t warmup, con
   a.kv_lens = j->kv_lens;
   a.weights = w;
   a.lse = l;
+  a.has_positions = j->has_positions;
+  a.q_pos = j->q_pos;
+  a.k_pos = j->k_pos;
+  a.has_window = j->has_window;
+  a.window_left = j->window_left;
+  a.window_right = j->window_right;
+  a.softcap = j->softcap;
+  a.alibi_slopes = j->alibi;
+  a.sinks = j->sinks;
   for (int64_t i = 0; i <= warmup; i++) {
     double t0 = cli_now_ms();
     if ((s = attn_sdpa(ctx, &a)) || (s = attn_synchronize(ctx))) {
@@ -175,11 +198,39 @@ static bool load_qkv(const char *opt, const char *path, bool have_t, attn_dtype 
   return true;
 }
 
+/* --window L,R: two integers >= -1. */
+static bool parse_window(const char *s, int64_t *l, int64_t *r) {
+  const char *comma = strchr(s, ',');
+  char left[64];
+  if (!comma || (size_t)(comma - s) >= sizeof left) {
+    cli_usage_fail("--window: '%s' is not L,R (two integers, -1 = unbounded)", s);
+    return false;
+  }
+  memcpy(left, s, (size_t)(comma - s));
+  left[comma - s] = '\0';
+  return cli_parse_int("--window", left, -1, INT64_MAX, l) &&
+         cli_parse_int("--window", comma + 1, -1, INT64_MAX, r);
+}
+
+/* --alibi / --sinks: float32 [Hq], every value finite. Exit 2 otherwise. */
+static int load_head_vector(const char *opt, const char *path, int64_t Hq, npy_array *a) {
+  if (!cli_load_npy(opt, path, NPY_F32, 1, 1, a)) return EXIT_FAIL;
+  if (a->shape[0] != Hq)
+    return cli_usage_fail("%s: %s has %" PRId64 " values; expected one per query head, Hq = %" PRId64,
+                          opt, path, a->shape[0], Hq);
+  const float *x = a->data;
+  for (int64_t h = 0; h < Hq; h++)
+    if (!isfinite(x[h]))
+      return cli_usage_fail("%s: %s: value %" PRId64 " is %g, not finite", opt, path, h,
+                            (double)x[h]);
+  return 0;
+}
+
 int cmd_run(int argc, char **argv, const char *default_device) {
   enum {
     O_Q = 256, O_K, O_V, O_MASK, O_KVLENS, O_BATCH, O_HEADS, O_KVHEADS, O_SEQ, O_KVSEQ, O_DIM,
     O_VDIM, O_SEED, O_CAUSAL, O_SCALE, O_OUT, O_WOUT, O_LSEOUT, O_CHECK, O_WARMUP, O_DEVICE,
-    O_DTYPE, O_KVDTYPE, O_OUTDTYPE
+    O_DTYPE, O_KVDTYPE, O_OUTDTYPE, O_QPOS, O_KPOS, O_WINDOW, O_SOFTCAP, O_ALIBI, O_SINKS
   };
   static const struct option opts[] = {
       {"q", required_argument, NULL, O_Q},
@@ -206,9 +257,18 @@ int cmd_run(int argc, char **argv, const char *default_device) {
       {"dtype", required_argument, NULL, O_DTYPE},
       {"kv-dtype", required_argument, NULL, O_KVDTYPE},
       {"out-dtype", required_argument, NULL, O_OUTDTYPE},
+      {"q-pos", required_argument, NULL, O_QPOS},
+      {"k-pos", required_argument, NULL, O_KPOS},
+      {"window", required_argument, NULL, O_WINDOW},
+      {"softcap", required_argument, NULL, O_SOFTCAP},
+      {"alibi", required_argument, NULL, O_ALIBI},
+      {"sinks", required_argument, NULL, O_SINKS},
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0}};
   const char *fq = NULL, *fk = NULL, *fv = NULL, *fmask = NULL, *flens = NULL;
+  const char *falibi = NULL, *fsinks = NULL;
+  bool have_qpos = false, have_kpos = false;
+  int64_t qpos = 0, kpos = 0;
   const char *out_path = NULL, *w_path = NULL, *lse_path = NULL, *dev = default_device;
   int64_t B = 1, H = 8, Hkv = 0, S = 128, Skv = 0, D = 64, Dv = 0, seed = 1, warmup = 1;
   bool random_opt = false, check = false;
@@ -247,6 +307,18 @@ int cmd_run(int argc, char **argv, const char *default_device) {
     case O_OUTDTYPE:
       ok = have_out_dtype = cli_parse_dtype("--out-dtype", optarg, &out_dtype);
       break;
+    case O_QPOS: ok = have_qpos = cli_parse_int("--q-pos", optarg, INT64_MIN, INT64_MAX, &qpos); break;
+    case O_KPOS: ok = have_kpos = cli_parse_int("--k-pos", optarg, INT64_MIN, INT64_MAX, &kpos); break;
+    case O_WINDOW:
+      ok = j.has_window = parse_window(optarg, &j.window_left, &j.window_right);
+      break;
+    case O_SOFTCAP:
+      ok = cli_parse_float("--softcap", optarg, &j.softcap);
+      if (ok && !(j.softcap > 0.0f && isfinite(j.softcap)))
+        return cli_usage_fail("--softcap: '%s' must be a finite number > 0", optarg);
+      break;
+    case O_ALIBI: falibi = optarg; break;
+    case O_SINKS: fsinks = optarg; break;
     case 'h': help_run(stdout); return 0;
     case ':': return cli_usage_fail("option '%s' needs an argument", argv[optind - 1]);
     default: return cli_usage_fail("unknown option '%s'", argv[optind - 1]);
@@ -279,7 +351,7 @@ int cmd_run(int argc, char **argv, const char *default_device) {
   attn_dtype kvt = have_kv_dtype ? kv_dtype : dtype;
 
   int rc = EXIT_FAIL;
-  npy_array aq = {0}, ak = {0}, av = {0}, am = {0}, al = {0};
+  npy_array aq = {0}, ak = {0}, av = {0}, am = {0}, al = {0}, aa = {0}, as = {0};
   float *rq = NULL, *rk = NULL, *rv = NULL, *mask_f = NULL;
   attn_context *ctx = NULL, *ref = NULL;
   sdpa_result res = {0}, chk = {0};
@@ -321,6 +393,20 @@ int cmd_run(int argc, char **argv, const char *default_device) {
   j.want_weights = w_path != NULL;
   j.want_lse = lse_path != NULL;
 
+  if (have_qpos || have_kpos) {
+    j.has_positions = true;
+    j.q_pos = have_qpos ? qpos : Sk - Sq;
+    j.k_pos = have_kpos ? kpos : 0;
+  }
+  if (falibi) {
+    if ((rc = load_head_vector("--alibi", falibi, Hq, &aa))) goto done;
+    j.alibi = aa.data;
+  }
+  if (fsinks) {
+    if ((rc = load_head_vector("--sinks", fsinks, Hq, &as))) goto done;
+    j.sinks = as.data;
+  }
+  rc = EXIT_FAIL;
   if (fmask) {
     /* bool, or an additive float32 or float16 mask (kept in its type) */
     if (!cli_load_npy("--mask", fmask, NPY_F32 | NPY_F16 | NPY_BOOL, 2, 4, &am)) goto done;
@@ -378,6 +464,13 @@ int cmd_run(int argc, char **argv, const char *default_device) {
          attn_dtype_str(j.v.dtype), attn_dtype_str(j.out_dtype));
   printf("mask %s  causal %s  kv-lens %s  scale %g\n", sm, j.causal ? "yes" : "no",
          j.kv_lens ? "yes" : "no", j.has_scale ? j.scale : 1.0 / sqrt((double)Dq));
+  if (j.has_positions || j.has_window || j.softcap > 0 || j.alibi || j.sinks) {
+    printf("q-pos %" PRId64 "  k-pos %" PRId64, j.has_positions ? j.q_pos : Sk - Sq,
+           j.has_positions ? j.k_pos : (int64_t)0);
+    if (j.has_window) printf("  window %" PRId64 ",%" PRId64, j.window_left, j.window_right);
+    if (j.softcap > 0) printf("  softcap %g", (double)j.softcap);
+    printf("%s%s\n", j.alibi ? "  alibi" : "", j.sinks ? "  sinks" : "");
+  }
   double flops = cli_sdpa_flops(Bq, Hq, Sq, Sk, Dq, j.causal);
   printf("time %.3f ms  %.2f GFLOP/s\n", res.ms, res.ms > 0 ? flops / (res.ms * 1e6) : 0.0);
 
@@ -419,6 +512,8 @@ done:
   npy_free(&av);
   npy_free(&am);
   npy_free(&al);
+  npy_free(&aa);
+  npy_free(&as);
   free(rq);
   free(rk);
   free(rv);
