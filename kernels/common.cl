@@ -126,13 +126,14 @@ static inline int attn_row_hi(int i, int kv_len, int has_hi, int hi_off) {
   int has_lo, int lo_off, int has_hi, int hi_off, long cpos, float softcap,                   \
       __global const float *alibi, int has_alibi, __global const float *sinks, int has_sinks
 
-/* softcap * tanh(s / softcap) for vectors, as 1 - 2 / (exp(2x) + 1) on |x|
- * with the sign put back: exact at 0 and saturating to +-softcap, within a
- * few ulp of tanh (POCL's vector tanh measured about twice as slow). */
-#define ATTN_SOFTCAP_FN(name, vtype, itype, as_itype, as_vtype)                             \
+/* softcap * tanh(s / softcap) for vectors, as (1 - e) / (1 + e) with
+ * e = exp(-2|s| / softcap) and the sign put back: saturates to +-softcap and
+ * stays within a few ulp of tanh where it matters (its absolute error near
+ * 0 is an ulp of softcap). EXPNEG(y, c) is the kernel's exp(-y c) for y, c >= 0, so
+ * sdpa.cl can use its fast exp2 (POCL's vector exp measured twice as slow). */
+#define ATTN_SOFTCAP_FN(name, vtype, itype, as_itype, as_vtype, EXPNEG)                     \
   static inline vtype name(vtype s, float cap) {                                            \
-    const vtype x = fabs(s) * (2.0f / cap);                                                 \
-    const vtype e = exp(-x); /* in (0, 1] */                                                \
+    const vtype e = EXPNEG(fabs(s), 2.0f / cap); /* exp(-2|s| / cap), in [0, 1] */          \
     const vtype t = (1.0f - e) / (1.0f + e);                                                \
     const itype sign = as_itype(s) & (itype)(0x80000000u);                                  \
     return as_vtype(as_itype(t * cap) | sign);                                              \

@@ -59,6 +59,14 @@
 
 ATTN_SDPA_TYPES
 
+/* Full unrolling of the loops over rows and vectors; at HD = 512 LLVM
+ * cannot (and says so on stderr), so only up to 256. */
+#if HD <= 256
+#define UNROLL _Pragma("unroll")
+#else
+#define UNROLL
+#endif
+
 #define KB 8 /* keys per softmax block */
 #define MAX_CHUNKS 64 /* the host never splits the keys further */
 #define NX (HD / VW) /* vectors per row, at most */
@@ -127,7 +135,8 @@ static inline float8 sum8x8(const float8 b[8]) {
 /* Partials: for row id ((b*Hq + h)*Sq + i) and chunk c, PSTRIDE = Dv + 2
  * floats at (row*nchunks + c) * PSTRIDE: m (the max score, -inf if the chunk
  * saw no key), l (sum of e^(s - m)), then acc[Dv]. */
-ATTN_SOFTCAP_FN(softcap8, float8, int8, as_int8, as_float8)
+#define EXPNEG8(y, c) exp((y) * -(c))
+ATTN_SOFTCAP_FN(softcap8, float8, int8, as_int8, as_float8, EXPNEG8)
 
 __kernel void decode_partial(__global const qt *q, long q_off, long4 q_st,
                              __global const kt *k, long k_off, long4 k_st,
@@ -158,7 +167,7 @@ __kernel void decode_partial(__global const qt *q, long q_off, long4 q_st,
   VEC qv[RB][NX];
   const float qscale = scale;
   int kend = 0, kbeg = Skv;
-  #pragma unroll
+  UNROLL
   for (int r = 0; r < RB; r++) {
     const int row = min(r0 + r, nrows - 1);
     const int g = row / Sq, i = row % Sq, h = hk * G + g;
@@ -173,10 +182,10 @@ __kernel void decode_partial(__global const qt *q, long q_off, long4 q_st,
     dq[r] = (long)i + cpos; /* ALiBi: |pq - pk| = |dq - j| */
     mrow[r] = mask + m_off + b * m_st.s0 + h * m_st.s1 + (long)i * m_st.s2;
     const __global qt *qr = q + q_off + b * q_st.s0 + h * q_st.s1 + (long)i * q_st.s2;
-    #pragma unroll
+    UNROLL
     for (int x = 0; x < NQ; x++) {
       float t[VW];
-      #pragma unroll
+      UNROLL
       for (int e = 0; e < VW; e++) t[e] = ATTN_LD(QT, qr, (long)(x * VW + e) * q_st.s3) * qscale;
       qv[r][x] = VLOAD(ATTN_F32, 0, t);
 #if KPAIR
@@ -188,10 +197,10 @@ __kernel void decode_partial(__global const qt *q, long q_off, long4 q_st,
   const int jb = kbase + c * chunk, je = min(jb + chunk, kend);
   float m[RB], l[RB];
   VEC acc[RB][NX];
-  #pragma unroll
+  UNROLL
   for (int r = 0; r < RB; r++) {
     m[r] = -INFINITY, l[r] = 0.0f;
-    #pragma unroll
+    UNROLL
     for (int x = 0; x < NV; x++) acc[r][x] = (VEC)(0.0f);
   }
 
@@ -203,28 +212,28 @@ __kernel void decode_partial(__global const qt *q, long q_off, long4 q_st,
      * separate horizontal sums, and the softmax below runs on vectors. */
     float8 fold[RB][KB];
     /* Keys past je read key je-1 (in bounds); the limit hides them. */
-    #pragma unroll
+    UNROLL
     for (int t = 0; t < KB; t++) {
       const __global kt *kr = kb + (long)min(j0 + t, je - 1) * k_st.s2;
       VEC sa[RB];
-      #pragma unroll
+      UNROLL
       for (int r = 0; r < RB; r++) sa[r] = (VEC)(0.0f);
-      #pragma unroll
+      UNROLL
       for (int x = 0; x < NQ; x++) {
 #if KPAIR
         const VEC kx = bf16_pairs16(x, kr);
 #else
         const VEC kx = VLOAD(KT, x, kr);
 #endif
-        #pragma unroll
+        UNROLL
         for (int r = 0; r < RB; r++) sa[r] = fma(qv[r][x], kx, sa[r]);
       }
-      #pragma unroll
+      UNROLL
       for (int r = 0; r < RB; r++) fold[r][t] = FOLD8(sa[r]);
     }
     float pt[RB][KB], corr[RB];
     int hidden = 0, grew = 0;
-    #pragma unroll
+    UNROLL
     for (int r = 0; r < RB; r++) {
       float8 sc = sum8x8(fold[r]);
       if (softcap > 0.0f) sc = softcap8(sc, softcap);
@@ -232,7 +241,7 @@ __kernel void decode_partial(__global const qt *q, long q_off, long4 q_st,
         sc = fma((float8)(-slope[r]), fabs((float8)((float)(dq[r] - j0)) - convert_float8(lane)), sc);
       if (mask_kind != 0) {
         float mk[KB];
-        #pragma unroll
+        UNROLL
         for (int t = 0; t < KB; t++)
           mk[t] = ATTN_LD(MT, mrow[r], (long)min(j0 + t, Skv - 1) * m_st.s3);
         const float8 mv = vload8(0, mk);
@@ -263,50 +272,50 @@ __kernel void decode_partial(__global const qt *q, long q_off, long4 q_st,
       vstore8(pv, 0, pt[r]);
     }
     if (!hidden) {
-      #pragma unroll
+      UNROLL
       for (int x = 0; x < NV; x++) {
         VEC a[RB];
-        #pragma unroll
+        UNROLL
         for (int r = 0; r < RB; r++) a[r] = grew ? acc[r][x] * corr[r] : acc[r][x];
-        #pragma unroll
+        UNROLL
         for (int t = 0; t < KB; t++) {
           const VEC vx = VLOADV(x, vb + (long)min(j0 + t, je - 1) * v_st.s2);
-          #pragma unroll
+          UNROLL
           for (int r = 0; r < RB; r++) a[r] = fma((VEC)(pt[r][t]), vx, a[r]);
         }
-        #pragma unroll
+        UNROLL
         for (int r = 0; r < RB; r++) acc[r][x] = a[r];
       }
     } else {
       /* A hidden key must contribute nothing even when its value is NaN or
        * inf (0 * NaN = NaN): skip every (row, key) whose probability is 0. */
-      #pragma unroll
+      UNROLL
       for (int x = 0; x < NV; x++) {
         VEC a[RB];
-        #pragma unroll
+        UNROLL
         for (int r = 0; r < RB; r++) a[r] = grew ? acc[r][x] * corr[r] : acc[r][x];
-        #pragma unroll
+        UNROLL
         for (int t = 0; t < KB; t++) {
           const VEC vx = VLOADV(x, vb + (long)min(j0 + t, je - 1) * v_st.s2);
-          #pragma unroll
+          UNROLL
           for (int r = 0; r < RB; r++)
             if (pt[r][t] != 0.0f) a[r] = fma((VEC)(pt[r][t]), vx, a[r]);
         }
-        #pragma unroll
+        UNROLL
         for (int r = 0; r < RB; r++) acc[r][x] = a[r];
       }
     }
   }
 
   const int pstride = Dv + 2;
-  #pragma unroll
+  UNROLL
   for (int r = 0; r < RB; r++) {
     if (r0 + r >= nrows) break;
     const long row = ((long)b * Hq + hrow[r]) * Sq + irow[r];
     __global float *pp = part + (row * nchunks + c) * pstride;
     pp[0] = m[r];
     pp[1] = l[r];
-    #pragma unroll
+    UNROLL
     for (int x = 0; x < NV; x++)
 #if VPAIR
       VSTORE(acc[r][x].s08192a3b4c5d6e7f, x, pp + 2); /* back to element order */

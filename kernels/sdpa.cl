@@ -93,7 +93,6 @@ typedef int16 vi;
 #define QROW(r, n) const __global qt *qr##n = qb + (long)min(i0 + r, Sq - 1) * q_st.s2;
 #define MROW(r, n) const __global mt *mr##n = mb + (long)min(i0 + r, Sq - 1) * m_st.s2;
 #define DOT(t) s##t = fma(qd, (vf)(WKEL(t, o, d)), s##t);
-ATTN_SOFTCAP_FN(softcap16, vf, vi, as_int16, as_float16)
 /* One gather of the 16 rows per key (loading rows as vectors and transposing
  * them with shuffles measured no faster). */
 #define MASK(t)                                                                             \
@@ -154,6 +153,9 @@ static inline vf exp2_nonpos(vf x) {
   const vi e = (as_int16(t) - as_int16(magic)) << 23;
   return select(as_float16(as_int16(p) + e), (vf)(0.0f), x < (vf)(-126.0f));
 }
+
+#define EXPNEG16(y, c) exp2_nonpos((y) * (-(c) * LOG2E))
+ATTN_SOFTCAP_FN(softcap16, vf, vi, as_int16, as_float16, EXPNEG16)
 
 /* 16 rows' values at offset o of rows i0 .. i0+15 (rows past Sq read row
  * Sq-1), for q (gather16_q) and the mask (gather16_m). */
