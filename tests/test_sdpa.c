@@ -24,6 +24,7 @@
 #include <string.h>
 
 #include "attn.h"
+#include "attn_plugin.h" /* the SDK's f16 / bf16 conversions */
 #include "testutil.h"
 
 #define SENTINEL 1234567.0f /* what guard regions hold; no kernel computes it */
@@ -67,16 +68,21 @@ static void layout_strides(enum layout l, const int64_t *sh, int64_t *st, int64_
   *span = l == L_BHSD || l == L_TRANSPOSED ? B * H * S * X : B * S * H * row;
 }
 
-/* An input tensor holding host (row-major [B,H,S,X]) in the given layout. */
-static attn_tensor *upload4(const float *host, const int64_t *shape, enum layout l) {
+/* An input tensor holding host (row-major [B,H,S,X]) in the given layout,
+ * stored as dtype. */
+static attn_tensor *upload4_typed(attn_dtype dtype, const float *host, const int64_t *shape,
+                                  enum layout l) {
   int64_t st[4], span;
   layout_strides(l, shape, st, &span);
   attn_tensor *base, *view;
-  CHECK_OK(attn_tensor_create(g_ctx, 1, &span, &base));
+  CHECK_OK(attn_tensor_create_typed(g_ctx, dtype, 1, &span, &base));
   CHECK_OK(attn_tensor_view(base, 0, 4, shape, st, &view));
   attn_tensor_free(base); /* the storage lives on with the view */
   CHECK_OK(attn_tensor_write(view, host, (size_t)(shape[0] * shape[1] * shape[2] * shape[3])));
   return view;
+}
+static attn_tensor *upload4(const float *host, const int64_t *shape, enum layout l) {
+  return upload4_typed(ATTN_F32, host, shape, l);
 }
 
 /* An output view with guard regions around it (see the top of the file). */
@@ -148,6 +154,7 @@ typedef struct problem {
   float scale;
   bool want_weights, want_lse;
   enum layout layout;  /* of q, k, v and the outputs */
+  attn_dtype in_dtype; /* storage of q, k and v (the host values already rounded to it) */
   bool mask_as_view;   /* pass the broadcast mask as a full-shape view with 0 strides */
   bool check_weights;  /* compare weights (NaN rows leave them unspecified) */
 } problem;
@@ -169,8 +176,9 @@ static void run_problem(problem *pb, result *r) {
   p->scale = pb->has_scale ? (double)pb->scale : (double)(float)(1.0 / sqrt((double)p->D));
   const int64_t qs[4] = {p->B, p->Hq, p->Sq, p->D}, ks[4] = {p->B, p->Hkv, p->Skv, p->D};
   const int64_t vs[4] = {p->B, p->Hkv, p->Skv, p->Dv};
-  attn_tensor *q = upload4(p->q, qs, pb->layout), *k = upload4(p->k, ks, pb->layout),
-              *v = upload4(p->v, vs, pb->layout), *mask = NULL;
+  attn_tensor *q = upload4_typed(pb->in_dtype, p->q, qs, pb->layout),
+              *k = upload4_typed(pb->in_dtype, p->k, ks, pb->layout),
+              *v = upload4_typed(pb->in_dtype, p->v, vs, pb->layout), *mask = NULL;
   if (p->mask) {
     const int64_t ms[4] = {p->mask_b, p->mask_h, p->mask_q ? p->mask_q : p->Sq, p->Skv};
     mask = upload4(p->mask, ms, L_BHSD);
@@ -575,6 +583,7 @@ typedef struct ocase {
   bool alibi, sinks;
   bool weights;        /* also the weights (pocl's decode path takes none) */
   enum layout layout;
+  attn_dtype dtype;    /* of q, k and v */
 } ocase;
 
 /* Each option alone, then the combinations real models use and the
@@ -584,34 +593,38 @@ typedef struct ocase {
  * broadcast over queries. */
 static const ocase ocases[] = {
     /* name                 B  Hq Hkv Sq   Skv   D    Dv   mask mb mh mq causal kvl  pos qp kp  win wl wr softcap alibi sinks weights layout */
-    {"window_both",         1, 2, 2, 100, 100, 64, 64, ATTN_MASK_NONE, 0, 0, 0, false, false, false, 0, 0, true, 16, 8, 0, false, false, true, L_BHSD},
-    {"window_left",         2, 2, 1, 70, 90, 40, 40, ATTN_MASK_NONE, 0, 0, 0, false, false, false, 0, 0, true, 33, -1, 0, false, false, true, L_BSHD},
-    {"window_right",        1, 3, 3, 50, 50, 16, 24, ATTN_MASK_NONE, 0, 0, 0, false, false, false, 0, 0, true, -1, 5, 0, false, false, true, L_BHSD},
-    {"window_unbounded",    1, 2, 2, 20, 30, 8, 8, ATTN_MASK_NONE, 0, 0, 0, true, false, false, 0, 0, true, -1, -1, 0, false, false, true, L_BHSD},
-    {"window_causal_gqa_kvlens", 3, 8, 2, 77, 300, 64, 64, ATTN_MASK_NONE, 0, 0, 0, true, true, false, 0, 0, true, 40, 0, 0, false, false, true, L_BSHD},
-    {"window_causal_big",   1, 2, 1, 300, 300, 64, 64, ATTN_MASK_BOOL, '1', '1', 'S', true, false, false, 0, 0, true, 64, 0, 0, false, false, true, L_BHSD},
-    {"softcap",             2, 2, 2, 33, 65, 64, 64, ATTN_MASK_NONE, 0, 0, 0, false, false, false, 0, 0, false, 0, 0, 0.7f, false, false, true, L_BHSD},
-    {"softcap_add_mask_B11S", 2, 4, 2, 40, 70, 32, 32, ATTN_MASK_ADDITIVE, 'B', '1', '1', false, false, false, 0, 0, false, 0, 0, 1.5f, false, false, true, L_PADDED},
-    {"softcap_bool_mask_causal", 1, 4, 4, 64, 64, 64, 40, ATTN_MASK_BOOL, '1', 'H', 'S', true, false, false, 0, 0, false, 0, 0, 50.0f, false, false, true, L_BHSD},
-    {"alibi",               2, 4, 4, 30, 50, 32, 32, ATTN_MASK_NONE, 0, 0, 0, false, false, false, 0, 0, false, 0, 0, 0, true, false, true, L_BHSD},
-    {"alibi_causal",        1, 8, 2, 64, 128, 64, 64, ATTN_MASK_NONE, 0, 0, 0, true, false, false, 0, 0, false, 0, 0, 0, true, false, true, L_BSHD},
-    {"sinks",               2, 4, 2, 20, 40, 32, 32, ATTN_MASK_NONE, 0, 0, 0, false, false, false, 0, 0, false, 0, 0, 0, false, true, true, L_BHSD},
-    {"sinks_window_kvlens", 3, 4, 4, 50, 120, 64, 64, ATTN_MASK_NONE, 0, 0, 0, true, true, false, 0, 0, true, 24, 0, 0, false, true, true, L_BHSD},
-    {"sinks_bool_mask",     1, 2, 2, 17, 33, 16, 16, ATTN_MASK_BOOL, '1', '1', 'S', false, false, false, 0, 0, false, 0, 0, 0, false, true, true, L_TRANSPOSED},
-    {"top_left_causal",     1, 2, 2, 50, 80, 32, 32, ATTN_MASK_NONE, 0, 0, 0, true, false, true, 0, 0, false, 0, 0, 0, false, false, true, L_BHSD},
-    {"q_pos_negative",      2, 2, 1, 40, 30, 32, 32, ATTN_MASK_NONE, 0, 0, 0, true, true, true, -5, 3, false, 0, 0, 0, false, false, true, L_BSHD},
-    {"sq_gt_skv_positions_window", 1, 4, 2, 90, 40, 64, 64, ATTN_MASK_NONE, 0, 0, 0, true, false, true, 0, 0, true, 10, 0, 0, false, true, true, L_BHSD},
-    {"positions_alibi",     1, 2, 2, 30, 60, 32, 32, ATTN_MASK_NONE, 0, 0, 0, false, false, true, 1000, 990, false, 0, 0, 0, true, false, true, L_BHSD},
-    {"positions_beyond",    1, 2, 2, 16, 16, 16, 16, ATTN_MASK_NONE, 0, 0, 0, true, false, true, 4000000000LL, 0, true, 4000000010LL, -1, 0, false, false, true, L_BHSD},
-    {"everything",          2, 8, 2, 70, 150, 64, 64, ATTN_MASK_ADDITIVE, 'B', '1', '1', true, true, false, 0, 0, true, 48, 0, 30.0f, true, true, true, L_BSHD},
-    {"d512",                1, 2, 1, 40, 70, 512, 512, ATTN_MASK_NONE, 0, 0, 0, true, false, false, 0, 0, true, 20, 0, 0, false, false, true, L_BHSD},
-    {"d512_dv384_sinks",    1, 2, 2, 33, 50, 512, 384, ATTN_MASK_NONE, 0, 0, 0, false, false, false, 0, 0, false, 0, 0, 0, false, true, true, L_BSHD},
-    {"d320_dv512_softcap",  1, 2, 2, 20, 40, 320, 512, ATTN_MASK_BOOL, '1', '1', '1', false, false, false, 0, 0, false, 0, 0, 2.0f, false, false, true, L_BHSD},
-    {"decode_window_sinks_gqa", 2, 8, 2, 1, 1000, 64, 64, ATTN_MASK_NONE, 0, 0, 0, true, true, false, 0, 0, true, 128, 0, 0, false, true, false, L_BHSD},
-    {"decode_alibi_softcap", 1, 4, 4, 4, 700, 128, 128, ATTN_MASK_ADDITIVE, '1', '1', '1', true, false, false, 0, 0, false, 0, 0, 20.0f, true, false, false, L_BHSD},
-    {"decode_d512_window",  1, 4, 1, 2, 600, 512, 512, ATTN_MASK_NONE, 0, 0, 0, true, false, true, 100, 0, true, 50, 0, 0, false, false, false, L_BHSD},
-    {"mask_bool_111S",      2, 2, 2, 20, 45, 16, 16, ATTN_MASK_BOOL, '1', '1', '1', false, false, false, 0, 0, false, 0, 0, 0, false, false, true, L_BHSD},
-    {"mask_add_B11S_causal", 3, 4, 2, 25, 25, 32, 32, ATTN_MASK_ADDITIVE, 'B', '1', '1', true, false, false, 0, 0, false, 0, 0, 0, false, false, true, L_BSHD},
+    {"window_both",         1, 2, 2, 100, 100, 64, 64, ATTN_MASK_NONE, 0, 0, 0, false, false, false, 0, 0, true, 16, 8, 0, false, false, true, L_BHSD, ATTN_F32},
+    {"window_left",         2, 2, 1, 70, 90, 40, 40, ATTN_MASK_NONE, 0, 0, 0, false, false, false, 0, 0, true, 33, -1, 0, false, false, true, L_BSHD, ATTN_F32},
+    {"window_right",        1, 3, 3, 50, 50, 16, 24, ATTN_MASK_NONE, 0, 0, 0, false, false, false, 0, 0, true, -1, 5, 0, false, false, true, L_BHSD, ATTN_F32},
+    {"window_unbounded",    1, 2, 2, 20, 30, 8, 8, ATTN_MASK_NONE, 0, 0, 0, true, false, false, 0, 0, true, -1, -1, 0, false, false, true, L_BHSD, ATTN_F32},
+    {"window_causal_gqa_kvlens", 3, 8, 2, 77, 300, 64, 64, ATTN_MASK_NONE, 0, 0, 0, true, true, false, 0, 0, true, 40, 0, 0, false, false, true, L_BSHD, ATTN_F32},
+    {"window_causal_big",   1, 2, 1, 300, 300, 64, 64, ATTN_MASK_BOOL, '1', '1', 'S', true, false, false, 0, 0, true, 64, 0, 0, false, false, true, L_BHSD, ATTN_F32},
+    {"softcap",             2, 2, 2, 33, 65, 64, 64, ATTN_MASK_NONE, 0, 0, 0, false, false, false, 0, 0, false, 0, 0, 0.7f, false, false, true, L_BHSD, ATTN_F32},
+    {"softcap_add_mask_B11S", 2, 4, 2, 40, 70, 32, 32, ATTN_MASK_ADDITIVE, 'B', '1', '1', false, false, false, 0, 0, false, 0, 0, 1.5f, false, false, true, L_PADDED, ATTN_F32},
+    {"softcap_bool_mask_causal", 1, 4, 4, 64, 64, 64, 40, ATTN_MASK_BOOL, '1', 'H', 'S', true, false, false, 0, 0, false, 0, 0, 50.0f, false, false, true, L_BHSD, ATTN_F32},
+    {"alibi",               2, 4, 4, 30, 50, 32, 32, ATTN_MASK_NONE, 0, 0, 0, false, false, false, 0, 0, false, 0, 0, 0, true, false, true, L_BHSD, ATTN_F32},
+    {"alibi_causal",        1, 8, 2, 64, 128, 64, 64, ATTN_MASK_NONE, 0, 0, 0, true, false, false, 0, 0, false, 0, 0, 0, true, false, true, L_BSHD, ATTN_F32},
+    {"sinks",               2, 4, 2, 20, 40, 32, 32, ATTN_MASK_NONE, 0, 0, 0, false, false, false, 0, 0, false, 0, 0, 0, false, true, true, L_BHSD, ATTN_F32},
+    {"sinks_window_kvlens", 3, 4, 4, 50, 120, 64, 64, ATTN_MASK_NONE, 0, 0, 0, true, true, false, 0, 0, true, 24, 0, 0, false, true, true, L_BHSD, ATTN_F32},
+    {"sinks_bool_mask",     1, 2, 2, 17, 33, 16, 16, ATTN_MASK_BOOL, '1', '1', 'S', false, false, false, 0, 0, false, 0, 0, 0, false, true, true, L_TRANSPOSED, ATTN_F32},
+    {"top_left_causal",     1, 2, 2, 50, 80, 32, 32, ATTN_MASK_NONE, 0, 0, 0, true, false, true, 0, 0, false, 0, 0, 0, false, false, true, L_BHSD, ATTN_F32},
+    {"q_pos_negative",      2, 2, 1, 40, 30, 32, 32, ATTN_MASK_NONE, 0, 0, 0, true, true, true, -5, 3, false, 0, 0, 0, false, false, true, L_BSHD, ATTN_F32},
+    {"sq_gt_skv_positions_window", 1, 4, 2, 90, 40, 64, 64, ATTN_MASK_NONE, 0, 0, 0, true, false, true, 0, 0, true, 10, 0, 0, false, true, true, L_BHSD, ATTN_F32},
+    {"positions_alibi",     1, 2, 2, 30, 60, 32, 32, ATTN_MASK_NONE, 0, 0, 0, false, false, true, 1000, 990, false, 0, 0, 0, true, false, true, L_BHSD, ATTN_F32},
+    {"positions_beyond",    1, 2, 2, 16, 16, 16, 16, ATTN_MASK_NONE, 0, 0, 0, true, false, true, 4000000000LL, 0, true, 4000000010LL, -1, 0, false, false, true, L_BHSD, ATTN_F32},
+    {"everything",          2, 8, 2, 70, 150, 64, 64, ATTN_MASK_ADDITIVE, 'B', '1', '1', true, true, false, 0, 0, true, 48, 0, 30.0f, true, true, true, L_BSHD, ATTN_F32},
+    {"d512",                1, 2, 1, 40, 70, 512, 512, ATTN_MASK_NONE, 0, 0, 0, true, false, false, 0, 0, true, 20, 0, 0, false, false, true, L_BHSD, ATTN_F32},
+    {"d512_dv384_sinks",    1, 2, 2, 33, 50, 512, 384, ATTN_MASK_NONE, 0, 0, 0, false, false, false, 0, 0, false, 0, 0, 0, false, true, true, L_BSHD, ATTN_F32},
+    {"d320_dv512_softcap",  1, 2, 2, 20, 40, 320, 512, ATTN_MASK_BOOL, '1', '1', '1', false, false, false, 0, 0, false, 0, 0, 2.0f, false, false, true, L_BHSD, ATTN_F32},
+    {"decode_window_sinks_gqa", 2, 8, 2, 1, 1000, 64, 64, ATTN_MASK_NONE, 0, 0, 0, true, true, false, 0, 0, true, 128, 0, 0, false, true, false, L_BHSD, ATTN_F32},
+    {"decode_alibi_softcap", 1, 4, 4, 4, 700, 128, 128, ATTN_MASK_ADDITIVE, '1', '1', '1', true, false, false, 0, 0, false, 0, 0, 20.0f, true, false, false, L_BHSD, ATTN_F32},
+    {"decode_d512_window",  1, 4, 1, 2, 600, 512, 512, ATTN_MASK_NONE, 0, 0, 0, true, false, true, 100, 0, true, 50, 0, 0, false, false, false, L_BHSD, ATTN_F32},
+    {"mask_bool_111S",      2, 2, 2, 20, 45, 16, 16, ATTN_MASK_BOOL, '1', '1', '1', false, false, false, 0, 0, false, 0, 0, 0, false, false, true, L_BHSD, ATTN_F32},
+    {"mask_add_B11S_causal", 3, 4, 2, 25, 25, 32, 32, ATTN_MASK_ADDITIVE, 'B', '1', '1', true, false, false, 0, 0, false, 0, 0, 0, false, false, true, L_BSHD, ATTN_F32},
+    {"bf16_everything",     2, 8, 2, 70, 150, 64, 64, ATTN_MASK_ADDITIVE, 'B', '1', '1', true, true, false, 0, 0, true, 48, 0, 30.0f, true, true, true, L_BSHD, ATTN_BF16},
+    {"f16_window_sinks",    1, 4, 4, 50, 120, 64, 64, ATTN_MASK_NONE, 0, 0, 0, true, false, false, 0, 0, true, 24, 0, 0, false, true, true, L_BHSD, ATTN_F16},
+    {"bf16_decode_window_alibi", 2, 8, 2, 1, 1000, 128, 128, ATTN_MASK_NONE, 0, 0, 0, true, true, false, 0, 0, true, 128, 0, 0, true, false, false, L_BHSD, ATTN_BF16},
+    {"f16_decode_softcap_positions", 1, 4, 1, 3, 500, 64, 64, ATTN_MASK_BOOL, '1', '1', '1', true, false, true, 20, 0, false, 0, 0, 15.0f, false, true, false, L_BHSD, ATTN_F16},
 };
 #define NOCASES (sizeof ocases / sizeof ocases[0])
 
@@ -627,6 +640,17 @@ static void option_case(void **state) {
   float *k = tu_alloc_uniform((size_t)(c->B * c->Hkv * c->Skv * c->D), &s, -1, 1);
   float *v = tu_alloc_uniform((size_t)(c->B * c->Hkv * c->Skv * c->Dv), &s, -1, 1);
   p->q = q, p->k = k, p->v = v;
+  if (c->dtype != ATTN_F32) { /* the oracle sees the values as stored */
+    float *xs[3] = {q, k, v};
+    const size_t ns[3] = {(size_t)(c->B * c->Hq * c->Sq * c->D),
+                          (size_t)(c->B * c->Hkv * c->Skv * c->D),
+                          (size_t)(c->B * c->Hkv * c->Skv * c->Dv)};
+    for (int t = 0; t < 3; t++)
+      for (size_t i = 0; i < ns[t]; i++)
+        xs[t][i] = c->dtype == ATTN_BF16 ? attn_bf16_to_f32(attn_f32_to_bf16(xs[t][i]))
+                                         : attn_f16_to_f32(attn_f32_to_f16(xs[t][i]));
+  }
+  pb.in_dtype = c->dtype;
   float *mask = NULL;
   if (c->mask != ATTN_MASK_NONE) {
     p->mask_b = c->mb == 'B' ? c->B : 1;
