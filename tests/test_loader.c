@@ -113,7 +113,7 @@ static void test_badabi(void **state) {
  * both versions, never called. */
 static void test_abi1(void **state) {
   (void)state;
-  expect_refused("tp_abi1", "plugin ABI 1.2", "expects ABI 2.x (at most 2.1)", "rebuild", NULL);
+  expect_refused("tp_abi1", "plugin ABI 1.2", "expects ABI 2.x (at most 2.2)", "rebuild", NULL);
 }
 
 static void test_noentry(void **state) {
@@ -637,6 +637,32 @@ static attn_status linear_typed(const char *be, attn_dtype t, size_t desc_size) 
   return st;
 }
 
+/* The options of ABI 2.2 are never sent to an older module: the core refuses
+ * the SDPA option and the merge stage itself, naming the module's version. */
+static void test_abi22_options(void **state) {
+  (void)state;
+  attn_context *ctx = NULL;
+  assert_int_equal(attn_open("tp_abi20", &ctx), ATTN_OK);
+  const int64_t qs[4] = {1, 2, 4, 8}, ls[3] = {1, 2, 4};
+  attn_tensor *q, *o, *l;
+  assert_int_equal(attn_tensor_create(ctx, 4, qs, &q), ATTN_OK);
+  assert_int_equal(attn_tensor_create(ctx, 4, qs, &o), ATTN_OK);
+  assert_int_equal(attn_tensor_create(ctx, 3, ls, &l), ATTN_OK);
+  attn_sdpa_args a = ATTN_SDPA_ARGS_INIT;
+  a.q = q, a.k = q, a.v = q, a.out = o;
+  a.has_window = true, a.window_left = 2, a.window_right = 0;
+  assert_int_equal(attn_sdpa(ctx, &a), ATTN_ERR_UNSUPPORTED);
+  assert_contains(attn_last_error(), "attn_sdpa: backend tp_abi20 (ABI 2.0) cannot do window");
+  a.has_window = false, a.softcap = 3.0f;
+  assert_int_equal(attn_sdpa(ctx, &a), ATTN_ERR_UNSUPPORTED);
+  assert_contains(attn_last_error(), "(ABI 2.0) cannot do softcap");
+  assert_int_equal(attn_merge(ctx, q, l, q, l, o, NULL), ATTN_ERR_UNSUPPORTED);
+  assert_contains(attn_last_error(), "attn_merge: backend tp_abi20 (ABI 2.0) cannot do merge");
+  assert_int_equal(attn_feature_minor(13), 2); /* sinks */
+  attn_tensor_free(q), attn_tensor_free(o), attn_tensor_free(l);
+  attn_close(ctx);
+}
+
 static void test_abi_features(void **state) {
   (void)state;
   /* A module built against the 2.0 SDK is never sent 16-bit storage: the
@@ -870,6 +896,7 @@ int main(void) {
       cmocka_unit_test(test_badabi),
       cmocka_unit_test(test_abi1),
       cmocka_unit_test(test_abi_features),
+      cmocka_unit_test(test_abi22_options),
       cmocka_unit_test(test_feature_names),
       cmocka_unit_test(test_noentry),
       cmocka_unit_test(test_nullslot),
