@@ -83,6 +83,11 @@ attn_status attn__context_open(const attn_backend *be, int index, attn_context *
   c->be = be;
   c->vt = be->vt;
   c->info = *info;
+  c->account = attn__account_get(info);
+  if (!c->account) {
+    free(c);
+    return attn__error(ATTN_ERR_NOMEM, "out of host memory for a device memory account");
+  }
   attn_status st = be->vt->open(index, &c->bctx);
   if (st != ATTN_OK) {
     free(c);

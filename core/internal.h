@@ -101,6 +101,20 @@ ATTN_INTERNAL void attn__registry_free(attn_registry *reg);
   ((vt)->struct_size >= offsetof(attn_backend_vtable, slot) + sizeof((vt)->slot) &&         \
    (vt)->slot != NULL)
 
+/* ---- account.c: live device memory per device, shared by its contexts ------- */
+typedef struct attn_mem_account attn_mem_account;
+/* The account of the device info describes (backend name and index), created
+ * on first use and never freed; NULL only when out of host memory. */
+ATTN_INTERNAL attn_mem_account *attn__account_get(const attn_device_info *info);
+/* Add bytes to the account, or refuse with ATTN_ERR_DEVICE_MEMORY naming the
+ * request, the bytes in use and the device's global memory when that would
+ * exceed it. A NULL account or an unknown global memory (0) refuses nothing. */
+ATTN_INTERNAL attn_status attn__account_reserve(attn_mem_account *a, const attn_device_info *info,
+                                                uint64_t bytes);
+ATTN_INTERNAL void attn__account_release(attn_mem_account *a, uint64_t bytes);
+/* Bytes in use on the device (tests). */
+ATTN_INTERNAL uint64_t attn__account_used(const attn_mem_account *a);
+
 /* ---- context.c ------------------------------------------------------------- */
 typedef struct attn_storage attn_storage;
 struct attn_context {
@@ -108,6 +122,7 @@ struct attn_context {
   const attn_backend_vtable *vt;
   attn_backend_ctx *bctx;
   attn_device_info info;
+  attn_mem_account *account; /* the device's, shared with the other contexts on it */
   attn_storage *storages; /* live storages, freed with the context */
   struct attn_mha *graphs; /* live graphs, freed with the context */
 };

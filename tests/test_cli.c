@@ -1104,6 +1104,33 @@ static void test_killed_writers(void **state) {
   assert_int_equal(rmdir(kd), 0);
 }
 
+/* Issue 13, item 2: `attn run --device ref --heads 1 --seq 65536 --dim 8
+ * --weights-out w.npy` was accepted and needed 32 GiB (16 GiB of weights on
+ * the device, which is host memory on ref, and 16 GiB read back). A run whose
+ * weights fit the device but not twice in the host's memory is refused up
+ * front, quickly, with one line and no file. The sequence is chosen from this
+ * machine's memory: weights of about 0.7 x physical memory. */
+static void test_run_too_big_for_host(void **state) {
+  (void)state;
+  const double phys = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
+  char seq[32], pw[300];
+  snprintf(seq, sizeof seq, "%lld", (long long)(sqrt(phys * 0.7 / 4)));
+  path_in(pw, sizeof pw, "toobig_w.npy");
+  spawn_result r;
+  struct timespec t0, t1;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  RUN(&r, "run", "--device", "ref", "--heads", "1", "--seq", seq, "--dim", "8", "--weights-out",
+      pw);
+  clock_gettime(CLOCK_MONOTONIC, &t1);
+  spawn_expect_status(&r, 1);
+  expect_error_line(&r, "physical memory");
+  assert_non_null(strstr(r.err, "bytes of host memory"));
+  assert_false(exists(pw));
+  double s = (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9;
+  printf("--seq %s --weights-out refused in %.2f s: %s", seq, s, r.err);
+  assert_true(s < 10);
+}
+
 int main(void) {
   bin = getenv("ATTN_ATTN_BIN");
   if (!bin || !*bin) {
@@ -1130,6 +1157,7 @@ int main(void) {
       cmocka_unit_test(test_run_dtypes),
       cmocka_unit_test(test_mha_16bit),
       cmocka_unit_test(test_killed_writers),
+      cmocka_unit_test(test_run_too_big_for_host),
   };
   return cmocka_run_group_tests(tests, NULL, teardown);
 }
