@@ -3,7 +3,11 @@
  *    global memory are refused with ATTN_ERR_DEVICE_MEMORY, naming the
  *    request, what is in use and the global memory; the context stays
  *    usable (a freed tensor's bytes can be allocated again, an SDPA runs);
- *  - two contexts on one device share that account.
+ *  - two contexts on one device share that account;
+ *  - under an address-space limit (RLIMIT_AS, in a forked child) an SDPA whose
+ *    weights output does not fit fails with a clean status, never a signal
+ *    (POCL allocated lazily and aborted on its assertion `p->mem_ptr != NULL`
+ *    inside clEnqueueNDRangeKernel).
  * The big tensors are never written, so they cost address space, not memory
  * (every backend allocates them untouched). */
 #include <setjmp.h>
@@ -16,9 +20,20 @@
 
 #include <cmocka.h>
 #include <math.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "attn.h"
 #include "testutil.h"
+
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define TM_SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define TM_SANITIZED 1
+#endif
+#endif
 
 /* The size of the chunks that oversubscribe the device: at most its largest
  * allocation, at most half its memory, a whole number of MiB. */
@@ -138,10 +153,81 @@ static void test_shared_account(void **state) {
   small_sdpa_ok(a);
 }
 
-int main(void) {
+/* Address space in use now (bytes), from /proc/self/statm. */
+static uint64_t vm_size(void) {
+  FILE *f = fopen("/proc/self/statm", "r");
+  unsigned long long pages = 0;
+  if (f) {
+    if (fscanf(f, "%llu", &pages) != 1) pages = 0;
+    fclose(f);
+  }
+  return (uint64_t)pages * (uint64_t)sysconf(_SC_PAGESIZE);
+}
+
+/* The child: warm the device up, limit its address space to 1 GiB more than
+ * it uses, then ask for an SDPA with a 2 GiB weights output. Exit 0: refused
+ * cleanly (at the allocation or the call); 3: it succeeded (the limit did not
+ * bite); 4: a wrong status. */
+static int rlimit_child(const char *sel) {
+  attn_context *ctx;
+  if (attn_open(sel, &ctx) != ATTN_OK) return 5;
+  small_sdpa_ok(ctx);
+  const uint64_t limit = vm_size() + ((uint64_t)1 << 30);
+  struct rlimit rl = {limit, limit};
+  if (setrlimit(RLIMIT_AS, &rl) != 0) return 6;
+  enum { H = 2, S = 16384, D = 8 };
+  const int64_t qs[4] = {1, H, S, D}, ws[4] = {1, H, S, S};
+  attn_tensor *q = NULL, *o = NULL, *w = NULL;
+  attn_status s = attn_tensor_create(ctx, 4, qs, &q);
+  if (!s) s = attn_tensor_create(ctx, 4, qs, &o);
+  if (!s) s = attn_tensor_create(ctx, 4, ws, &w);
+  if (!s) {
+    attn_sdpa_args a = ATTN_SDPA_ARGS_INIT;
+    a.q = a.k = a.v = q, a.out = o, a.weights = w;
+    s = attn_sdpa(ctx, &a);
+    if (!s) s = attn_synchronize(ctx);
+  }
+  printf("%s under RLIMIT_AS %llu: %d (%s) %s\n", sel, (unsigned long long)limit, (int)s,
+         attn_status_str(s), attn_last_error());
+  fflush(stdout);
+  attn_tensor_free(q);
+  attn_tensor_free(o);
+  attn_tensor_free(w);
+  attn_close(ctx);
+  if (s == ATTN_OK) return 3;
+  return s == ATTN_ERR_DEVICE_MEMORY || s == ATTN_ERR_NOMEM ? 0 : 4;
+}
+
+static void test_address_space_limit(void **state) {
+  (void)state;
+#ifdef TM_SANITIZED
+  printf("sanitizer build: its shadow memory needs an unlimited address space; skipped\n");
+  skip();
+#endif
+  /* A fresh process, not a bare fork: POCL's worker threads, started by
+   * the earlier tests, would not exist in a forked child. */
+  fflush(stdout);
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    alarm(120); /* a hang (POCL blocked on memory it cannot get) is a failure too */
+    execl("/proc/self/exe", "test_memory", "--rlimit-child", tu_device, (char *)NULL);
+    _exit(127);
+  }
+  int st = 0;
+  assert_int_equal(waitpid(pid, &st, 0), pid);
+  if (WIFSIGNALED(st)) fail_msg("%s: killed by signal %d under RLIMIT_AS", tu_device, WTERMSIG(st));
+  assert_true(WIFEXITED(st));
+  if (WEXITSTATUS(st) != 0)
+    fail_msg("%s: child exit %d (3: accepted, 4: wrong status)", tu_device, WEXITSTATUS(st));
+}
+
+int main(int argc, char **argv) {
+  if (argc == 3 && strcmp(argv[1], "--rlimit-child") == 0) return rlimit_child(argv[2]);
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_oversubscription, tu_open_device, tu_close_device),
       cmocka_unit_test_setup_teardown(test_shared_account, tu_open_device, tu_close_device),
+      cmocka_unit_test(test_address_space_limit),
   };
   return tu_run_per_device("memory", tests);
 }

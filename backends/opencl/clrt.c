@@ -284,6 +284,14 @@ attn_status clrt_ctx_init(clrt_ctx *c, const clrt_device *dev) {
                           NULL);
   if (err != CL_SUCCESS) return clrt_fail(err, "clGetDeviceInfo");
   c->max_alloc = maxalloc;
+  c->host_align = 4096;
+  if (dev->type & CL_DEVICE_TYPE_CPU) {
+    cl_uint bits = 0; /* CL_DEVICE_MEM_BASE_ADDR_ALIGN is in bits */
+    if (clGetDeviceInfo(dev->id, CL_DEVICE_MEM_BASE_ADDR_ALIGN, sizeof bits, &bits, NULL) ==
+            CL_SUCCESS &&
+        bits / 8 > c->host_align && (bits / 8 & (bits / 8 - 1)) == 0)
+      c->host_align = bits / 8;
+  }
   cl_context_properties props[] = {CL_CONTEXT_PLATFORM, (cl_context_properties)dev->platform, 0};
   c->context = clCreateContext(props, 1, &dev->id, NULL, NULL, &err);
   if (err != CL_SUCCESS) return clrt_fail(err, "clCreateContext");
@@ -324,6 +332,42 @@ attn_status clrt_finish(clrt_ctx *c) {
 
 /* ---- buffers ------------------------------------------------------------------ */
 
+static void CL_CALLBACK free_host_memory(cl_mem mem, void *host) {
+  (void)mem;
+  free(host);
+}
+
+attn_status clrt_mem_create(clrt_ctx *c, cl_mem_flags flags, size_t bytes, void *host,
+                            const char *what, cl_mem *mem) {
+  cl_int err;
+  *mem = NULL;
+  if (!(c->dev.type & CL_DEVICE_TYPE_CPU)) {
+    *mem = clCreateBuffer(c->context, flags, bytes, host, &err);
+    if (err != CL_SUCCESS) {
+      *mem = NULL;
+      return clrt_fail(err, "clCreateBuffer of %zu bytes for %s", bytes, what);
+    }
+    return ATTN_OK;
+  }
+  void *p = NULL;
+  if (posix_memalign(&p, c->host_align, bytes) != 0 || !p)
+    return g_host->error(ATTN_ERR_DEVICE_MEMORY,
+                         "cannot allocate %zu bytes of host memory for %s on a CPU device", bytes,
+                         what);
+  if (flags & CL_MEM_COPY_HOST_PTR) memcpy(p, host, bytes);
+  flags = (flags & ~(cl_mem_flags)(CL_MEM_COPY_HOST_PTR | CL_MEM_ALLOC_HOST_PTR)) |
+          CL_MEM_USE_HOST_PTR;
+  *mem = clCreateBuffer(c->context, flags, bytes, p, &err);
+  if (err == CL_SUCCESS) {
+    err = clSetMemObjectDestructorCallback(*mem, free_host_memory, p);
+    if (err == CL_SUCCESS) return ATTN_OK;
+    clReleaseMemObject(*mem); /* nothing was queued on it: gone now */
+  }
+  free(p);
+  *mem = NULL;
+  return clrt_fail(err, "clCreateBuffer of %zu bytes for %s", bytes, what);
+}
+
 attn_status clrt_buffer_alloc(clrt_ctx *c, size_t bytes, attn_buffer **buf) {
   *buf = NULL;
   if (bytes == 0) return g_host->error(ATTN_ERR_INVALID_ARG, "buffer of 0 bytes");
@@ -334,10 +378,14 @@ attn_status clrt_buffer_alloc(clrt_ctx *c, size_t bytes, attn_buffer **buf) {
   attn_buffer *b = calloc(1, sizeof *b);
   if (!b) return g_host->error(ATTN_ERR_NOMEM, "out of host memory for a buffer handle");
   cl_int err = FAULT(c, CLRT_FAULT_ALLOC);
-  if (err == CL_SUCCESS) b->mem = clCreateBuffer(c->context, CL_MEM_READ_WRITE, bytes, NULL, &err);
   if (err != CL_SUCCESS) {
     free(b);
     return clrt_fail(err, "clCreateBuffer of %zu bytes", bytes);
+  }
+  attn_status s = clrt_mem_create(c, CL_MEM_READ_WRITE, bytes, NULL, "a buffer", &b->mem);
+  if (s != ATTN_OK) {
+    free(b);
+    return s;
   }
   b->bytes = bytes;
   c->n_buffers++;
@@ -367,11 +415,9 @@ attn_status clrt_scratch_alloc(clrt_ctx *c, cl_mem_flags flags, size_t bytes, vo
                          "%s: %zu bytes exceed the device's largest allocation (%llu bytes)", what,
                          bytes, (unsigned long long)c->max_alloc);
   cl_int err = FAULT(c, CLRT_FAULT_ALLOC);
-  if (err == CL_SUCCESS) *mem = clCreateBuffer(c->context, flags, bytes, host, &err);
-  if (err != CL_SUCCESS) {
-    *mem = NULL;
-    return clrt_fail(err, "clCreateBuffer of %zu bytes for %s", bytes, what);
-  }
+  if (err != CL_SUCCESS) return clrt_fail(err, "clCreateBuffer of %zu bytes for %s", bytes, what);
+  attn_status s = clrt_mem_create(c, flags, bytes, host, what, mem);
+  if (s != ATTN_OK) return s;
   c->n_buffers++;
   return ATTN_OK;
 }
