@@ -13,6 +13,7 @@
  * with it. Modules that passed the checks are never dlclose'd (OpenCL drivers
  * do not survive unloading reliably, see attn_plugin.h). */
 #include "internal.h"
+#include "pathsafe.h"
 
 #include <dirent.h>
 #include <dlfcn.h>
@@ -330,6 +331,12 @@ static attn_status load_dir(attn_registry *reg, const char *dir, int missing_ok)
       attn__debug("skipping %s: not a regular file", path);
       continue;
     }
+    char why[160], fname[ATTN_SEL_NAME_MAX];
+    if (attn_stat_unsafe(&sb, why, sizeof why)) {
+      name_from_path(path, fname, sizeof fname);
+      st = add_failure(reg, fname, path, "unsafe module file refused: %s", why);
+      continue;
+    }
     st = load_module(reg, path);
   }
   for (size_t i = 0; i < n; i++) free(names[i]);
@@ -362,6 +369,12 @@ static attn_status load_entry(attn_registry *reg, const char *entry, int missing
     }
     return add_failure(reg, name, entry, "%s", strerror(errno));
   }
+  /* Code from a directory or file that someone else could have written is
+   * that someone's code running as us. */
+  char why[160];
+  if (attn_stat_unsafe(&sb, why, sizeof why))
+    return add_failure(reg, name, entry, "unsafe %s refused: %s",
+                       S_ISDIR(sb.st_mode) ? "module directory" : "module file", why);
   if (S_ISDIR(sb.st_mode)) return load_dir(reg, entry, missing_ok);
   return load_module(reg, entry);
 }

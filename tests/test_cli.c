@@ -1105,6 +1105,45 @@ static void test_killed_writers(void **state) {
   assert_int_equal(rmdir(kd), 0);
 }
 
+/* Issue 13, item 1: what the library refuses to use, `attn devices` shows
+ * as notes (and module directories among the failed modules). */
+static void test_devices_notes(void **state) {
+  (void)state;
+  char cd[300], md[300];
+  path_in(cd, sizeof cd, "unsafe_cache");
+  path_in(md, sizeof md, "unsafe_modules");
+  assert_int_equal(mkdir(cd, 0700), 0);
+  assert_int_equal(mkdir(md, 0700), 0);
+  assert_int_equal(chmod(cd, 0777), 0);
+  assert_int_equal(chmod(md, 0777), 0);
+  char path[2048];
+  snprintf(path, sizeof path, "%s:%s", md, getenv("ATTN_BACKEND_PATH") ? getenv("ATTN_BACKEND_PATH") : "");
+  char *old_path = getenv("ATTN_BACKEND_PATH") ? strdup(getenv("ATTN_BACKEND_PATH")) : NULL;
+  setenv("ATTN_CACHE_DIR", cd, 1);
+  setenv("ATTN_KERNEL_DIR", "kernels", 1);
+  setenv("ATTN_BACKEND_PATH", path, 1);
+  spawn_result r;
+  RUN(&r, "devices");
+  unsetenv("ATTN_CACHE_DIR");
+  unsetenv("ATTN_KERNEL_DIR");
+  if (old_path) setenv("ATTN_BACKEND_PATH", old_path, 1);
+  else unsetenv("ATTN_BACKEND_PATH");
+  free(old_path);
+  spawn_expect_status(&r, 0);
+  printf("%s", r.out);
+  assert_non_null(strstr(r.out, "ref:0"));
+  assert_non_null(strstr(r.out, "notes:"));
+  char want[600];
+  snprintf(want, sizeof want, "cache directory %s not used", cd);
+  assert_non_null(strstr(r.out, want));
+  assert_non_null(strstr(r.out, "without the sticky bit (mode 0777)"));
+  assert_non_null(strstr(r.out, "ATTN_KERNEL_DIR kernels refused: a relative path"));
+  snprintf(want, sizeof want, "%s: unsafe module directory refused", md);
+  assert_non_null(strstr(r.out, want));
+  assert_int_equal(rmdir(cd), 0);
+  assert_int_equal(rmdir(md), 0);
+}
+
 /* Issue 13, item 2: `attn run --device ref --heads 1 --seq 65536 --dim 8
  * --weights-out w.npy` was accepted and needed 32 GiB (16 GiB of weights on
  * the device, which is host memory on ref, and 16 GiB read back). A run whose
@@ -1217,6 +1256,7 @@ int main(void) {
       cmocka_unit_test(test_mha_16bit),
       cmocka_unit_test(test_killed_writers),
       cmocka_unit_test(test_run_too_big_for_host),
+      cmocka_unit_test(test_devices_notes),
       cmocka_unit_test(test_run_address_space_limit),
   };
   return cmocka_run_group_tests(tests, NULL, teardown);

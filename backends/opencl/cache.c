@@ -17,11 +17,14 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#include "pathsafe.h"
 
 #define CACHE_MAGIC "ATTNCLB"
 #define CACHE_VERSION 1u
@@ -44,16 +47,27 @@ uint64_t clrt_hash(uint64_t h, const void *data, size_t n) {
   return h;
 }
 
-const char *clrt_cache_dir(char *buf, size_t len) {
-  const char *off = getenv("ATTN_CACHE");
-  if (off && strcmp(off, "0") == 0) return NULL;
-  const char *e = getenv("ATTN_CACHE_DIR");
-  int n;
-  if (e && *e) n = snprintf(buf, len, "%s", e);
-  else if ((e = getenv("XDG_CACHE_HOME")) && *e) n = snprintf(buf, len, "%s/attn", e);
-  else if ((e = getenv("HOME")) && *e) n = snprintf(buf, len, "%s/.cache/attn", e);
-  else return NULL;
-  return n > 0 && (size_t)n < len ? buf : NULL;
+const char *clrt_cache_dir(char *buf, size_t len) { return attn_cache_dir_name(buf, len); }
+
+/* A cache directory that others could write (or that someone else owns) is
+ * not used at all: whoever writes an entry there chooses the code the device
+ * runs. The programs are then compiled and not stored, and ATTN_DEBUG says so
+ * once per directory (not once per program). */
+static pthread_mutex_t g_refused_lock = PTHREAD_MUTEX_INITIALIZER;
+static char g_refused[3072];
+
+static int cache_dir_refused(const char *dir) {
+  char why[160];
+  if (!attn_path_unsafe(dir, why, sizeof why)) return 0;
+  pthread_mutex_lock(&g_refused_lock);
+  const int again = strcmp(g_refused, dir) == 0;
+  if (!again) snprintf(g_refused, sizeof g_refused, "%s", dir);
+  pthread_mutex_unlock(&g_refused_lock);
+  if (!again)
+    clrt_host()->debug("opencl cache: refusing cache directory %s: %s; running without the "
+                       "cache (programs compiled, not stored)",
+                       dir, why);
+  return 1;
 }
 
 const char *clrt_cache_path(const char *key, char *buf, size_t len) {
@@ -68,8 +82,9 @@ int clrt_cache_load(const char *key, unsigned char **bin, size_t *len) {
   const attn_host *host = clrt_host();
   *bin = NULL;
   *len = 0;
-  char path[4096];
-  if (!clrt_cache_path(key, path, sizeof path)) return 0;
+  char path[4096], dir[3072], unsafe[160];
+  if (!clrt_cache_dir(dir, sizeof dir) || !clrt_cache_path(key, path, sizeof path)) return 0;
+  if (cache_dir_refused(dir)) return 0;
   /* Non-blocking, and regular files only: a FIFO (or device) planted as an
    * entry would otherwise block the open, or the read, for ever. */
   int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
@@ -78,6 +93,11 @@ int clrt_cache_load(const char *key, unsigned char **bin, size_t *len) {
   if (fstat(fd, &fst) != 0 || !S_ISREG(fst.st_mode)) {
     close(fd);
     host->debug("opencl cache: ignoring %s: not a regular file", path);
+    return 0;
+  }
+  if (attn_stat_unsafe(&fst, unsafe, sizeof unsafe)) {
+    close(fd);
+    host->debug("opencl cache: ignoring %s: %s", path, unsafe);
     return 0;
   }
   FILE *f = fdopen(fd, "rb");
@@ -156,6 +176,7 @@ void clrt_cache_store(const char *key, const unsigned char *bin, size_t len) {
     host->debug("opencl cache: cannot create %s (%s); not caching", dir, strerror(errno));
     return;
   }
+  if (cache_dir_refused(dir)) return;
   snprintf(tmp, sizeof tmp, "%s.tmp.XXXXXX", path);
   int fd = mkstemp(tmp);
   if (fd < 0) {
