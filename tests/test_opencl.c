@@ -577,6 +577,38 @@ static void test_kernel_dir_public_api(void **state) {
   attn_close(ctx);
 }
 
+/* Issue 13, item 8: a writer killed before its rename left ENTRY.tmp.*
+ * behind for ever. The next writer removes the temporaries whose writer is
+ * gone (the PID in the name) and any untouched for 10 minutes; a live
+ * writer's young temporary stays. */
+static void test_cache_stale_temporaries(void **state) {
+  (void)state;
+  char dir[512], opts[128], f[4][700];
+  fresh_cache_dir("stale_tmp", dir, sizeof dir);
+  options_for("stale_tmp", opts, sizeof opts);
+  pid_t gone = fork(); /* a PID that is certainly dead: a child that exited */
+  assert_true(gone >= 0);
+  if (gone == 0) _exit(0);
+  int st;
+  assert_int_equal(waitpid(gone, &st, 0), gone);
+  snprintf(f[0], sizeof f[0], "%s/0123456789abcdef.clbin.tmp.%d.Ab12Cd", dir, (int)gone);
+  snprintf(f[1], sizeof f[1], "%s/0123456789abcdef.clbin.tmp.Xy34Zw", dir); /* old style, old */
+  snprintf(f[2], sizeof f[2], "%s/0123456789abcdef.clbin.tmp.%d.Live00", dir, (int)getpid());
+  snprintf(f[3], sizeof f[3], "%s/fedcba9876543210.clbin.tmp.Young0", dir); /* old style, new */
+  for (int i = 0; i < 4; i++) write_file(f[i], "half a binary");
+  struct timespec old[2] = {{time(NULL) - 3600, 0}, {time(NULL) - 3600, 0}};
+  assert_int_equal(utimensat(AT_FDCWD, f[1], old, 0), 0);
+  int hits, builds;
+  assert_int_equal(build_fresh(opts, &hits, &builds, NULL), ATTN_OK);
+  assert_int_equal(builds, 1);
+  struct stat sb;
+  assert_int_equal(stat(f[0], &sb), -1); /* writer gone */
+  assert_int_equal(stat(f[1], &sb), -1); /* an hour old */
+  assert_int_equal(stat(f[2], &sb), 0);  /* a live writer's */
+  assert_int_equal(stat(f[3], &sb), 0);  /* young, writer unknown */
+  assert_int_equal(count_files(dir), 3); /* those two and the new entry */
+}
+
 /* ---- unsafe directories (issue 13, item 1) ------------------------------------- */
 
 /* A cache directory others can write (no sticky bit), or that another user
@@ -793,6 +825,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_kernel_dir_broken),
       cmocka_unit_test(test_kernel_dir_good),
       cmocka_unit_test(test_kernel_dir_public_api),
+      cmocka_unit_test(test_cache_stale_temporaries),
       cmocka_unit_test(test_cache_unsafe_dir),
       cmocka_unit_test(test_cache_unsafe_entry),
       cmocka_unit_test(test_kernel_dir_unsafe),

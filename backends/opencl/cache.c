@@ -10,18 +10,24 @@
  * format), another key (a hash collision or a foreign file), a length that
  * disagrees with the file size (truncated) or a bad checksum (corrupt) is
  * logged, ignored, and overwritten by the rebuild. Entries are written to a
- * temporary file in the same directory and renamed into place, so readers in
- * other processes see either the old file or the complete new one.
+ * temporary file in the same directory (ENTRY.tmp.PID.XXXXXX) and renamed
+ * into place, so readers in other processes see either the old file or the
+ * complete new one; the temporaries of killed writers are removed by the
+ * next writer (remove_stale_temporaries).
  */
 #include "clrt.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "pathsafe.h"
@@ -168,6 +174,38 @@ static int write_all(int fd, const void *data, size_t n) {
   return 0;
 }
 
+/* A writer killed between mkstemp and rename leaves its temporary behind
+ * (a .clbin.tmp.* file of the size of a program binary, for ever). The
+ * temporaries are named ENTRY.tmp.PID.XXXXXX, so before writing, the cache
+ * removes those whose process is gone, and any (older names too) not
+ * touched for CACHE_TMP_MAX_AGE seconds: no writer takes that long. */
+#define CACHE_TMP_MAX_AGE (10 * 60)
+
+static void remove_stale_temporaries(const char *dir) {
+  DIR *d = opendir(dir);
+  if (!d) return;
+  const time_t now = time(NULL);
+  struct dirent *e;
+  while ((e = readdir(d)) != NULL) {
+    const char *t = strstr(e->d_name, ".clbin.tmp.");
+    if (!t) continue;
+    struct stat st;
+    if (fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(st.st_mode))
+      continue;
+    const char *p = t + strlen(".clbin.tmp.");
+    char *end;
+    errno = 0;
+    long pid = strtol(p, &end, 10);
+    const int dead = end != p && *end == '.' && errno == 0 && pid > 0 && pid <= INT_MAX &&
+                     kill((pid_t)pid, 0) != 0 && errno == ESRCH;
+    const int old = now - st.st_mtime > CACHE_TMP_MAX_AGE;
+    if ((dead || old) && unlinkat(dirfd(d), e->d_name, 0) == 0)
+      clrt_host()->debug("opencl cache: removed stale temporary %s/%s (%s)", dir, e->d_name,
+                         dead ? "its writer is gone" : "older than 10 minutes");
+  }
+  closedir(d);
+}
+
 void clrt_cache_store(const char *key, const unsigned char *bin, size_t len) {
   const attn_host *host = clrt_host();
   char dir[3072], path[4096], tmp[4200];
@@ -177,7 +215,8 @@ void clrt_cache_store(const char *key, const unsigned char *bin, size_t len) {
     return;
   }
   if (cache_dir_refused(dir)) return;
-  snprintf(tmp, sizeof tmp, "%s.tmp.XXXXXX", path);
+  remove_stale_temporaries(dir);
+  snprintf(tmp, sizeof tmp, "%s.tmp.%ld.XXXXXX", path, (long)getpid());
   int fd = mkstemp(tmp);
   if (fd < 0) {
     host->debug("opencl cache: cannot write in %s (%s); not caching", dir, strerror(errno));
