@@ -1105,6 +1105,44 @@ static void test_killed_writers(void **state) {
   assert_int_equal(rmdir(kd), 0);
 }
 
+/* Issue 13: a kernel that fails to build is one line on stderr, naming the
+ * kernel's file (POCL's clang also printed "1 error generated." and named its
+ * temporary copy). On pocl, where it has a device. */
+static void test_build_error_one_line(void **state) {
+  (void)state;
+  spawn_result r;
+  RUN(&r, "devices");
+  spawn_expect_status(&r, 0);
+  if (!strstr(r.out, "pocl:0 ")) skip();
+  const char *data = getenv("ATTN_TEST_DATA_DIR"); /* <srcdir>/tests/data */
+  char src[1024], kd[300], cmd[2048], f[400];
+  snprintf(src, sizeof src, "%s", data ? data : "");
+  char *cut = strstr(src, "/tests/data");
+  if (!cut) skip();
+  snprintf(cut, sizeof src - (size_t)(cut - src), "/kernels");
+  path_in(kd, sizeof kd, "broken_kernels");
+  snprintf(cmd, sizeof cmd, "cp -r '%s' '%s' && chmod 0755 '%s' && chmod 0644 '%s'/*.cl", src, kd,
+           kd, kd);
+  assert_int_equal(system(cmd), 0);
+  snprintf(f, sizeof f, "%s/sdpa.cl", kd);
+  FILE *fp = fopen(f, "w");
+  assert_non_null(fp);
+  fputs("__kernel void sdpa_flash(__global float *y) { y[0] = undeclared_identifier_xyz; }\n", fp);
+  fclose(fp);
+  setenv("ATTN_KERNEL_DIR", kd, 1);
+  setenv("ATTN_CACHE", "0", 1);
+  RUN(&r, "run", "--device", "pocl", "--heads", "1", "--seq", "8", "--dim", "8");
+  unsetenv("ATTN_KERNEL_DIR");
+  unsetenv("ATTN_CACHE");
+  printf("%s", r.err);
+  spawn_expect_status(&r, 1);
+  expect_error_line(&r, "kernels/sdpa.cl:1:");
+  assert_non_null(strstr(r.err, "undeclared_identifier_xyz"));
+  assert_null(strstr(r.err, "tempfile_"));
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", kd);
+  assert_int_equal(system(cmd), 0);
+}
+
 /* Issue 13, item 1: what the library refuses to use, `attn devices` shows
  * as notes (and module directories among the failed modules). */
 static void test_devices_notes(void **state) {
@@ -1257,6 +1295,7 @@ int main(void) {
       cmocka_unit_test(test_killed_writers),
       cmocka_unit_test(test_run_too_big_for_host),
       cmocka_unit_test(test_devices_notes),
+      cmocka_unit_test(test_build_error_one_line),
       cmocka_unit_test(test_run_address_space_limit),
   };
   return cmocka_run_group_tests(tests, NULL, teardown);

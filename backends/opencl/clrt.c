@@ -4,6 +4,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <fcntl.h>
@@ -555,19 +556,93 @@ static void program_key(const clrt_ctx *c, const char *name, const char *pre, si
            prelen + strlen(prelude_sep) + len, options);
 }
 
-/* The compiler log of a failed build, truncated to fit an error message. */
-static void build_log(const clrt_ctx *c, cl_program prog, char *log, size_t len) {
-  size_t n = 0;
+/* The compiler log of a failed build, cleaned of the driver's noise and
+ * truncated to fit an error message. POCL names the source by its temporary
+ * copy (".../pocl/kcache/tempfile_Ab12Cd.cl:1:54: ...") and ends the log with
+ * "Device ... failed to build the program"; the message names the kernel's
+ * own file instead and keeps only the compiler's lines. */
+static void build_log(const clrt_ctx *c, cl_program prog, const char *name, char *log,
+                      size_t len) {
+  size_t n = 0, used = 0;
   log[0] = '\0';
   clGetProgramBuildInfo(prog, c->dev.id, CL_PROGRAM_BUILD_LOG, 0, NULL, &n);
   if (n == 0) return;
   char *full = malloc(n + 1);
   if (!full) return;
-  if (clGetProgramBuildInfo(prog, c->dev.id, CL_PROGRAM_BUILD_LOG, n, full, NULL) == CL_SUCCESS) {
-    full[n] = '\0';
-    snprintf(log, len, "%s", full);
+  if (clGetProgramBuildInfo(prog, c->dev.id, CL_PROGRAM_BUILD_LOG, n, full, NULL) != CL_SUCCESS)
+    n = 0;
+  full[n] = '\0';
+  for (char *line = full, *next; line && *line; line = next) {
+    next = strchr(line, '\n');
+    if (next) *next++ = '\0';
+    if (!*line || strstr(line, "failed to build the program")) continue;
+    const char *t = strstr(line, "tempfile_"), *rest = line;
+    char prefix[256] = "";
+    if (t && strstr(t, ".cl")) {
+      const char *start = t;
+      while (start > line && start[-1] != ' ') start--; /* the path's first byte */
+      snprintf(prefix, sizeof prefix, "%.*skernels/%s.cl", (int)(start - line), line, name);
+      rest = strstr(t, ".cl") + 3;
+    }
+    int w = snprintf(log + used, len - used, "%s%s%s", used ? "\n" : "", prefix, rest);
+    if (w < 0 || (size_t)w >= len - used) {
+      used = len - 1;
+      break;
+    }
+    used += (size_t)w;
   }
   free(full);
+}
+
+/* POCL's compiler (clang) also prints "N error(s) generated." to the
+ * process's stderr, a second line besides our one-line error. While a
+ * program builds from source, fd 2 goes to a temporary file (one for all
+ * the threads building at once, the first saves stderr and the last
+ * restores it); then whatever else was written meanwhile goes on to the
+ * real stderr, without those count lines. */
+static pthread_mutex_t g_stderr_lock = PTHREAD_MUTEX_INITIALIZER;
+static int g_stderr_users, g_stderr_saved = -1;
+static FILE *g_stderr_tmp;
+
+static void stderr_capture_begin(void) {
+  pthread_mutex_lock(&g_stderr_lock);
+  if (g_stderr_users++ == 0) {
+    fflush(stderr);
+    g_stderr_tmp = tmpfile();
+    g_stderr_saved = g_stderr_tmp ? dup(2) : -1;
+    if (g_stderr_saved < 0 || dup2(fileno(g_stderr_tmp), 2) < 0) {
+      if (g_stderr_saved >= 0) close(g_stderr_saved);
+      if (g_stderr_tmp) fclose(g_stderr_tmp);
+      g_stderr_saved = -1;
+      g_stderr_tmp = NULL;
+    }
+  }
+  pthread_mutex_unlock(&g_stderr_lock);
+}
+
+static int is_count_line(const char *l) {
+  char *end;
+  strtol(l, &end, 10);
+  return end != l && (strncmp(end, " error", 6) == 0 || strncmp(end, " warning", 8) == 0) &&
+         strstr(end, " generated.") != NULL;
+}
+
+static void stderr_capture_end(void) {
+  pthread_mutex_lock(&g_stderr_lock);
+  if (--g_stderr_users == 0 && g_stderr_tmp) {
+    fflush(stderr);
+    dup2(g_stderr_saved, 2);
+    close(g_stderr_saved);
+    g_stderr_saved = -1;
+    rewind(g_stderr_tmp);
+    char line[4096];
+    while (fgets(line, sizeof line, g_stderr_tmp))
+      if (!is_count_line(line)) fputs(line, stderr);
+    fflush(stderr);
+    fclose(g_stderr_tmp);
+    g_stderr_tmp = NULL;
+  }
+  pthread_mutex_unlock(&g_stderr_lock);
 }
 
 /* The name of the identity kernel of the program with this key (see
@@ -687,10 +762,12 @@ static attn_status program_build(clrt_ctx *c, const char *name, const char *opti
   free(owned);
   free(preowned);
   if (err != CL_SUCCESS) return clrt_fail(err, "clCreateProgramWithSource(%s.cl)", name);
+  stderr_capture_begin();
   err = clBuildProgram(prog, 1, &c->dev.id, idopts, NULL, NULL);
+  stderr_capture_end();
   if (err != CL_SUCCESS) {
     char log[1400];
-    build_log(c, prog, log, sizeof log);
+    build_log(c, prog, name, log, sizeof log);
     clReleaseProgram(prog);
     return g_host->error(clrt_status(err) == ATTN_ERR_BACKEND ? ATTN_ERR_BUILD : clrt_status(err),
                          "building kernels/%s.cl with options \"%s\": %s (%d); compiler log:\n%s",
