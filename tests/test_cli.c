@@ -1105,6 +1105,42 @@ static void test_killed_writers(void **state) {
   assert_int_equal(rmdir(kd), 0);
 }
 
+/* Issue 13: every module on the path used to be dlopen'ed whatever the
+ * selector named, so one that crashes at load (plugins/crash: tp_crash
+ * aborts in a constructor) took down even `--device ref`. Modules now load
+ * when a selector or the default order reaches them, or a listing asks. */
+static void test_lazy_module_loading(void **state) {
+  (void)state;
+  const char *pd = getenv("ATTN_TEST_PLUGIN_DIR"); /* <builddir>/plugins/.libs */
+  const char *bp = getenv("ATTN_BACKEND_PATH");
+  if (!pd || !bp) skip();
+  char path[2048], *old = strdup(bp);
+  assert_non_null(old);
+  snprintf(path, sizeof path, "%s/../crash/.libs:%s", pd, bp);
+  setenv("ATTN_BACKEND_PATH", path, 1);
+  spawn_result r;
+  RUN(&r, "run", "--device", "ref", "--heads", "1", "--seq", "8", "--dim", "4", "--check");
+  int ref_rc = r.status;
+  char ref_err[4096];
+  snprintf(ref_err, sizeof ref_err, "%s", r.err);
+  setenv("ATTN_DEVICE", "", 1); /* the default order: clblast:gpu,pocl:cpu,ref */
+  RUN(&r, "run", "--heads", "1", "--seq", "8", "--dim", "4");
+  int def_rc = r.status;
+  setenv("ATTN_DEVICE", "ref", 1);
+  /* The module is real and does crash: whatever lists every module dies. */
+  spawn_result d;
+  RUN(&d, "devices");
+  spawn_result n;
+  RUN(&n, "run", "--device", "tp_crash", "--heads", "1", "--seq", "8", "--dim", "4");
+  setenv("ATTN_BACKEND_PATH", old, 1);
+  free(old);
+  if (ref_rc != 0) fail_msg("--device ref with a crashing module on the path: status %d: %s", ref_rc, ref_err);
+  assert_int_equal(def_rc, 0);
+  printf("attn devices: status %d; --device tp_crash: status %d\n", d.status, n.status);
+  assert_int_equal(d.status, -1); /* did not exit normally: the abort */
+  assert_int_equal(n.status, -1);
+}
+
 /* Issue 13: a kernel that fails to build is one line on stderr, naming the
  * kernel's file (POCL's clang also printed "1 error generated." and named its
  * temporary copy). On pocl, where it has a device. */
@@ -1296,6 +1332,7 @@ int main(void) {
       cmocka_unit_test(test_run_too_big_for_host),
       cmocka_unit_test(test_devices_notes),
       cmocka_unit_test(test_build_error_one_line),
+      cmocka_unit_test(test_lazy_module_loading),
       cmocka_unit_test(test_run_address_space_limit),
   };
   return cmocka_run_group_tests(tests, NULL, teardown);
