@@ -4,6 +4,7 @@
  *    request, what is in use and the global memory; the context stays
  *    usable (a freed tensor's bytes can be allocated again, an SDPA runs);
  *  - two contexts on one device share that account;
+ *  - a call's own scratch counts too (clblast's f32 copy of a bf16 output);
  *  - under an address-space limit (RLIMIT_AS, in a forked child) an SDPA whose
  *    weights output does not fit fails with a clean status, never a signal
  *    (POCL allocated lazily and aborted on its assertion `p->mem_ptr != NULL`
@@ -153,6 +154,49 @@ static void test_shared_account(void **state) {
   small_sdpa_ok(a);
 }
 
+/* A call's own scratch counts too: on clblast a bf16 weights output is
+ * computed in an f32 scratch twice its size. With the tensors leaving room
+ * for the output but not for that scratch, the call is refused before it
+ * runs, and the context still works. (clblast only: the other backends need
+ * no such scratch, and would run this 32768 x 32768 SDPA.) */
+static void test_scratch_counts(void **state) {
+  attn_context *ctx = *state;
+  if (strncmp(tu_device, "clblast", 7) != 0) skip();
+  attn_device_info info;
+  assert_int_equal(attn_context_info(ctx, &info), ATTN_OK);
+  const int64_t S = 32768, W = S * S; /* weights: 2 GiB as bf16, 4 GiB of f32 scratch */
+  if (!info.global_mem || !info.max_alloc || (uint64_t)W * 4 > info.max_alloc ||
+      info.global_mem < (uint64_t)W * 6)
+    skip();
+  /* Fill all but 4W bytes: the bf16 weights (2W) fit, their scratch (4W) not. */
+  uint64_t fill = info.global_mem - (uint64_t)W * 4;
+  attn_tensor *t[MAX_CHUNKS] = {0};
+  int n = 0;
+  while (fill >= ((uint64_t)1 << 20) && n < MAX_CHUNKS) {
+    uint64_t b = fill < info.max_alloc ? fill : info.max_alloc;
+    b &= ~(((uint64_t)1 << 20) - 1);
+    assert_int_equal(alloc_chunk(ctx, b, &t[n++]), ATTN_OK);
+    fill -= b;
+  }
+  const int64_t qs[4] = {1, 1, S, 8}, ws[4] = {1, 1, S, S};
+  attn_tensor *q, *o, *w;
+  assert_int_equal(attn_tensor_create(ctx, 4, qs, &q), ATTN_OK);
+  assert_int_equal(attn_tensor_create(ctx, 4, qs, &o), ATTN_OK);
+  assert_int_equal(attn_tensor_create_typed(ctx, ATTN_BF16, 4, ws, &w), ATTN_OK);
+  attn_sdpa_args a = ATTN_SDPA_ARGS_INIT;
+  a.q = a.k = a.v = q, a.out = o, a.weights = w;
+  attn_status s = attn_sdpa(ctx, &a);
+  printf("%s\n", attn_last_error());
+  assert_int_equal(s, ATTN_ERR_DEVICE_MEMORY);
+  assert_non_null(strstr(attn_last_error(), "attn_sdpa: "));
+  assert_non_null(strstr(attn_last_error(), "global memory"));
+  attn_tensor_free(q);
+  attn_tensor_free(o);
+  attn_tensor_free(w);
+  for (int i = 0; i < n; i++) attn_tensor_free(t[i]);
+  small_sdpa_ok(ctx);
+}
+
 /* Address space in use now (bytes), from /proc/self/statm. */
 static uint64_t vm_size(void) {
   FILE *f = fopen("/proc/self/statm", "r");
@@ -227,6 +271,7 @@ int main(int argc, char **argv) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_oversubscription, tu_open_device, tu_close_device),
       cmocka_unit_test_setup_teardown(test_shared_account, tu_open_device, tu_close_device),
+      cmocka_unit_test_setup_teardown(test_scratch_counts, tu_open_device, tu_close_device),
       cmocka_unit_test(test_address_space_limit),
   };
   return tu_run_per_device("memory", tests);

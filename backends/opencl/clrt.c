@@ -286,6 +286,9 @@ attn_status clrt_ctx_init(clrt_ctx *c, const clrt_device *dev) {
                           NULL);
   if (err != CL_SUCCESS) return clrt_fail(err, "clGetDeviceInfo");
   c->max_alloc = maxalloc;
+  cl_ulong gmem = 0;
+  if (clGetDeviceInfo(dev->id, CL_DEVICE_GLOBAL_MEM_SIZE, sizeof gmem, &gmem, NULL) == CL_SUCCESS)
+    c->global_mem = gmem;
   c->host_align = 4096;
   if (dev->type & CL_DEVICE_TYPE_CPU) {
     cl_uint bits = 0; /* CL_DEVICE_MEM_BASE_ADDR_ALIGN is in bits */
@@ -334,6 +337,44 @@ attn_status clrt_finish(clrt_ctx *c) {
 
 /* ---- buffers ------------------------------------------------------------------ */
 
+/* Bytes of buffers and scratch live on each device, all contexts together. */
+static pthread_mutex_t g_mem_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct {
+  cl_device_id id;
+  uint64_t used;
+} g_mem[64];
+static int g_nmem;
+
+static attn_status mem_reserve(clrt_ctx *c, size_t bytes, const char *what) {
+  pthread_mutex_lock(&g_mem_lock);
+  int i = 0;
+  while (i < g_nmem && g_mem[i].id != c->dev.id) i++;
+  if (i == g_nmem && g_nmem < (int)(sizeof g_mem / sizeof g_mem[0])) {
+    g_mem[g_nmem].id = c->dev.id;
+    g_mem[g_nmem++].used = 0;
+  }
+  uint64_t used = 0;
+  int fits = 1;
+  if (i < g_nmem) {
+    used = g_mem[i].used;
+    fits = !c->global_mem || (bytes <= c->global_mem && used <= c->global_mem - bytes);
+    if (fits) g_mem[i].used += bytes;
+  }
+  pthread_mutex_unlock(&g_mem_lock);
+  if (fits) return ATTN_OK;
+  return g_host->error(ATTN_ERR_DEVICE_MEMORY,
+                       "%s: %zu bytes with %llu bytes of buffers and scratch in use would exceed "
+                       "the device's %llu bytes of global memory",
+                       what, bytes, (unsigned long long)used, (unsigned long long)c->global_mem);
+}
+
+static void mem_release(clrt_ctx *c, size_t bytes) {
+  pthread_mutex_lock(&g_mem_lock);
+  for (int i = 0; i < g_nmem; i++)
+    if (g_mem[i].id == c->dev.id) g_mem[i].used = bytes <= g_mem[i].used ? g_mem[i].used - bytes : 0;
+  pthread_mutex_unlock(&g_mem_lock);
+}
+
 static void CL_CALLBACK free_host_memory(cl_mem mem, void *host) {
   (void)mem;
   free(host);
@@ -379,13 +420,20 @@ attn_status clrt_buffer_alloc(clrt_ctx *c, size_t bytes, attn_buffer **buf) {
                          bytes, (unsigned long long)c->max_alloc);
   attn_buffer *b = calloc(1, sizeof *b);
   if (!b) return g_host->error(ATTN_ERR_NOMEM, "out of host memory for a buffer handle");
+  attn_status s = mem_reserve(c, bytes, "a buffer");
+  if (s != ATTN_OK) {
+    free(b);
+    return s;
+  }
   cl_int err = FAULT(c, CLRT_FAULT_ALLOC);
   if (err != CL_SUCCESS) {
+    mem_release(c, bytes);
     free(b);
     return clrt_fail(err, "clCreateBuffer of %zu bytes", bytes);
   }
-  attn_status s = clrt_mem_create(c, CL_MEM_READ_WRITE, bytes, NULL, "a buffer", &b->mem);
+  s = clrt_mem_create(c, CL_MEM_READ_WRITE, bytes, NULL, "a buffer", &b->mem);
   if (s != ATTN_OK) {
+    mem_release(c, bytes);
     free(b);
     return s;
   }
@@ -405,6 +453,7 @@ void clrt_buffer_free(clrt_ctx *c, attn_buffer *buf) {
   if (buf->next) buf->next->prev = buf->prev;
   /* The runtime keeps the memory alive until the queued work using it ends. */
   clReleaseMemObject(buf->mem);
+  mem_release(c, buf->bytes);
   free(buf);
   c->n_buffers--;
 }
@@ -416,16 +465,24 @@ attn_status clrt_scratch_alloc(clrt_ctx *c, cl_mem_flags flags, size_t bytes, vo
     return g_host->error(ATTN_ERR_DEVICE_MEMORY,
                          "%s: %zu bytes exceed the device's largest allocation (%llu bytes)", what,
                          bytes, (unsigned long long)c->max_alloc);
-  cl_int err = FAULT(c, CLRT_FAULT_ALLOC);
-  if (err != CL_SUCCESS) return clrt_fail(err, "clCreateBuffer of %zu bytes for %s", bytes, what);
-  attn_status s = clrt_mem_create(c, flags, bytes, host, what, mem);
+  attn_status s = mem_reserve(c, bytes, what);
   if (s != ATTN_OK) return s;
+  cl_int err = FAULT(c, CLRT_FAULT_ALLOC);
+  if (err == CL_SUCCESS) s = clrt_mem_create(c, flags, bytes, host, what, mem);
+  else s = clrt_fail(err, "clCreateBuffer of %zu bytes for %s", bytes, what);
+  if (s != ATTN_OK) {
+    mem_release(c, bytes);
+    return s;
+  }
   c->n_buffers++;
   return ATTN_OK;
 }
 
 void clrt_scratch_free(clrt_ctx *c, cl_mem mem) {
   if (!mem) return;
+  size_t bytes = 0;
+  if (clGetMemObjectInfo(mem, CL_MEM_SIZE, sizeof bytes, &bytes, NULL) == CL_SUCCESS)
+    mem_release(c, bytes);
   clReleaseMemObject(mem);
   c->n_buffers--;
 }

@@ -139,6 +139,7 @@ typedef struct clrt_ctx {
   uint64_t max_alloc;         /* CL_DEVICE_MAX_MEM_ALLOC_SIZE */
   size_t max_wg;              /* CL_DEVICE_MAX_WORK_GROUP_SIZE */
   size_t host_align;          /* CPU devices: alignment of the host memory behind buffers */
+  uint64_t global_mem;        /* CL_DEVICE_GLOBAL_MEM_SIZE: what buffers and scratch may total */
   struct attn_buffer *buffers; /* live buffers */
   clrt_program *programs;     /* built programs (and their kernels) */
   /* Statistics of program builds in this context (tests and debug logs). */
@@ -159,7 +160,15 @@ CLRT_INTERNAL attn_status clrt_finish(clrt_ctx *c);
 
 /* ---- buffers: the vtable's memory slots ---------------------------------------- */
 
-/* clCreateBuffer(READ_WRITE, bytes > 0); bytes over max_alloc -> ATTN_ERR_DEVICE_MEMORY. */
+/* The runtime's buffers and scratch on a device, over every context of the
+ * module on it, may not exceed its global memory: the core accounts for the
+ * tensors, this for a stage's scratch too (clblast's f32 copies of 16-bit
+ * operands and its score tiles, pocl's decode partials), so that a call is
+ * refused with ATTN_ERR_DEVICE_MEMORY when its scratch does not fit instead
+ * of oversubscribing the device. */
+
+/* clCreateBuffer(READ_WRITE, bytes > 0); bytes over max_alloc, or over what
+ * is left of the device's memory -> ATTN_ERR_DEVICE_MEMORY. */
 CLRT_INTERNAL attn_status clrt_buffer_alloc(clrt_ctx *c, size_t bytes, attn_buffer **buf);
 /* Release (the driver keeps it until queued work on it completes). NULL is a no-op. */
 CLRT_INTERNAL void clrt_buffer_free(clrt_ctx *c, attn_buffer *buf);
