@@ -83,6 +83,11 @@ attn_status attn__context_open(const attn_backend *be, int index, attn_context *
   c->be = be;
   c->vt = be->vt;
   c->info = *info;
+  c->account = attn__account_get(info);
+  if (!c->account) {
+    free(c);
+    return attn__error(ATTN_ERR_NOMEM, "out of host memory for a device memory account");
+  }
   attn_status st = be->vt->open(index, &c->bctx);
   if (st != ATTN_OK) {
     free(c);
@@ -103,8 +108,14 @@ typedef struct alt_result {
   char why[1700]; /* fits a failure's full path and reason */
 } alt_result;
 
-static int try_alt(const attn_registry *reg, const attn_sel_alt *alt, attn_context **ctx,
+static int try_alt(attn_registry *reg, const attn_sel_alt *alt, attn_context **ctx,
                    alt_result *r) {
+  /* Only now is the module of this backend loaded (if it was not yet). */
+  if (attn__registry_load(reg, alt->backend) != ATTN_OK) {
+    r->st = ATTN_ERR_NOMEM;
+    snprintf(r->why, sizeof r->why, "out of host memory loading the module of %s", alt->backend);
+    return 0;
+  }
   const attn_backend *be = NULL;
   for (int b = 0; b < reg->nbackends; b++)
     if (strcmp(reg->backends[b].name, alt->backend) == 0) be = &reg->backends[b];
@@ -155,6 +166,9 @@ static int try_alt(const attn_registry *reg, const attn_sel_alt *alt, attn_conte
   return 0;
 }
 
+static attn_status open_locked(attn_registry *reg, const char *origin, const char *text,
+                               attn_context **ctx);
+
 attn_status attn_open(const char *selector, attn_context **ctx) {
   ATTN_ENTER("attn_open");
   if (!ctx) return attn__error(ATTN_ERR_INVALID_ARG, "ctx: is NULL");
@@ -173,16 +187,29 @@ attn_status attn_open(const char *selector, attn_context **ctx) {
     }
   }
 
-  const attn_registry *reg;
-  if (attn__registry_get(&reg) != ATTN_OK) return ATTN_ERR_NOMEM;
-  /* The registry scan runs module code that may leave messages behind. */
-  ATTN_ENTER("attn_open");
+  attn_registry *reg;
+  if (attn__registry_lock(&reg) != ATTN_OK) return ATTN_ERR_NOMEM;
+  attn_status st = open_locked(reg, origin, text, ctx);
+  attn__registry_unlock();
+  return st;
+}
 
+/* The inventory lists every module: load those not loaded yet (their module
+ * code may leave messages behind). */
+static void load_all(attn_registry *reg) {
+  attn__registry_load(reg, NULL);
+  ATTN_ENTER("attn_open");
+}
+
+/* attn_open with the registry locked. */
+static attn_status open_locked(attn_registry *reg, const char *origin, const char *text,
+                               attn_context **ctx) {
   attn_selector sel;
   if (attn__selector_parse(text, &sel) != ATTN_OK) {
     msgbuf m = {.len = 0};
     char msg[512];
     last_message(msg, sizeof msg, "attn_open");
+    load_all(reg);
     mb_add(&m, "%s%s", strcmp(origin, "ATTN_DEVICE") == 0 ? "ATTN_DEVICE: " : "", msg);
     mb_add_inventory(&m, reg);
     return attn__error(ATTN_ERR_SELECTOR, "%s", m.s);
@@ -213,6 +240,7 @@ attn_status attn_open(const char *selector, attn_context **ctx) {
     mb_add(&m, "%s \"%.*s\": %s", a ? ";" : "", (int)len, p, res[a].why);
     p = comma ? comma + 1 : p + len;
   }
+  load_all(reg);
   mb_add_inventory(&m, reg);
   /* Except that running out of host memory is never "no device": a caller
    * must be able to tell a transient failure from a wrong selector. */
@@ -256,14 +284,24 @@ struct attn_device_list {
   attn_load_failure *fail;
 };
 
+static attn_status list_locked(const attn_registry *reg, attn_device_list **list);
+
 attn_status attn_list_devices(attn_device_list **list) {
   ATTN_ENTER("attn_list_devices");
   if (!list) return attn__error(ATTN_ERR_INVALID_ARG, "list: is NULL");
   *list = NULL;
-  const attn_registry *reg;
-  if (attn__registry_get(&reg) != ATTN_OK) return ATTN_ERR_NOMEM;
+  attn_registry *reg;
+  if (attn__registry_lock(&reg) != ATTN_OK) return ATTN_ERR_NOMEM;
+  /* A listing is of every module: load those no selector has reached. */
+  attn_status st = attn__registry_load(reg, NULL);
   ATTN_ENTER("attn_list_devices");
+  if (st == ATTN_OK) st = list_locked(reg, list);
+  else st = attn__error(ATTN_ERR_NOMEM, "out of host memory loading backend modules");
+  attn__registry_unlock();
+  return st;
+}
 
+static attn_status list_locked(const attn_registry *reg, attn_device_list **list) {
   attn_device_list *l = calloc(1, sizeof *l);
   if (!l) return attn__error(ATTN_ERR_NOMEM, "out of host memory");
   size_t ndev = 0;

@@ -82,24 +82,56 @@ typedef struct attn_load_failure {
   char reason[512];
 } attn_load_failure;
 
+/* A module file on the search path, dlopen'ed only when asked for. */
+typedef struct attn_candidate {
+  char name[ATTN_SEL_NAME_MAX]; /* the backend its file name stands for */
+  char path[1024];
+  int tried; /* loaded, or failed with a recorded reason */
+} attn_candidate;
+
 typedef struct attn_registry {
   int nbackends;
-  attn_backend *backends;
+  attn_backend *backends; /* room for cap_backends: entries never move */
+  int cap_backends;
   int nfailures;
   attn_load_failure *failures;
+  int ncand;
+  attn_candidate *cand; /* in search order */
 } attn_registry;
 
-/* The process-wide registry, scanned (thread-safe) on first use; a scan that
- * ran out of memory is retried on the next call (ATTN_ERR_NOMEM, *reg NULL). */
-ATTN_INTERNAL attn_status attn__registry_get(const attn_registry **reg);
-/* Scan a search path into a fresh registry (for tests and the global one).
- * search: ':'-separated entries; NULL means the default search. */
+/* The process-wide registry, its search path scanned on first use (a scan
+ * that ran out of memory is retried on the next call: ATTN_ERR_NOMEM, *reg
+ * NULL, not locked). On success the registry's lock is held: read it, load
+ * modules into it with attn__registry_load, then attn__registry_unlock. */
+ATTN_INTERNAL attn_status attn__registry_lock(attn_registry **reg);
+ATTN_INTERNAL void attn__registry_unlock(void);
+/* Load the modules not loaded yet whose file names stand for backend name
+ * (then, if none gave it, the others), or every module when name is NULL.
+ * ATTN_ERR_NOMEM only (the modules not loaded are tried again later); every
+ * other problem is a recorded failure. */
+ATTN_INTERNAL attn_status attn__registry_load(attn_registry *reg, const char *name);
+/* Scan a search path into a fresh registry and load every module (for
+ * tests). search: ':'-separated entries; NULL means the default search. */
 ATTN_INTERNAL attn_status attn__registry_scan(const char *search, attn_registry *reg);
 ATTN_INTERNAL void attn__registry_free(attn_registry *reg);
 /* Is this slot present in a vtable of this struct_size? */
 #define ATTN_VT_HAS(vt, slot)                                                             \
   ((vt)->struct_size >= offsetof(attn_backend_vtable, slot) + sizeof((vt)->slot) &&         \
    (vt)->slot != NULL)
+
+/* ---- account.c: live device memory per device, shared by its contexts ------- */
+typedef struct attn_mem_account attn_mem_account;
+/* The account of the device info describes (backend name and index), created
+ * on first use and never freed; NULL only when out of host memory. */
+ATTN_INTERNAL attn_mem_account *attn__account_get(const attn_device_info *info);
+/* Add bytes to the account, or refuse with ATTN_ERR_DEVICE_MEMORY naming the
+ * request, the bytes in use and the device's global memory when that would
+ * exceed it. A NULL account or an unknown global memory (0) refuses nothing. */
+ATTN_INTERNAL attn_status attn__account_reserve(attn_mem_account *a, const attn_device_info *info,
+                                                uint64_t bytes);
+ATTN_INTERNAL void attn__account_release(attn_mem_account *a, uint64_t bytes);
+/* Bytes in use on the device (tests). */
+ATTN_INTERNAL uint64_t attn__account_used(const attn_mem_account *a);
 
 /* ---- context.c ------------------------------------------------------------- */
 typedef struct attn_storage attn_storage;
@@ -108,6 +140,7 @@ struct attn_context {
   const attn_backend_vtable *vt;
   attn_backend_ctx *bctx;
   attn_device_info info;
+  attn_mem_account *account; /* the device's, shared with the other contexts on it */
   attn_storage *storages; /* live storages, freed with the context */
   struct attn_mha *graphs; /* live graphs, freed with the context */
 };

@@ -8,11 +8,17 @@
  * ignored and a relative one is refused, because loading code from wherever
  * the user happens to stand is a classic hijack.
  *
+ * Modules are loaded lazily: the scan only lists the files; a module is
+ * dlopen'ed when a selector (or the default order) reaches its backend, or
+ * when every device is listed, so one that crashes or hangs at load cannot
+ * take down a program that asked for another backend.
+ *
  * A module that fails any check is skipped and its reason kept, so that
  * `attn devices` can print it and a selector naming that backend can fail
  * with it. Modules that passed the checks are never dlclose'd (OpenCL drivers
  * do not survive unloading reliably, see attn_plugin.h). */
 #include "internal.h"
+#include "pathsafe.h"
 
 #include <dirent.h>
 #include <dlfcn.h>
@@ -21,7 +27,6 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <stdatomic.h>
 #include <string.h>
 #include <sys/stat.h>
 
@@ -260,18 +265,64 @@ static attn_status load_module(attn_registry *reg, const char *path) {
     attn__debug("%s: device %s \"%s\"", be.name, info.selector, info.name);
   }
 
-  attn_backend *b = realloc(reg->backends, (size_t)(reg->nbackends + 1) * sizeof *b);
-  if (!b) {
+  /* Room was made for one backend per candidate when the path was scanned,
+   * so that the entries (which contexts point to) never move. */
+  if (reg->nbackends >= reg->cap_backends) {
     free(be.dev);
     return ATTN_ERR_NOMEM;
   }
-  reg->backends = b;
   reg->backends[reg->nbackends++] = be;
   attn__debug("loaded backend %s from %s: %d device(s)", be.name, path, be.ndev);
   return ATTN_OK;
 }
 
 /* ---- search path ---------------------------------------------------------- */
+
+/* A module file found on the search path, loaded only when a selector, the
+ * default order or a device listing reaches it: a module that crashes or
+ * hangs when loaded then takes down only what asks for it, not `--device
+ * ref`. name is the backend its file name stands for (attn_<name>.so). */
+static attn_status add_candidate(attn_registry *reg, const char *path) {
+  attn_candidate *c = realloc(reg->cand, (size_t)(reg->ncand + 1) * sizeof *c);
+  if (!c) return ATTN_ERR_NOMEM;
+  reg->cand = c;
+  c = &reg->cand[reg->ncand++];
+  memset(c, 0, sizeof *c);
+  name_from_path(path, c->name, sizeof c->name);
+  snprintf(c->path, sizeof c->path, "%s", path);
+  attn__debug("found module %s (backend %s), not loaded yet", path, c->name);
+  return ATTN_OK;
+}
+
+static int has_failure(const attn_registry *reg, const char *name) {
+  for (int i = 0; i < reg->nfailures; i++)
+    if (strcmp(reg->failures[i].name, name) == 0) return 1;
+  return 0;
+}
+
+static attn_status load_candidates(attn_registry *reg, const char *name, int matching) {
+  for (int i = 0; i < reg->ncand; i++) {
+    attn_candidate *c = &reg->cand[i];
+    if (c->tried || (name && (strcmp(c->name, name) == 0) != matching)) continue;
+    c->tried = 1;
+    attn_status st = load_module(reg, c->path);
+    if (st != ATTN_OK) {
+      c->tried = 0; /* out of memory: try again on a later call */
+      return st;
+    }
+  }
+  return ATTN_OK;
+}
+
+attn_status attn__registry_load(attn_registry *reg, const char *name) {
+  attn_status st = load_candidates(reg, name, 1);
+  /* A module file's name only suggests its backend (a file named in
+   * ATTN_BACKEND_PATH may be called anything): when no file of that name
+   * gave the backend, or a reason it failed, the others may. */
+  if (st == ATTN_OK && name && !find_backend(reg, name) && !has_failure(reg, name))
+    st = load_candidates(reg, name, 0);
+  return st;
+}
 
 static int cmp_str(const void *a, const void *b) {
   return strcmp(*(char *const *)a, *(char *const *)b);
@@ -330,7 +381,13 @@ static attn_status load_dir(attn_registry *reg, const char *dir, int missing_ok)
       attn__debug("skipping %s: not a regular file", path);
       continue;
     }
-    st = load_module(reg, path);
+    char why[160], fname[ATTN_SEL_NAME_MAX];
+    if (attn_stat_unsafe(&sb, why, sizeof why)) {
+      name_from_path(path, fname, sizeof fname);
+      st = add_failure(reg, fname, path, "unsafe module file refused: %s", why);
+      continue;
+    }
+    st = add_candidate(reg, path);
   }
   for (size_t i = 0; i < n; i++) free(names[i]);
   free(names);
@@ -362,8 +419,14 @@ static attn_status load_entry(attn_registry *reg, const char *entry, int missing
     }
     return add_failure(reg, name, entry, "%s", strerror(errno));
   }
+  /* Code from a directory or file that someone else could have written is
+   * that someone's code running as us. */
+  char why[160];
+  if (attn_stat_unsafe(&sb, why, sizeof why))
+    return add_failure(reg, name, entry, "unsafe %s refused: %s",
+                       S_ISDIR(sb.st_mode) ? "module directory" : "module file", why);
   if (S_ISDIR(sb.st_mode)) return load_dir(reg, entry, missing_ok);
-  return load_module(reg, entry);
+  return add_candidate(reg, entry);
 }
 
 /* Does libattn run from its build tree? Then the build tree's modules are the
@@ -380,8 +443,8 @@ static int running_from_build_tree(void) {
   return strcmp(lib, build) == 0;
 }
 
-attn_status attn__registry_scan(const char *search, attn_registry *reg) {
-  if (!reg) return attn__error(ATTN_ERR_INVALID_ARG, "registry: reg is NULL");
+/* Find the candidates of the search path (nothing is dlopen'ed). */
+static attn_status registry_find(const char *search, attn_registry *reg) {
   memset(reg, 0, sizeof *reg);
 
   int use_default = search == NULL;
@@ -412,11 +475,26 @@ attn_status attn__registry_scan(const char *search, attn_registry *reg) {
     st = load_entry(reg, dir, 1);
   }
 
+  if (st == ATTN_OK && reg->ncand) {
+    reg->backends = calloc((size_t)reg->ncand, sizeof *reg->backends);
+    if (!reg->backends) st = ATTN_ERR_NOMEM;
+    else reg->cap_backends = reg->ncand;
+  }
   if (st != ATTN_OK) {
     attn__registry_free(reg);
     return attn__error(st, "loading backend modules: out of host memory");
   }
   return ATTN_OK;
+}
+
+attn_status attn__registry_scan(const char *search, attn_registry *reg) {
+  if (!reg) return attn__error(ATTN_ERR_INVALID_ARG, "registry: reg is NULL");
+  attn_status st = registry_find(search, reg);
+  if (st == ATTN_OK && (st = attn__registry_load(reg, NULL)) != ATTN_OK) {
+    attn__registry_free(reg);
+    return attn__error(st, "loading backend modules: out of host memory");
+  }
+  return st;
 }
 
 void attn__registry_free(attn_registry *reg) {
@@ -425,33 +503,35 @@ void attn__registry_free(attn_registry *reg) {
   for (int i = 0; i < reg->nbackends; i++) free(reg->backends[i].dev);
   free(reg->backends);
   free(reg->failures);
+  free(reg->cand);
   memset(reg, 0, sizeof *reg);
 }
 
 /* ---- the process-wide registry -------------------------------------------- */
 
-/* The process-wide registry. Scanned under a lock on first use; a scan that
- * runs out of memory is not kept, so a later call tries again instead of
- * living with an empty registry for the rest of the process. */
+/* The process-wide registry: its search path is scanned under the lock on
+ * first use (a scan that ran out of memory is not kept, so a later call
+ * tries again instead of living with an empty registry), its modules loaded
+ * under the same lock as they are asked for. Every reader holds the lock:
+ * loading appends to the failures. */
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
-static atomic_int g_ready;
+static int g_ready;
 static attn_registry g_registry;
 
-attn_status attn__registry_get(const attn_registry **out) {
-  if (!atomic_load_explicit(&g_ready, memory_order_acquire)) {
-    pthread_mutex_lock(&g_lock);
-    if (!atomic_load_explicit(&g_ready, memory_order_relaxed)) {
-      attn_registry reg;
-      if (attn__registry_scan(NULL, &reg) != ATTN_OK) {
-        pthread_mutex_unlock(&g_lock);
-        *out = NULL;
-        return attn__error(ATTN_ERR_NOMEM, "out of host memory while loading backend modules");
-      }
-      g_registry = reg;
-      atomic_store_explicit(&g_ready, 1, memory_order_release);
+attn_status attn__registry_lock(attn_registry **out) {
+  pthread_mutex_lock(&g_lock);
+  if (!g_ready) {
+    attn_registry reg;
+    if (registry_find(NULL, &reg) != ATTN_OK) {
+      pthread_mutex_unlock(&g_lock);
+      *out = NULL;
+      return attn__error(ATTN_ERR_NOMEM, "out of host memory while loading backend modules");
     }
-    pthread_mutex_unlock(&g_lock);
+    g_registry = reg;
+    g_ready = 1;
   }
   *out = &g_registry;
   return ATTN_OK;
 }
+
+void attn__registry_unlock(void) { pthread_mutex_unlock(&g_lock); }

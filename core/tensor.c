@@ -71,6 +71,7 @@ static void storage_release(attn_storage *st) {
   else ctx->storages = st->next;
   if (st->next) st->next->prev = st->prev;
   attn__be_free(ctx, st->buf);
+  attn__account_release(ctx->account, st->bytes);
   free(st);
 }
 
@@ -90,8 +91,16 @@ attn_status attn__tensor_alloc(attn_context *ctx, attn_dtype dtype, int ndim,
     free(t);
     return attn__error(ATTN_ERR_NOMEM, "out of host memory for a tensor");
   }
+  /* The device's account first: the contexts on the device together may
+   * not hold more than its global memory, whatever the driver would accept. */
+  if ((s = attn__account_reserve(ctx->account, &ctx->info, bytes))) {
+    free(st);
+    free(t);
+    return s;
+  }
   s = attn__be_alloc(ctx, bytes, &st->buf);
   if (s) {
+    attn__account_release(ctx->account, bytes);
     free(st);
     free(t);
     return s;

@@ -16,6 +16,8 @@
  *   TP_NULL_SLOT   the required synchronize slot is NULL: refused
  *   TP_PROBE_FAIL  probe fails with a negative status (a driver that breaks
  *                  while enumerating): skipped with its reason
+ *   TP_LOAD_ABORT  aborts when loaded (a constructor, run by dlopen): a module
+ *                  that crashes at load must take down only what asks for it
  *
  * Without a variant it has two devices (0: a "cpu", 1: an "accelerator") so
  * selectors by index, type and name can be tested against real modules.
@@ -32,6 +34,10 @@
 #endif
 
 static const attn_host *host;
+
+#ifdef TP_LOAD_ABORT
+__attribute__((constructor)) static void tp_crash_at_load(void) { abort(); }
+#endif
 
 /* Buffers live in a list on their context so close can free leftovers. */
 struct attn_buffer {

@@ -338,6 +338,68 @@ static void test_bad_paths(void **state) {
   assert_int_equal(attn__registry_scan(NULL, NULL), ATTN_ERR_INVALID_ARG);
 }
 
+/* Issue 13, item 1: a module directory or file that others could have
+ * written (or that another user owns) is refused with its reason, like a
+ * relative entry; the sticky bit makes a shared directory fine. */
+static void expect_one_failure(const char *search, const char *path, const char *frag1,
+                               const char *frag2) {
+  attn_registry reg;
+  assert_int_equal(attn__registry_scan(search, &reg), ATTN_OK);
+  assert_int_equal(reg.nbackends, 0);
+  assert_int_equal(reg.nfailures, 1);
+  assert_string_equal(reg.failures[0].path, path);
+  assert_contains(reg.failures[0].reason, frag1);
+  assert_contains(reg.failures[0].reason, frag2);
+  printf("%s: %s\n", path, reg.failures[0].reason);
+  attn__registry_free(&reg);
+}
+
+static void test_unsafe_paths(void **state) {
+  (void)state;
+  char good[1200], d[1200], copy[1300];
+  plugin_path(good, sizeof good, "tp_good");
+  snprintf(d, sizeof d, "%s/unsafe", tmp_dir);
+  assert_int_equal(mkdir(d, 0755), 0);
+  snprintf(copy, sizeof copy, "%s/attn_tp_good.so", d);
+  copy_file(good, copy);
+  assert_int_equal(chmod(copy, 0755), 0);
+
+  assert_int_equal(chmod(d, 0777), 0);
+  expect_one_failure(d, d, "unsafe module directory", "without the sticky bit (mode 0777)");
+  assert_int_equal(chmod(d, 0775), 0);
+  expect_one_failure(d, d, "unsafe module directory", "writable by its group");
+
+  /* The file itself, found through its directory or named. */
+  assert_int_equal(chmod(d, 0755), 0);
+  assert_int_equal(chmod(copy, 0757), 0);
+  expect_one_failure(d, copy, "unsafe module file", "writable by others (mode 0757)");
+  expect_one_failure(copy, copy, "unsafe module file", "writable by others");
+
+  attn_registry reg;
+  /* Sticky and others-writable, like /tmp: fine. */
+  assert_int_equal(chmod(copy, 0755), 0);
+  assert_int_equal(chmod(d, 01777), 0);
+  assert_int_equal(attn__registry_scan(d, &reg), ATTN_OK);
+  assert_int_equal(reg.nfailures, 0);
+  assert_int_equal(reg.nbackends, 1);
+  assert_string_equal(reg.backends[0].name, "tp_good");
+  attn__registry_free(&reg);
+
+  /* Another owner (the suite runs as root; elsewhere chown is refused). */
+  assert_int_equal(chmod(d, 0755), 0);
+  if (chown(copy, 12345, 12345) == 0) {
+    expect_one_failure(d, copy, "unsafe module file", "owned by uid 12345");
+    assert_int_equal(chown(copy, geteuid(), getegid()), 0);
+    assert_int_equal(chown(d, 12345, 12345), 0);
+    expect_one_failure(d, d, "unsafe module directory", "owned by uid 12345");
+    assert_int_equal(chown(d, geteuid(), getegid()), 0);
+  } else {
+    printf("chown to uid 12345 not permitted: the foreign-owner cases are not run\n");
+  }
+  unlink(copy);
+  assert_int_equal(rmdir(d), 0);
+}
+
 /* ---- plugin faults next to good modules ------------------------------------ */
 
 /* The probe-fails plugin is built into a directory of its own
@@ -906,6 +968,7 @@ int main(void) {
       cmocka_unit_test(test_first_one_wins),
       cmocka_unit_test(test_not_a_module),
       cmocka_unit_test(test_bad_paths),
+      cmocka_unit_test(test_unsafe_paths),
       cmocka_unit_test(test_probefail),
       cmocka_unit_test(test_faulty_modules_affect_nothing_else),
       cmocka_unit_test(test_open_good),

@@ -21,6 +21,7 @@
 #include <cmocka.h>
 
 #include <fcntl.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,14 +47,31 @@ static attn_status test_error(attn_status s, const char *fmt, ...) {
   g_err_status = s;
   return s;
 }
+/* Every debug line since the test last cleared it (the refusals are one). */
+static char g_debug[8192];
 static void test_debug(const char *fmt, ...) {
-  if (!getenv("ATTN_DEBUG")) return;
+  char line[1024];
   va_list ap;
   va_start(ap, fmt);
-  fprintf(stderr, "debug: ");
-  vfprintf(stderr, fmt, ap);
-  fprintf(stderr, "\n");
+  vsnprintf(line, sizeof line, fmt, ap);
   va_end(ap);
+  size_t n = strlen(g_debug);
+  snprintf(g_debug + n, sizeof g_debug - n, "%s\n", line);
+  if (getenv("ATTN_DEBUG")) fprintf(stderr, "debug: %s\n", line);
+}
+
+/* How many lines of g_debug contain s. */
+static int debug_lines_with(const char *s) {
+  int n = 0;
+  for (const char *l = g_debug; *l;) {
+    const char *e = strchr(l, '\n');
+    size_t len = e ? (size_t)(e - l) : strlen(l);
+    char buf[1024];
+    snprintf(buf, sizeof buf, "%.*s", (int)len, l);
+    if (strstr(buf, s)) n++;
+    l += len + (e ? 1 : 0);
+  }
+  return n;
 }
 static const attn_host test_host = {test_error, test_debug};
 
@@ -464,8 +482,27 @@ static void test_kernel_dir_broken(void **state) {
   setenv("ATTN_KERNEL_DIR", dir, 1);
   int hits, builds;
   g_err[0] = '\0';
-  assert_int_equal(build_fresh("", &hits, &builds, NULL), ATTN_ERR_BUILD);
+  /* What the build writes to the process's stderr (POCL's clang printed
+   * "2 errors generated." there, a second line besides the error). */
+  char errfile[700];
+  snprintf(errfile, sizeof errfile, "%s/build_stderr.txt", g_tmp);
+  fflush(stderr);
+  int saved = dup(2), efd = open(errfile, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  assert_true(saved >= 0 && efd >= 0);
+  assert_int_equal(dup2(efd, 2), 2);
+  attn_status bs = build_fresh("", &hits, &builds, NULL);
+  fflush(stderr);
+  assert_int_equal(dup2(saved, 2), 2);
+  close(saved);
+  close(efd);
+  assert_int_equal(bs, ATTN_ERR_BUILD);
+  assert_int_equal(file_size(errfile), 0);
   printf("build error message: %.300s\n", g_err);
+  /* The log names the kernel's file, not POCL's temporary copy, and keeps
+   * only the compiler's lines. */
+  assert_null(strstr(g_err, "tempfile_"));
+  assert_null(strstr(g_err, "failed to build the program"));
+  assert_non_null(strstr(g_err, "kernels/linear.cl:1:"));
   assert_non_null(strstr(g_err, "CL_BUILD_PROGRAM_FAILURE"));
   assert_non_null(strstr(g_err, "kernels/linear.cl"));
   assert_non_null(strstr(g_err, "compiler log"));
@@ -559,6 +596,199 @@ static void test_kernel_dir_public_api(void **state) {
   attn_close(ctx);
 }
 
+/* Issue 13, item 8: a writer killed before its rename left ENTRY.tmp.*
+ * behind for ever. The next writer removes the temporaries whose writer is
+ * gone (the PID in the name) and any untouched for 10 minutes; a live
+ * writer's young temporary stays. */
+static void test_cache_stale_temporaries(void **state) {
+  (void)state;
+  char dir[512], opts[128], f[4][700];
+  fresh_cache_dir("stale_tmp", dir, sizeof dir);
+  options_for("stale_tmp", opts, sizeof opts);
+  pid_t gone = fork(); /* a PID that is certainly dead: a child that exited */
+  assert_true(gone >= 0);
+  if (gone == 0) _exit(0);
+  int st;
+  assert_int_equal(waitpid(gone, &st, 0), gone);
+  snprintf(f[0], sizeof f[0], "%s/0123456789abcdef.clbin.tmp.%d.Ab12Cd", dir, (int)gone);
+  snprintf(f[1], sizeof f[1], "%s/0123456789abcdef.clbin.tmp.Xy34Zw", dir); /* old style, old */
+  snprintf(f[2], sizeof f[2], "%s/0123456789abcdef.clbin.tmp.%d.Live00", dir, (int)getpid());
+  snprintf(f[3], sizeof f[3], "%s/fedcba9876543210.clbin.tmp.Young0", dir); /* old style, new */
+  for (int i = 0; i < 4; i++) write_file(f[i], "half a binary");
+  struct timespec old[2] = {{time(NULL) - 3600, 0}, {time(NULL) - 3600, 0}};
+  assert_int_equal(utimensat(AT_FDCWD, f[1], old, 0), 0);
+  int hits, builds;
+  assert_int_equal(build_fresh(opts, &hits, &builds, NULL), ATTN_OK);
+  assert_int_equal(builds, 1);
+  struct stat sb;
+  assert_int_equal(stat(f[0], &sb), -1); /* writer gone */
+  assert_int_equal(stat(f[1], &sb), -1); /* an hour old */
+  assert_int_equal(stat(f[2], &sb), 0);  /* a live writer's */
+  assert_int_equal(stat(f[3], &sb), 0);  /* young, writer unknown */
+  assert_int_equal(count_files(dir), 3); /* those two and the new entry */
+}
+
+/* ---- unsafe directories (issue 13, item 1) ------------------------------------- */
+
+/* A cache directory others can write (no sticky bit), or that another user
+ * owns, is not used: programs build, nothing is read or stored there, and
+ * one debug line says why. 01777 (like /tmp) is fine. */
+static void test_cache_unsafe_dir(void **state) {
+  (void)state;
+  char dir[512], opts[128], path[1024];
+  fresh_cache_dir("unsafe777", dir, sizeof dir);
+  options_for("unsafe777", opts, sizeof opts);
+  assert_int_equal(chmod(dir, 0777), 0);
+  int hits, builds;
+  g_debug[0] = '\0';
+  assert_int_equal(build_fresh(opts, &hits, &builds, NULL), ATTN_OK);
+  assert_int_equal(build_fresh(opts, &hits, &builds, NULL), ATTN_OK);
+  assert_int_equal(hits, 0);
+  assert_int_equal(builds, 1);
+  assert_int_equal(count_files(dir), 0); /* nothing stored */
+  printf("%s", g_debug);
+  assert_int_equal(debug_lines_with("refusing cache directory"), 1); /* one line, not per use */
+  assert_int_equal(debug_lines_with("without the sticky bit (mode 0777)"), 1);
+  assert_non_null(strstr(g_debug, dir));
+
+  /* An entry planted there before the directory became unsafe is not read. */
+  assert_int_equal(chmod(dir, 0700), 0);
+  assert_int_equal(build_fresh(opts, &hits, &builds, NULL), ATTN_OK);
+  assert_int_equal(entry_path(dir, path, sizeof path), 1);
+  assert_int_equal(chmod(dir, 0770), 0);
+  assert_int_equal(build_fresh(opts, &hits, &builds, NULL), ATTN_OK);
+  assert_int_equal(hits, 0);
+
+  /* Sticky: accepted, the entry is used. */
+  assert_int_equal(chmod(dir, 01777), 0);
+  assert_int_equal(build_fresh(opts, &hits, &builds, NULL), ATTN_OK);
+  assert_int_equal(hits, 1);
+
+  /* Owned by someone else (the suite runs as root; elsewhere chown fails). */
+  char other[512];
+  fresh_cache_dir("unsafe_owner", other, sizeof other);
+  if (chown(other, 12345, 12345) == 0) {
+    g_debug[0] = '\0';
+    assert_int_equal(build_fresh(opts, &hits, &builds, NULL), ATTN_OK);
+    assert_int_equal(hits, 0);
+    assert_int_equal(builds, 1);
+    assert_int_equal(count_files(other), 0);
+    assert_int_equal(debug_lines_with("owned by uid 12345"), 1);
+  } else {
+    printf("chown to uid 12345 not permitted: the foreign-owner case is not run\n");
+  }
+}
+
+/* An entry file others can write is ignored and rewritten (mode 0600). */
+static void test_cache_unsafe_entry(void **state) {
+  (void)state;
+  char dir[512], opts[128], path[1024];
+  fresh_cache_dir("unsafe_entry", dir, sizeof dir);
+  options_for("unsafe_entry", opts, sizeof opts);
+  int hits, builds;
+  assert_int_equal(build_fresh(opts, &hits, &builds, NULL), ATTN_OK);
+  assert_int_equal(entry_path(dir, path, sizeof path), 1);
+  assert_int_equal(chmod(path, 0666), 0);
+  g_debug[0] = '\0';
+  assert_int_equal(build_fresh(opts, &hits, &builds, NULL), ATTN_OK);
+  assert_int_equal(hits, 0);
+  assert_int_equal(builds, 1);
+  assert_int_equal(debug_lines_with("writable by others (mode 0666)"), 1);
+  struct stat st;
+  assert_int_equal(stat(path, &st), 0);
+  assert_int_equal(st.st_mode & 0077, 0);
+  assert_int_equal(build_fresh(opts, &hits, &builds, NULL), ATTN_OK);
+  assert_int_equal(hits, 1);
+}
+
+/* ATTN_KERNEL_DIR: relative, unsafe directory, unsafe file, foreign owner:
+ * each an error naming it; 01777 and a safe copy work. */
+static void test_kernel_dir_unsafe(void **state) {
+  (void)state;
+  const char *data = getenv("ATTN_TEST_DATA_DIR");
+  char src[1024], cache[512], dir[512], cmd[2600];
+  fresh_cache_dir("kdunsafe_cache", cache, sizeof cache);
+  clrt_ctx c;
+  cl_program prog;
+  assert_int_equal(clrt_ctx_init(&c, &g_dev), ATTN_OK);
+
+  setenv("ATTN_KERNEL_DIR", "kernels", 1);
+  assert_int_equal(clrt_program_get(&c, "linear", "", &prog), ATTN_ERR_IO);
+  assert_non_null(strstr(g_err, "ATTN_KERNEL_DIR: relative path kernels refused"));
+
+  /* A copy of the source tree's kernels/ (ATTN_TEST_DATA_DIR is <srcdir>/tests/data). */
+  snprintf(src, sizeof src, "%s", data ? data : "");
+  char *cut = strstr(src, "/tests/data");
+  if (!cut) {
+    clrt_ctx_release(&c);
+    skip();
+  }
+  snprintf(cut, sizeof src - (size_t)(cut - src), "/kernels");
+  snprintf(dir, sizeof dir, "%s/kdunsafe", g_tmp);
+  snprintf(cmd, sizeof cmd, "cp -r '%s' '%s' && chmod 0644 '%s'/*.cl", src, dir, dir);
+  assert_int_equal(system(cmd), 0);
+  setenv("ATTN_KERNEL_DIR", dir, 1);
+
+  assert_int_equal(chmod(dir, 0777), 0);
+  assert_int_equal(clrt_program_get(&c, "linear", "", &prog), ATTN_ERR_IO);
+  printf("%s\n", g_err);
+  assert_non_null(strstr(g_err, dir));
+  assert_non_null(strstr(g_err, "without the sticky bit (mode 0777)"));
+
+  assert_int_equal(chmod(dir, 01777), 0);
+  char f[700];
+  snprintf(f, sizeof f, "%s/linear.cl", dir);
+  assert_int_equal(chmod(f, 0666), 0);
+  assert_int_equal(clrt_program_get(&c, "linear", "", &prog), ATTN_ERR_IO);
+  assert_non_null(strstr(g_err, f));
+  assert_non_null(strstr(g_err, "writable by others"));
+
+  assert_int_equal(chmod(f, 0644), 0);
+  assert_int_equal(clrt_program_get(&c, "linear", "", &prog), ATTN_OK); /* 01777 is fine */
+
+  if (chown(dir, 12345, 12345) == 0) {
+    assert_int_equal(clrt_program_get(&c, "sdpa", "", &prog), ATTN_ERR_IO);
+    assert_non_null(strstr(g_err, "owned by uid 12345"));
+  }
+  unsetenv("ATTN_KERNEL_DIR");
+  clrt_ctx_release(&c);
+}
+
+/* Through the public API on pocl: an unsafe cache directory changes nothing
+ * but the caching: the result equals ref's, nothing is stored. */
+static void test_unsafe_cache_public_api(void **state) {
+  (void)state;
+  char dir[512];
+  fresh_cache_dir("unsafe_api", dir, sizeof dir);
+  assert_int_equal(chmod(dir, 0777), 0);
+  attn_context *ctx = NULL, *ref = NULL;
+  if (attn_open("pocl", &ctx) != ATTN_OK) skip();
+  assert_int_equal(attn_open("ref", &ref), ATTN_OK);
+  enum { N = 3 * 7 * 8 };
+  float host[N], out[2][N];
+  for (int i = 0; i < N; i++) host[i] = (float)((i * 37) % 11) * 0.1f - 0.5f;
+  int64_t shape[4] = {1, 3, 7, 8};
+  attn_context *cs[2] = {ctx, ref};
+  for (int d = 0; d < 2; d++) {
+    attn_tensor *q, *o;
+    assert_int_equal(attn_tensor_create(cs[d], 4, shape, &q), ATTN_OK);
+    assert_int_equal(attn_tensor_create(cs[d], 4, shape, &o), ATTN_OK);
+    assert_int_equal(attn_tensor_write(q, host, N), ATTN_OK);
+    attn_sdpa_args a = ATTN_SDPA_ARGS_INIT;
+    a.q = a.k = a.v = q;
+    a.out = o;
+    a.causal = true;
+    assert_int_equal(attn_sdpa(cs[d], &a), ATTN_OK);
+    assert_int_equal(attn_tensor_read(o, out[d], N), ATTN_OK);
+    attn_tensor_free(q);
+    attn_tensor_free(o);
+  }
+  for (int i = 0; i < N; i++) assert_true(fabsf(out[0][i] - out[1][i]) <= 1e-5f);
+  assert_int_equal(count_files(dir), 0);
+  attn_close(ctx);
+  attn_close(ref);
+}
+
 /* ---- main -------------------------------------------------------------------- */
 
 static int cache_child(const char *opts, int fill) {
@@ -614,6 +844,11 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_kernel_dir_broken),
       cmocka_unit_test(test_kernel_dir_good),
       cmocka_unit_test(test_kernel_dir_public_api),
+      cmocka_unit_test(test_cache_stale_temporaries),
+      cmocka_unit_test(test_cache_unsafe_dir),
+      cmocka_unit_test(test_cache_unsafe_entry),
+      cmocka_unit_test(test_kernel_dir_unsafe),
+      cmocka_unit_test(test_unsafe_cache_public_api),
   };
   int rc = cmocka_run_group_tests(tests, NULL, NULL);
   char cmd[512];

@@ -12,6 +12,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 const char *cli_cmd = NULL;
 
@@ -159,6 +160,28 @@ float *cli_alloc_floats(int n, const int64_t *shape, const char *what) {
   float *p = c > 0 ? malloc((size_t)c * sizeof(float)) : NULL;
   if (!p) cli_errline("%s %s: too large for host memory", what, sh);
   return p;
+}
+
+bool cli_fits_host(attn_context *ctx, uint64_t host_bytes, uint64_t device_bytes,
+                   const char *what) {
+  attn_device_info info;
+  if (attn_context_info(ctx, &info) != ATTN_OK) return true;
+  long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+  if (pages <= 0 || page <= 0) return true; /* unknown: nothing to compare with */
+  const uint64_t phys = (uint64_t)pages * (uint64_t)page;
+  const bool shared = info.type == ATTN_DEVICE_CPU;
+  const uint64_t need = host_bytes + (shared ? device_bytes : 0);
+  if (need <= phys && host_bytes <= phys) return true;
+  if (shared)
+    cli_errline("%s needs %" PRIu64 " bytes of host memory (%" PRIu64 " for its host copies, %"
+                PRIu64 " for the tensors on %s, a CPU device), more than the host's %" PRIu64
+                " bytes of physical memory",
+                what, need, host_bytes, device_bytes, info.selector, phys);
+  else
+    cli_errline("%s needs %" PRIu64 " bytes of host memory for its host copies, more than the "
+                "host's %" PRIu64 " bytes of physical memory",
+                what, host_bytes, phys);
+  return false;
 }
 
 bool cli_load_npy(const char *opt, const char *path, unsigned dtypes, int min_rank, int max_rank,

@@ -71,6 +71,14 @@ float *cli_random_floats(int64_t n, uint64_t *state);
 /* Host buffer for n floats of a tensor of this shape, or NULL with a message
  * naming what. */
 float *cli_alloc_floats(int n, const int64_t *shape, const char *what);
+/* Before any work: would the host copies a command keeps (host_bytes) and the
+ * tensors it puts on ctx's device (device_bytes) fit in the host's physical
+ * memory? A CPU device's memory is host memory, so there both count. If not,
+ * print one line naming what (the command), the sizes and the memory, and
+ * return false: the run is refused up front rather than killed by the OOM
+ * killer half way (the library refuses the device side on its own). */
+bool cli_fits_host(attn_context *ctx, uint64_t host_bytes, uint64_t device_bytes,
+                   const char *what);
 
 /* Read a .npy file given to option opt (dtypes: NPY_* bits); on failure prints
  * "opt: <the reader's message>" and returns false. */

@@ -14,6 +14,7 @@
 #include "cli.h"
 #include "commands.h"
 #include "npy.h"
+#include "pathsafe.h"
 
 void help_devices(FILE *f) {
   fprintf(f,
@@ -33,6 +34,25 @@ static void fmt_mem(char *buf, size_t cap, uint64_t bytes) {
   if (!bytes) snprintf(buf, cap, "unknown");
   else if (bytes >= (1ULL << 30)) snprintf(buf, cap, "%.1f GiB", bytes / 1073741824.0);
   else snprintf(buf, cap, "%.1f MiB", bytes / 1048576.0);
+}
+
+/* The directories the library refuses to use, as notes (a refused module
+ * or module directory is among the failed modules already). */
+static void print_notes(void) {
+  char dir[3072], why[160];
+  int n = 0;
+  if (attn_cache_dir_name(dir, sizeof dir) && attn_path_unsafe(dir, why, sizeof why)) {
+    printf("%s  cache directory %s not used (OpenCL programs are compiled, not cached): %s\n",
+           n++ ? "" : "notes:\n", dir, why);
+  }
+  const char *kd = getenv("ATTN_KERNEL_DIR");
+  if (kd && *kd) {
+    if (kd[0] != '/')
+      printf("%s  ATTN_KERNEL_DIR %s refused: a relative path (it must be absolute)\n",
+             n++ ? "" : "notes:\n", kd);
+    else if (attn_path_unsafe(kd, why, sizeof why))
+      printf("%s  ATTN_KERNEL_DIR %s refused: %s\n", n++ ? "" : "notes:\n", kd, why);
+  }
 }
 
 int cmd_devices(int argc, char **argv, const char *default_device) {
@@ -71,6 +91,7 @@ int cmd_devices(int argc, char **argv, const char *default_device) {
              attn_device_list_failure_reason(list, i));
   }
   attn_device_list_free(list);
+  print_notes();
 
   if (sel) {
     attn_context *ctx;

@@ -185,6 +185,25 @@ done:
   return rc;
 }
 
+/* The bytes a run holds: on the device (inputs and outputs as tensors) and
+ * on the host (the inputs, the outputs read back, with --check a second set
+ * and the ref run's tensors, which live in host memory). */
+static uint64_t in_bytes(const cli_input *in) {
+  return in->data ? (uint64_t)cli_numel(in->ndim, in->shape) * attn_dtype_size(in->dtype) : 0;
+}
+static bool fits_host(attn_context *ctx, const sdpa_job *j, bool check) {
+  const uint64_t out = (uint64_t)cli_numel(4, j->out_shape);
+  const uint64_t outs = out * attn_dtype_size(j->out_dtype) +
+                        (j->want_weights ? (uint64_t)cli_numel(4, j->w_shape) * 4 : 0) +
+                        (j->want_lse ? (uint64_t)cli_numel(3, j->lse_shape) * 4 : 0);
+  const uint64_t ins = in_bytes(&j->q) + in_bytes(&j->k) + in_bytes(&j->v) + in_bytes(&j->mask);
+  const uint64_t dev = ins + outs;
+  /* read back: the outputs, out also as floats */
+  uint64_t host = ins + outs + out * 4;
+  if (check) host += ins + (outs + out * 4) + dev;
+  return cli_fits_host(ctx, host, dev, "the run");
+}
+
 /* A q, k or v file: rank 4, any float type; the input keeps the file's type
  * unless a --dtype option names one. */
 static bool load_qkv(const char *opt, const char *path, bool have_t, attn_dtype t, npy_array *a,
@@ -445,6 +464,7 @@ int cmd_run(int argc, char **argv, const char *default_device) {
     cli_lib_fail(s, NULL);
     goto done;
   }
+  if (!fits_host(ctx, &j, check)) goto done;
   if (run_sdpa_on(ctx, &j, warmup, NULL, check, &res)) goto done;
 
   char sq[96], sk[96], sv[96], so[96], sm[112] = "none";

@@ -10,18 +10,27 @@
  * format), another key (a hash collision or a foreign file), a length that
  * disagrees with the file size (truncated) or a bad checksum (corrupt) is
  * logged, ignored, and overwritten by the rebuild. Entries are written to a
- * temporary file in the same directory and renamed into place, so readers in
- * other processes see either the old file or the complete new one.
+ * temporary file in the same directory (ENTRY.tmp.PID.XXXXXX) and renamed
+ * into place, so readers in other processes see either the old file or the
+ * complete new one; the temporaries of killed writers are removed by the
+ * next writer (remove_stale_temporaries).
  */
 #include "clrt.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
+
+#include "pathsafe.h"
 
 #define CACHE_MAGIC "ATTNCLB"
 #define CACHE_VERSION 1u
@@ -44,16 +53,27 @@ uint64_t clrt_hash(uint64_t h, const void *data, size_t n) {
   return h;
 }
 
-const char *clrt_cache_dir(char *buf, size_t len) {
-  const char *off = getenv("ATTN_CACHE");
-  if (off && strcmp(off, "0") == 0) return NULL;
-  const char *e = getenv("ATTN_CACHE_DIR");
-  int n;
-  if (e && *e) n = snprintf(buf, len, "%s", e);
-  else if ((e = getenv("XDG_CACHE_HOME")) && *e) n = snprintf(buf, len, "%s/attn", e);
-  else if ((e = getenv("HOME")) && *e) n = snprintf(buf, len, "%s/.cache/attn", e);
-  else return NULL;
-  return n > 0 && (size_t)n < len ? buf : NULL;
+const char *clrt_cache_dir(char *buf, size_t len) { return attn_cache_dir_name(buf, len); }
+
+/* A cache directory that others could write (or that someone else owns) is
+ * not used at all: whoever writes an entry there chooses the code the device
+ * runs. The programs are then compiled and not stored, and ATTN_DEBUG says so
+ * once per directory (not once per program). */
+static pthread_mutex_t g_refused_lock = PTHREAD_MUTEX_INITIALIZER;
+static char g_refused[3072];
+
+static int cache_dir_refused(const char *dir) {
+  char why[160];
+  if (!attn_path_unsafe(dir, why, sizeof why)) return 0;
+  pthread_mutex_lock(&g_refused_lock);
+  const int again = strcmp(g_refused, dir) == 0;
+  if (!again) snprintf(g_refused, sizeof g_refused, "%s", dir);
+  pthread_mutex_unlock(&g_refused_lock);
+  if (!again)
+    clrt_host()->debug("opencl cache: refusing cache directory %s: %s; running without the "
+                       "cache (programs compiled, not stored)",
+                       dir, why);
+  return 1;
 }
 
 const char *clrt_cache_path(const char *key, char *buf, size_t len) {
@@ -68,8 +88,9 @@ int clrt_cache_load(const char *key, unsigned char **bin, size_t *len) {
   const attn_host *host = clrt_host();
   *bin = NULL;
   *len = 0;
-  char path[4096];
-  if (!clrt_cache_path(key, path, sizeof path)) return 0;
+  char path[4096], dir[3072], unsafe[160];
+  if (!clrt_cache_dir(dir, sizeof dir) || !clrt_cache_path(key, path, sizeof path)) return 0;
+  if (cache_dir_refused(dir)) return 0;
   /* Non-blocking, and regular files only: a FIFO (or device) planted as an
    * entry would otherwise block the open, or the read, for ever. */
   int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
@@ -78,6 +99,11 @@ int clrt_cache_load(const char *key, unsigned char **bin, size_t *len) {
   if (fstat(fd, &fst) != 0 || !S_ISREG(fst.st_mode)) {
     close(fd);
     host->debug("opencl cache: ignoring %s: not a regular file", path);
+    return 0;
+  }
+  if (attn_stat_unsafe(&fst, unsafe, sizeof unsafe)) {
+    close(fd);
+    host->debug("opencl cache: ignoring %s: %s", path, unsafe);
     return 0;
   }
   FILE *f = fdopen(fd, "rb");
@@ -148,6 +174,38 @@ static int write_all(int fd, const void *data, size_t n) {
   return 0;
 }
 
+/* A writer killed between mkstemp and rename leaves its temporary behind
+ * (a .clbin.tmp.* file of the size of a program binary, for ever). The
+ * temporaries are named ENTRY.tmp.PID.XXXXXX, so before writing, the cache
+ * removes those whose process is gone, and any (older names too) not
+ * touched for CACHE_TMP_MAX_AGE seconds: no writer takes that long. */
+#define CACHE_TMP_MAX_AGE (10 * 60)
+
+static void remove_stale_temporaries(const char *dir) {
+  DIR *d = opendir(dir);
+  if (!d) return;
+  const time_t now = time(NULL);
+  struct dirent *e;
+  while ((e = readdir(d)) != NULL) {
+    const char *t = strstr(e->d_name, ".clbin.tmp.");
+    if (!t) continue;
+    struct stat st;
+    if (fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(st.st_mode))
+      continue;
+    const char *p = t + strlen(".clbin.tmp.");
+    char *end;
+    errno = 0;
+    long pid = strtol(p, &end, 10);
+    const int dead = end != p && *end == '.' && errno == 0 && pid > 0 && pid <= INT_MAX &&
+                     kill((pid_t)pid, 0) != 0 && errno == ESRCH;
+    const int old = now - st.st_mtime > CACHE_TMP_MAX_AGE;
+    if ((dead || old) && unlinkat(dirfd(d), e->d_name, 0) == 0)
+      clrt_host()->debug("opencl cache: removed stale temporary %s/%s (%s)", dir, e->d_name,
+                         dead ? "its writer is gone" : "older than 10 minutes");
+  }
+  closedir(d);
+}
+
 void clrt_cache_store(const char *key, const unsigned char *bin, size_t len) {
   const attn_host *host = clrt_host();
   char dir[3072], path[4096], tmp[4200];
@@ -156,7 +214,9 @@ void clrt_cache_store(const char *key, const unsigned char *bin, size_t len) {
     host->debug("opencl cache: cannot create %s (%s); not caching", dir, strerror(errno));
     return;
   }
-  snprintf(tmp, sizeof tmp, "%s.tmp.XXXXXX", path);
+  if (cache_dir_refused(dir)) return;
+  remove_stale_temporaries(dir);
+  snprintf(tmp, sizeof tmp, "%s.tmp.%ld.XXXXXX", path, (long)getpid());
   int fd = mkstemp(tmp);
   if (fd < 0) {
     host->debug("opencl cache: cannot write in %s (%s); not caching", dir, strerror(errno));

@@ -138,6 +138,8 @@ typedef struct clrt_ctx {
   cl_command_queue queue;     /* in-order, no profiling */
   uint64_t max_alloc;         /* CL_DEVICE_MAX_MEM_ALLOC_SIZE */
   size_t max_wg;              /* CL_DEVICE_MAX_WORK_GROUP_SIZE */
+  size_t host_align;          /* CPU devices: alignment of the host memory behind buffers */
+  uint64_t global_mem;        /* CL_DEVICE_GLOBAL_MEM_SIZE: what buffers and scratch may total */
   struct attn_buffer *buffers; /* live buffers */
   clrt_program *programs;     /* built programs (and their kernels) */
   /* Statistics of program builds in this context (tests and debug logs). */
@@ -158,7 +160,15 @@ CLRT_INTERNAL attn_status clrt_finish(clrt_ctx *c);
 
 /* ---- buffers: the vtable's memory slots ---------------------------------------- */
 
-/* clCreateBuffer(READ_WRITE, bytes > 0); bytes over max_alloc -> ATTN_ERR_DEVICE_MEMORY. */
+/* The runtime's buffers and scratch on a device, over every context of the
+ * module on it, may not exceed its global memory: the core accounts for the
+ * tensors, this for a stage's scratch too (clblast's f32 copies of 16-bit
+ * operands and its score tiles, pocl's decode partials), so that a call is
+ * refused with ATTN_ERR_DEVICE_MEMORY when its scratch does not fit instead
+ * of oversubscribing the device. */
+
+/* clCreateBuffer(READ_WRITE, bytes > 0); bytes over max_alloc, or over what
+ * is left of the device's memory -> ATTN_ERR_DEVICE_MEMORY. */
 CLRT_INTERNAL attn_status clrt_buffer_alloc(clrt_ctx *c, size_t bytes, attn_buffer **buf);
 /* Release (the driver keeps it until queued work on it completes). NULL is a no-op. */
 CLRT_INTERNAL void clrt_buffer_free(clrt_ctx *c, attn_buffer *buf);
@@ -168,6 +178,20 @@ CLRT_INTERNAL attn_status clrt_buffer_write(clrt_ctx *c, attn_buffer *buf, size_
 /* Blocking read of bytes at byte offset into host dst, after queued work (range checked). */
 CLRT_INTERNAL attn_status clrt_buffer_read(clrt_ctx *c, attn_buffer *buf, size_t offset,
                                            size_t bytes, void *dst);
+
+/* The cl_mem behind every buffer of the runtime (clrt_buffer_alloc,
+ * clrt_scratch_alloc, the peaks' buffers): clCreateBuffer(flags, bytes, host).
+ * On a CPU device the memory is the host's, and POCL allocates a buffer's
+ * memory only when a kernel first uses it (under an address-space limit it
+ * then aborts on an assertion inside clEnqueueNDRangeKernel). So there the
+ * runtime allocates it itself, aligned to host_align, and hands it over
+ * with CL_MEM_USE_HOST_PTR (zero-copy; CL_MEM_COPY_HOST_PTR is done by a
+ * memcpy first); a destructor callback frees it when the driver destroys
+ * the buffer, after the queued work on it. Exhaustion is then
+ * ATTN_ERR_DEVICE_MEMORY here, at the allocation. No fault hook, no count:
+ * callers add those. */
+CLRT_INTERNAL attn_status clrt_mem_create(clrt_ctx *c, cl_mem_flags flags, size_t bytes,
+                                          void *host, const char *what, cl_mem *mem);
 
 /* Scratch memory one stage call needs (a copy of kv_lens, partial results):
  * clCreateBuffer(flags, bytes, host) with the same max_alloc check, live

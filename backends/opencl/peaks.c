@@ -70,9 +70,10 @@ static attn_status measure_fma(clrt_ctx *c, double *gflops) {
   /* Enough work-items to fill every compute unit of a GPU several times over;
    * on a CPU the driver packs them into work-groups run by its threads. */
   size_t global = (size_t)(cu ? cu : 1) * 1024;
-  cl_int err;
-  cl_mem out = clCreateBuffer(c->context, CL_MEM_WRITE_ONLY, global * sizeof(float), NULL, &err);
-  if (err != CL_SUCCESS) return clrt_fail(err, "clCreateBuffer for the FMA peak");
+  cl_mem out;
+  if ((st = clrt_mem_create(c, CL_MEM_WRITE_ONLY, global * sizeof(float), NULL, "the FMA peak",
+                            &out)))
+    return st;
   cl_int iters = 4;
   double s = 0, best = 0;
   /* Double the chain length until a run takes PEAK_MIN_S (the first run also
@@ -120,13 +121,12 @@ static attn_status measure_copy(clrt_ctx *c, double *gbps) {
   bytes &= ~(size_t)4095;
   if (bytes < 4096) return clrt_host()->error(ATTN_ERR_DEVICE_MEMORY,
                                               "too little device memory for the copy peak");
-  cl_int err;
-  cl_mem src = clCreateBuffer(c->context, CL_MEM_READ_ONLY, bytes, NULL, &err);
-  if (err != CL_SUCCESS) return clrt_fail(err, "clCreateBuffer of %zu bytes for the copy peak", bytes);
-  cl_mem dst = clCreateBuffer(c->context, CL_MEM_WRITE_ONLY, bytes, NULL, &err);
-  if (err != CL_SUCCESS) {
+  cl_mem src, dst;
+  if ((st = clrt_mem_create(c, CL_MEM_READ_ONLY, bytes, NULL, "the copy peak", &src)))
+    return st;
+  if ((st = clrt_mem_create(c, CL_MEM_WRITE_ONLY, bytes, NULL, "the copy peak", &dst))) {
     clReleaseMemObject(src);
-    return clrt_fail(err, "clCreateBuffer of %zu bytes for the copy peak", bytes);
+    return st;
   }
   size_t global = bytes / 16; /* one float4 per work-item */
   double s = 0, best = 0;
