@@ -140,7 +140,7 @@ typedef int16 vi;
  * below -126 so that hidden keys give exactly 0 (dropping probabilities
  * under 2^-126 of the row max, invisible next to it in float). About 14
  * vector operations where POCL's exp2 takes about 22. */
-static inline vf exp2_nonpos(vf x) {
+static inline vf exp2_poly(vf x) { /* x in [-126, 0] */
   const vf magic = (vf)(12582912.0f); /* 1.5 * 2^23: x + magic rounds x to an integer */
   const vf t = x + magic;
   const vf f = x - (t - magic); /* in [-0.5, 0.5] */
@@ -151,10 +151,15 @@ static inline vf exp2_nonpos(vf x) {
   p = fma(p, f, (vf)(6.931472067e-01f));
   p = fma(p, f, (vf)(1.0f));
   const vi e = (as_int16(t) - as_int16(magic)) << 23;
-  return select(as_float16(as_int16(p) + e), (vf)(0.0f), x < (vf)(-126.0f));
+  return as_float16(as_int16(p) + e);
+}
+static inline vf exp2_nonpos(vf x) {
+  return select(exp2_poly(x), (vf)(0.0f), x < (vf)(-126.0f));
 }
 
-#define EXPNEG16(y, c) exp2_nonpos((y) * (-(c) * LOG2E))
+/* softcap's exp(-y c): clamped at 2^-126 rather than selected to 0, one
+ * operation less per score; tanh is 1 in float well before. */
+#define EXPNEG16(y, c) exp2_poly(max((y) * (-(c) * LOG2E), (vf)(-126.0f)))
 ATTN_SOFTCAP_FN(softcap16, vf, vi, as_int16, as_float16, EXPNEG16)
 
 /* 16 rows' values at offset o of rows i0 .. i0+15 (rows past Sq read row
@@ -251,7 +256,13 @@ __kernel void sdpa_flash(__global const qt *q, long q_off, long4 q_st,
    * exp2(s - ms) is then exp2(-inf) = 0 rather than NaN. */
   vf ms0 = (vf)(0.0f), ms1 = ms0;
 
-  for (int j0 = kbeg; j0 < kend; j0 += KB) {
+  /* With ALiBi the scores grow towards the diagonal, so in key order the
+   * running max would grow at nearly every block (and acc be rescaled each
+   * time); from the last block backwards it settles at once. The order of
+   * the blocks changes nothing else. */
+  const int nblocks = kend > kbeg ? (kend - kbeg + KB - 1) / KB : 0;
+  for (int n = 0; n < nblocks; n++) {
+    const int j0 = kbeg + (has_alibi ? nblocks - 1 - n : n) * KB;
     /* Keys past kend read key kend-1 (in bounds); the range hides them. */
 #define KROW2(t)                                                                            \
   const __global kt *kr##t = kb + (long)min(j0 + t, kend - 1) * k_st.s2;                     \
