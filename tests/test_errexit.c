@@ -520,6 +520,7 @@ static void test_sdpa(void **state) {
   attn_tensor *q6 = make(ctx, 4, B, HQ, SQ, DV), *k6 = make_small(ctx, 4, B, HKV, SKV, DV);
   const int32_t lens_max[B] = {0, INT32_MAX}, lens_min[B] = {INT32_MIN, 0},
                 lens_b1[B] = {SKV, SKV + 1};
+  const float slopes_nan[HQ] = {0.5f, 0.25f, NAN, 0.125f}, sinks_inf[HQ] = {INFINITY, 0, 0, 0};
 
   attn_sdpa_args a = sdpa_good(&f);
   OK(attn_sdpa(ctx, &a)); /* the baseline is valid */
@@ -577,6 +578,18 @@ static void test_sdpa(void **state) {
   CASE(ATTN_ERR_INVALID_ARG, "kv_lens[1]: 2147483647", A->kv_lens = lens_max);
   CASE(ATTN_ERR_INVALID_ARG, "kv_lens[0]: -2147483648", A->kv_lens = lens_min);
   CASE(ATTN_ERR_INVALID_ARG, "kv_lens[1]: 6 not in [0, 5]", A->kv_lens = lens_b1);
+  /* The options of 0.3. */
+  CASE(ATTN_ERR_INVALID_ARG, "window_left: -2 < -1", A->has_window = true, A->window_left = -2);
+  CASE(ATTN_ERR_INVALID_ARG, "window_right: -9 < -1", A->has_window = true,
+       A->window_left = 1, A->window_right = -9);
+  CASE(ATTN_ERR_INVALID_ARG, "softcap: -1", A->softcap = -1.0f);
+  CASE(ATTN_ERR_INVALID_ARG, "softcap: inf", A->softcap = INFINITY);
+  CASE(ATTN_ERR_INVALID_ARG, "alibi_slopes[2]: nan", A->alibi_slopes = slopes_nan);
+  CASE(ATTN_ERR_INVALID_ARG, "sinks[0]: inf", A->sinks = sinks_inf);
+  CASE(ATTN_ERR_INVALID_ARG, "q_pos: 9223372036854775807 not in", A->has_positions = true,
+       A->q_pos = INT64_MAX);
+  CASE(ATTN_ERR_INVALID_ARG, "k_pos: -9223372036854775808 not in", A->has_positions = true,
+       A->k_pos = INT64_MIN);
   /* Outputs over inputs and over each other. */
   CASE(ATTN_ERR_INVALID_ARG, "out: overlaps input k", A->k = k_v, A->out = out_on_k);
   CASE(ATTN_ERR_INVALID_ARG, "out: overlaps input v", A->out = out_on_v);
@@ -610,6 +623,56 @@ static void test_sdpa(void **state) {
   for (size_t i = 0; i < sizeof o / sizeof o[0]; i++) assert_true(fabsf(o[i]) < 1.0f);
   attn_close(f.other); /* frees the foreign tensors */
   /* The rest goes with the fixture's attn_close. */
+}
+
+/* ---- attn_merge ---------------------------------------------------------------------- */
+
+static void test_merge(void **state) {
+  attn_context *ctx = *state, *other;
+  OK(attn_open("ref", &other));
+  attn_tensor *oa = make_small(ctx, 4, B, HQ, SQ, DV), *ob = make_small(ctx, 4, B, HQ, SQ, DV);
+  attn_tensor *la = make_small(ctx, 3, B, HQ, SQ, 1), *lb = make_small(ctx, 3, B, HQ, SQ, 1);
+  attn_tensor *out = make(ctx, 4, B, HQ, SQ, DV), *lse = make(ctx, 3, B, HQ, SQ, 1);
+  attn_tensor *f_oa = make(other, 4, B, HQ, SQ, DV), *o3 = make(ctx, 3, B * HQ, SQ, DV, 1);
+  attn_tensor *o_s4 = make(ctx, 4, B, HQ, SQ + 1, DV), *l_b1 = make(ctx, 3, 1, HQ, SQ, 1);
+  const int64_t ls[3] = {B, HQ, SQ}, os[4] = {B, HQ, SQ, DV};
+  attn_tensor *l16, *pool = make(ctx, 1, 4096, 1, 1, 1);
+  OK(attn_tensor_create_typed(ctx, ATTN_BF16, 3, ls, &l16));
+  const int64_t ost[4] = {HQ * SQ * DV, SQ * DV, DV, 1}, lst[3] = {HQ * SQ, SQ, 1};
+  attn_tensor *o_p = view(pool, 0, 4, os, ost), *o_p1 = view(pool, 1, 4, os, ost);
+  attn_tensor *l_on_o = view(pool, 0, 3, ls, lst);
+  struct {
+    attn_status st;
+    const char *arg;
+    attn_context *c;
+    attn_tensor *t[6];
+  } t[] = {
+      {ATTN_ERR_INVALID_ARG, "ctx: NULL", NULL, {oa, la, ob, lb, out, lse}},
+      {ATTN_ERR_INVALID_ARG, "out_a: NULL", ctx, {NULL, la, ob, lb, out, lse}},
+      {ATTN_ERR_INVALID_ARG, "lse_b: NULL", ctx, {oa, la, ob, NULL, out, lse}},
+      {ATTN_ERR_INVALID_ARG, "out: NULL", ctx, {oa, la, ob, lb, NULL, lse}},
+      {ATTN_ERR_INVALID_ARG, "out_a: tensor belongs to another context", ctx,
+       {f_oa, la, ob, lb, out, lse}},
+      {ATTN_ERR_SHAPE, "out_b: rank 3 != 4", ctx, {oa, la, o3, lb, out, lse}},
+      {ATTN_ERR_SHAPE, "out: shape [2,4,4,6] != [2,4,3,6]", ctx, {oa, la, ob, lb, o_s4, lse}},
+      {ATTN_ERR_SHAPE, "lse_a: shape [1,4,3] != [2,4,3]", ctx, {oa, l_b1, ob, lb, out, lse}},
+      {ATTN_ERR_INVALID_ARG, "lse_b: dtype bf16; lse is always f32", ctx,
+       {oa, la, ob, l16, out, lse}},
+      {ATTN_ERR_INVALID_ARG, "out: overlaps input out_a", ctx, {o_p, la, ob, lb, o_p1, lse}},
+      {ATTN_ERR_INVALID_ARG, "lse: overlaps output out", ctx, {oa, la, ob, lb, o_p, l_on_o}},
+      {ATTN_ERR_INVALID_ARG, "out: overlaps input lse_a", ctx, {oa, l_on_o, ob, lb, o_p, lse}},
+  };
+  for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
+    char what[32];
+    snprintf(what, sizeof what, "attn_merge case %zu", i);
+    expect_(what, __LINE__, attn_merge(t[i].c, t[i].t[0], t[i].t[1], t[i].t[2], t[i].t[3],
+                                       t[i].t[4], t[i].t[5]),
+            t[i].st, "attn_merge", t[i].arg);
+    assert_sentinel(out);
+    assert_sentinel(lse);
+  }
+  OK(attn_merge(ctx, oa, la, ob, lb, out, lse)); /* still usable */
+  attn_close(other);
 }
 
 /* ---- MHA ----------------------------------------------------------------------------- */
@@ -981,6 +1044,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_tensor_view, setup, teardown),
       cmocka_unit_test_setup_teardown(test_tensor_io, setup, teardown),
       cmocka_unit_test_setup_teardown(test_sdpa, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_merge, setup, teardown),
       cmocka_unit_test_setup_teardown(test_mha_create, setup, teardown),
       cmocka_unit_test_setup_teardown(test_mha_run, setup, teardown),
       cmocka_unit_test_setup_teardown(test_kv_cache, setup, teardown),

@@ -254,7 +254,7 @@ static void fuzz_sdpa(reader *r) {
   unsigned f = take(r);
   a.mask_kind = (attn_mask_kind)(f % 4); /* 3 is not a kind */
   if (f & 4) {
-    const int64_t ms[4] = {(f & 8) ? B : 1, (f & 16) ? Hq : 1, Sq, Skv};
+    const int64_t ms[4] = {(f & 8) ? B : 1, (f & 16) ? Hq : 1, (f & 32) ? 1 : Sq, Skv};
     a.mask = new_operand(&s, r, pool, 4, ms, a.mask_kind == ATTN_MASK_BOOL ? 1 : 2);
   }
   f = take(r);
@@ -272,6 +272,35 @@ static void fuzz_sdpa(reader *r) {
     unsigned t = take(r);
     a.has_scale = true;
     a.scale = (t & 8) ? (float)(int8_t)take(r) / 4.0f : scales[t % 8];
+  }
+  /* The options of 0.3, valid and not: positions, windows from -2, softcaps
+   * and per-head slopes / sinks with a NaN or inf now and then. */
+  f = take(r);
+  if (f & 1) {
+    a.has_positions = true;
+    a.q_pos = (int8_t)take(r) % 8;
+    a.k_pos = (f & 64) ? INT64_MAX - (int64_t)take(r) : (int8_t)take(r) % 8;
+  }
+  if (f & 2) {
+    a.has_window = true;
+    a.window_left = (int64_t)(take(r) % 6) - 2;
+    a.window_right = (int64_t)(take(r) % 6) - 2;
+  }
+  if (f & 4) {
+    static const float caps[] = {0.5f, 3.0f, 30.0f, -1.0f, NAN, INFINITY, 1e-30f, 0.0f};
+    a.softcap = caps[take(r) % 8];
+  }
+  float slopes[4], sinks[4];
+  static const float odd[] = {NAN, INFINITY, -INFINITY};
+  if (f & 8) {
+    for (int h = 0; h < 4; h++) slopes[h] = (float)(int8_t)take(r) / 32.0f;
+    if (f & 128) slopes[take(r) % 4] = odd[take(r) % 3];
+    a.alibi_slopes = slopes;
+  }
+  if (f & 16) {
+    for (int h = 0; h < 4; h++) sinks[h] = (float)(int8_t)take(r) / 16.0f;
+    if (f & 32) sinks[take(r) % 4] = odd[take(r) % 3];
+    a.sinks = sinks;
   }
 
   snapshot sn;
@@ -298,7 +327,12 @@ static void fuzz_sdpa(reader *r) {
   tu_sdpa_problem p = {.B = aB, .Hq = aHq, .Hkv = aHkv, .Sq = aSq, .Skv = aSkv, .D = aD, .Dv = aDv,
                        .q = q, .k = k, .v = v, .mask = m, .mask_kind = a.mask_kind,
                        .mask_b = a.mask ? a.mask->shape[0] : 1,
-                       .mask_h = a.mask ? a.mask->shape[1] : 1, .causal = a.causal,
+                       .mask_h = a.mask ? a.mask->shape[1] : 1,
+                       .mask_q = a.mask ? a.mask->shape[2] : 0, .causal = a.causal,
+                       .has_positions = a.has_positions, .q_pos = a.q_pos, .k_pos = a.k_pos,
+                       .has_window = a.has_window, .window_left = a.window_left,
+                       .window_right = a.window_right, .softcap = a.softcap,
+                       .alibi = a.alibi_slopes, .sinks = a.sinks,
                        .scale = a.has_scale ? (double)a.scale : (double)(float)(1.0 / sqrt((double)aD)),
                        .kv_lens = a.kv_lens};
   const size_t no = (size_t)(aB * aHq * aSq * aDv), nw = (size_t)(aB * aHq * aSq * aSkv),
