@@ -511,7 +511,21 @@ __kernel void sdpa_weights(__global const qt *q, long q_off, long4 q_st,
 #define WROW(r, n) __global wt *wr##n = wb + (long)(i0 + r) * w_st.s2;
   REPR(WROW)
 
+  /* Blocks outside every row's range are only written, as zeros. */
+  int kbeg, kend;
+  HMIN(lo, kbeg)
+  HMAX(hi, kend)
   for (int j0 = 0; j0 < Skv; j0 += KB) {
+    if (j0 + KB <= kbeg || j0 >= kend) {
+#define WZERO(r, n) if (i0 + r < Sq) ATTN_ST(WT, wr##n, o, 0.0f);
+#define WZEROK(t)                                                                           \
+  if (j0 + t < Skv) {                                                                       \
+    const long o = (long)(j0 + t) * w_st.s3;                                                \
+    REPR(WZERO)                                                                             \
+  }
+      REPK(WZEROK)
+      continue;
+    }
 #define KROWW(t)                                                                            \
   const __global kt *kr##t = kb + (long)min(j0 + t, Skv - 1) * k_st.s2;                      \
   vf s##t = (vf)(0.0f);
