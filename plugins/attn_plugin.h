@@ -156,10 +156,11 @@ typedef struct attn_linear_desc {
  * if it were full size. q, k, v, out, an additive mask and weights may be
  * f32, f16 or bf16 (a bool mask and lse are f32).
  *
- * The fields after lse (ABI 2.2) are read only where ATTN_DESC_HAS says
- * they were sent; a 2.2 core always fills them. Every option depends on
- * positions only through the diagonal offset q_pos - k_pos (attn_visible_range
- * and attn_alibi_distance below spell the rules once for C backends). */
+ * The fields after lse (ABI 2.2) are read only under the feature bit that
+ * sends them (an older core sends neither the bits nor the fields). Every
+ * option depends on positions only through the diagonal offset q_pos - k_pos
+ * (attn_diag_offset, attn_visible_range and attn_alibi_distance below spell
+ * the rules once for C backends). */
 typedef struct attn_sdpa_desc {
   size_t struct_size; /* sizeof as the core saw it */
   uint64_t features;  /* the options used: mask kind, causal, kv_lens, outputs, dtypes, ... */
@@ -172,7 +173,7 @@ typedef struct attn_sdpa_desc {
   attn_view weights; /* buf NULL if not requested */
   attn_view lse;     /* buf NULL if not requested */
   /* ABI 2.2 */
-  int64_t q_pos, k_pos;   /* positions of query row 0 and key 0 (defaults resolved) */
+  int64_t q_pos, k_pos;   /* query row 0's and key 0's positions, iff ATTN_FEAT_POSITIONS */
   int64_t window_left;    /* -1 unbounded; both -1 unless ATTN_FEAT_WINDOW */
   int64_t window_right;
   float softcap;          /* > 0 iff ATTN_FEAT_SOFTCAP, else 0 */
@@ -198,22 +199,31 @@ typedef enum attn_stage {
 
 /* ---- Shared rules, written once for every C backend -------------------- */
 
+/* The diagonal offset q_pos - k_pos of a descriptor: its fields when
+ * ATTN_FEAT_POSITIONS is set, else the default Skv - Sq (a core sets the bit
+ * whenever the offset differs from the default and a rule uses it). */
+static inline int64_t attn_diag_offset(const struct attn_sdpa_desc *d) {
+  return (d->features & ATTN_FEAT_POSITIONS) ? d->q_pos - d->k_pos
+                                             : d->k.shape[2] - d->q.shape[2];
+}
+
 /* Keys j in [*lo, *hi) are visible to query row i of batch item b (the
- * mask aside): kv_lens, and, with p = i + q_pos - k_pos the row's diagonal
- * (the last key a causal row sees), causal (j <= p) and the window
- * (p - left <= j <= p + right). 0 <= *lo and *hi <= Skv; empty when
- * *lo >= *hi. Works for descriptors of every 2.x core. */
+ * mask aside): kv_lens, and, with p = i + attn_diag_offset(d) the row's
+ * diagonal (the last key a causal row sees), causal (j <= p) and, with
+ * ATTN_FEAT_WINDOW, the window (p - left <= j <= p + right). 0 <= *lo and
+ * *hi <= Skv; empty when *lo >= *hi. Works for descriptors of every 2.x
+ * core: each field is read only under the bit that sends it. */
 static inline void attn_visible_range(const struct attn_sdpa_desc *d, int64_t b, int64_t i,
                                       int64_t *lo, int64_t *hi) {
-  const int64_t Sq = d->q.shape[2], Skv = d->k.shape[2];
-  const int has22 = ATTN_DESC_HAS(d, sinks);
-  const int64_t diag = i + (has22 ? d->q_pos - d->k_pos : Skv - Sq);
+  const int64_t Skv = d->k.shape[2];
+  const int64_t diag = i + attn_diag_offset(d);
+  const int window = (d->features & ATTN_FEAT_WINDOW) != 0;
   int64_t l = 0, h = Skv;
   if (d->kv_lens && d->kv_lens[b] < h) h = d->kv_lens[b];
   if (d->causal && diag + 1 < h) h = diag + 1;
-  if (has22 && d->window_right >= 0 && diag + d->window_right + 1 < h)
+  if (window && d->window_right >= 0 && diag + d->window_right + 1 < h)
     h = diag + d->window_right + 1;
-  if (has22 && d->window_left >= 0 && diag - d->window_left > l) l = diag - d->window_left;
+  if (window && d->window_left >= 0 && diag - d->window_left > l) l = diag - d->window_left;
   if (h < 0) h = 0;
   if (l > Skv) l = Skv;
   *lo = l;
@@ -222,7 +232,7 @@ static inline void attn_visible_range(const struct attn_sdpa_desc *d, int64_t b,
 
 /* |pq - pk| of query row i and key j, ALiBi's distance. */
 static inline double attn_alibi_distance(const struct attn_sdpa_desc *d, int64_t i, int64_t j) {
-  const int64_t t = i + d->q_pos - d->k_pos - j;
+  const int64_t t = i + attn_diag_offset(d) - j;
   return (double)(t < 0 ? -t : t);
 }
 

@@ -13,9 +13,11 @@ attn_status clrt_sdpa_opts_init(clrt_ctx *c, const attn_sdpa_desc *d, const char
                                 clrt_sdpa_opts *o) {
   memset(o, 0, sizeof *o);
   const int64_t Sq = d->q.shape[2], Skv = d->k.shape[2];
-  const int has22 = ATTN_DESC_HAS(d, sinks);
-  const int64_t cpos = has22 ? d->q_pos - d->k_pos : Skv - Sq;
-  const int64_t wl = has22 ? d->window_left : -1, wr = has22 ? d->window_right : -1;
+  /* Every field is read only under the bit that sends it (attn_plugin.h). */
+  const uint64_t f = d->features;
+  const int64_t cpos = attn_diag_offset(d);
+  const int64_t wl = (f & ATTN_FEAT_WINDOW) ? d->window_left : -1,
+                wr = (f & ATTN_FEAT_WINDOW) ? d->window_right : -1;
   /* Row i sees keys lo(i) = i + lo_off .. hi(i) = i + hi_off + 1 (see
    * attn_row_lo / attn_row_hi). An offset beyond [-Sq - 1, Skv + 1] gives
    * every row the same clamped bound as the limit itself, so clamping keeps
@@ -26,10 +28,10 @@ attn_status clrt_sdpa_opts_init(clrt_ctx *c, const attn_sdpa_desc *d, const char
   if (hi != INT64_MAX) o->has_hi = 1, o->hi_off = (cl_int)clamp64(hi, -Sq - 1, Skv + 1);
   if (wl >= 0) o->has_lo = 1, o->lo_off = (cl_int)clamp64(cpos - wl, -Sq - 1, Skv + 1);
   o->cpos = cpos;
-  o->softcap = has22 && (d->features & ATTN_FEAT_SOFTCAP) ? d->softcap : 0.0f;
+  o->softcap = (f & ATTN_FEAT_SOFTCAP) ? d->softcap : 0.0f;
   const int64_t Hq = d->q.shape[1];
-  const float *vecs[2] = {has22 && (d->features & ATTN_FEAT_ALIBI) ? d->alibi : NULL,
-                          has22 && (d->features & ATTN_FEAT_SINKS) ? d->sinks : NULL};
+  const float *vecs[2] = {(f & ATTN_FEAT_ALIBI) ? d->alibi : NULL,
+                          (f & ATTN_FEAT_SINKS) ? d->sinks : NULL};
   cl_mem *mems[2] = {&o->alibi, &o->sinks};
   cl_int *has[2] = {&o->has_alibi, &o->has_sinks};
   static float placeholder[1];
