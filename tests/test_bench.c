@@ -369,9 +369,10 @@ static void peaks_every_device(void **state) {
     assert_int_equal(s, ATTN_OK);
     assert_true(isfinite(p.gflops) && p.gflops > 0.1 && p.gflops < 1e6);
     assert_true(isfinite(p.gbps) && p.gbps > 0.1 && p.gbps < 1e5);
-    /* the cache (disk or memory) answers the same figures */
+    /* the cache (disk or memory) answers the same figures, or higher ones
+     * when a probe found the cached FMA figure implausibly low */
     assert_int_equal(attn_device_peaks_get(ctx, false, &again), ATTN_OK);
-    assert_true(again.gflops == p.gflops && again.gbps == p.gbps);
+    assert_true(again.gflops >= p.gflops && again.gbps >= p.gbps);
     /* refresh measures again: a plausible figure, not necessarily the same */
     assert_int_equal(attn_device_peaks_get(ctx, true, &fresh), ATTN_OK);
     assert_true(isfinite(fresh.gflops) && fresh.gflops > 0.1);

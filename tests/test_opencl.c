@@ -176,6 +176,42 @@ static void test_error_names(void **state) {
   assert_int_equal(CLRT_CHECK(CL_SUCCESS, "never"), ATTN_OK);
 }
 
+/* A cached FMA peak far below what the device reaches (measured while the
+ * machine was busy) is measured again and replaced; a cached figure no probe
+ * beats by 2x is kept as it is. */
+static void test_peaks_implausible(void **state) {
+  (void)state;
+  char dir[512], key[1024];
+  fresh_cache_dir("peaks", dir, sizeof dir);
+  clrt_ctx c;
+  assert_int_equal(clrt_ctx_init(&c, &g_dev), ATTN_OK);
+  clrt_peaks_key(&c, key, sizeof key);
+  const char *low = "gflops 0.001\ngbps 3\n";
+  clrt_cache_store(key, (const unsigned char *)low, strlen(low));
+  double f = 0, b = 0;
+  assert_int_equal(clrt_peaks(&c, false, &f, &b), ATTN_OK);
+  assert_true(f > 0.1); /* any real device beats a megaflop */
+  assert_true(b >= 3); /* never stored lower than before */
+  /* the new figure is what the cache holds now */
+  double f2 = 0, b2 = 0;
+  unsigned char *bin = NULL;
+  size_t len = 0;
+  assert_int_equal(clrt_cache_load(key, &bin, &len), 1);
+  char text[128];
+  memcpy(text, bin, len < sizeof text - 1 ? len : sizeof text - 1);
+  text[len < sizeof text - 1 ? len : sizeof text - 1] = '\0';
+  free(bin);
+  assert_int_equal(sscanf(text, "gflops %lf\ngbps %lf", &f2, &b2), 2);
+  assert_true(f2 == f && b2 == b);
+  /* a plausible (here: unreachably high) figure stays */
+  const char *high = "gflops 1e9\ngbps 5\n";
+  clrt_cache_store(key, (const unsigned char *)high, strlen(high));
+  assert_int_equal(clrt_peaks(&c, false, &f, &b), ATTN_OK);
+  assert_true(f == 1e9 && b == 5);
+  clrt_ctx_release(&c);
+  unsetenv("ATTN_CACHE_DIR");
+}
+
 /* ---- buffers --------------------------------------------------------------- */
 
 static void test_buffers(void **state) {
@@ -840,6 +876,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_cache_stale),
       cmocka_unit_test(test_cache_concurrent_fill),
       cmocka_unit_test(test_cache_disabled),
+      cmocka_unit_test(test_peaks_implausible),
       cmocka_unit_test(test_cache_unwritable),
       cmocka_unit_test(test_kernel_dir_broken),
       cmocka_unit_test(test_kernel_dir_good),

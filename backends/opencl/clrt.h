@@ -259,8 +259,11 @@ CLRT_INTERNAL uint64_t clrt_hash(uint64_t h, const void *data, size_t n);
 /* ---- device peaks (peaks.c, kernels/peak.cl) -------------------------------------- */
 
 /* clpeak-style fp32 FMA GFLOP/s and copy GB/s (read + written) of c's device,
- * from the binary cache unless refresh (then measured and stored). */
+ * from the binary cache unless refresh (then measured and stored); a cached
+ * FMA figure that a short probe beats by 2x is measured again. */
 CLRT_INTERNAL attn_status clrt_peaks(clrt_ctx *c, bool refresh, double *gflops, double *gbps);
+/* The cache key of c's device peaks (for tests). */
+CLRT_INTERNAL void clrt_peaks_key(const clrt_ctx *c, char *key, size_t keylen);
 /* The vtable's peaks slot for a backend whose attn_backend_ctx begins with its
  * clrt_ctx (pocl and clblast do): `.peaks = clrt_peaks_slot,`. */
 CLRT_INTERNAL attn_status clrt_peaks_slot(attn_backend_ctx *ctx, bool refresh, double *gflops,
