@@ -31,11 +31,15 @@ dtype = torch.bfloat16 if dt else torch.float32
 g = torch.Generator().manual_seed(1)
 r = lambda *s: (torch.rand(*s, generator=g) * 2 - 1).to(dtype)
 q, k, v = r(1, hq, sq, d), r(1, hkv, skv, d), r(1, hkv, skv, d)
+# PyTorch's is_causal is aligned top-left: a decode row (Sq < Skv) would see
+# one key. libattn's causal is bottom-right, under which the last rows see
+# every key: so causal goes to PyTorch only for square shapes.
+causal = bool(causal) and sq == skv
 with torch.inference_mode():
     for _ in range(2):
-        F.scaled_dot_product_attention(q, k, v, is_causal=bool(causal), enable_gqa=hq != hkv)
+        F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=hq != hkv)
     t0 = time.perf_counter()
-    F.scaled_dot_product_attention(q, k, v, is_causal=bool(causal), enable_gqa=hq != hkv)
+    F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=hq != hkv)
     print("%.4f" % ((time.perf_counter() - t0) * 1e3))
 PY
 
