@@ -520,8 +520,23 @@ static const char *mask_name(const rcase *c) {
   return buf[i];
 }
 
-static void random_case(void **state) {
-  const rcase *c = *state;
+/* The covering set once more, each shape with one of six option sets (case
+ * i takes set i % 6), so every option meets odd sizes, broadcast masks,
+ * layouts, kv_lens and both Sq < Skv and Sq > Skv. */
+typedef struct opt_variant {
+  const rcase *c;
+  int set;
+} opt_variant;
+static const char *const opt_set_names[6] = {"window", "softcap", "alibi", "sinks",
+                                              "positions", "all"};
+static void run_random_case(const rcase *c, int set);
+static void random_case(void **state) { run_random_case(*state, -1); }
+static void random_case_options(void **state) {
+  const opt_variant *o = *state;
+  run_random_case(o->c, o->set);
+}
+
+static void run_random_case(const rcase *c, int set) {
   problem pb;
   memset(&pb, 0, sizeof pb);
   tu_sdpa_problem *p = &pb.p;
@@ -556,6 +571,24 @@ static void random_case(void **state) {
     p->kv_lens = lens;
   }
   p->causal = c->causal;
+  float *slopes = NULL, *sinks = NULL;
+  if (set == 0 || set == 5) {
+    p->has_window = true;
+    p->window_left = 1 + c->Skv / 4, p->window_right = set == 5 ? 2 : 0;
+  }
+  if (set == 1 || set == 5) p->softcap = set == 5 ? 4.0 : 1.0;
+  if (set == 2 || set == 5) {
+    slopes = tu_alloc_uniform((size_t)c->Hq, &s, 0.01f, 0.5f);
+    p->alibi = slopes;
+  }
+  if (set == 3 || set == 5) {
+    sinks = tu_alloc_uniform((size_t)c->Hq, &s, -1, 2);
+    p->sinks = sinks;
+  }
+  if (set == 4) { /* positions that matter: causal or a window compares them */
+    p->has_positions = true, p->q_pos = -2, p->k_pos = 1;
+    if (!c->causal) p->has_window = true, p->window_left = 3, p->window_right = 3;
+  }
   pb.has_scale = c->scale != 0, pb.scale = c->scale;
   pb.want_weights = c->weights, pb.want_lse = c->lse, pb.check_weights = true;
   pb.layout = c->layout;
@@ -564,7 +597,7 @@ static void random_case(void **state) {
   run_problem(&pb, &r);
   check_result(&pb, &r);
   result_free(&r);
-  free(q), free(k), free(v), free(mask), free(lens);
+  free(q), free(k), free(v), free(mask), free(lens), free(slopes), free(sinks);
 }
 
 /* ---- the options of 0.3: positions, windows, softcap, ALiBi, sinks ---------------- */
@@ -1044,7 +1077,9 @@ int main(void) {
       cmocka_unit_test(options_refused),
   };
   enum { NFIXED = sizeof fixed / sizeof fixed[0] };
-  struct CMUnitTest tests[NFIXED + NCASES + NOCASES];
+  struct CMUnitTest tests[NFIXED + 2 * NCASES + NOCASES];
+  static opt_variant variants[NCASES];
+  static char variant_names[NCASES][200];
   memcpy(tests, fixed, sizeof fixed);
   for (size_t i = 0; i < NOCASES; i++)
     tests[NFIXED + NCASES + i] =
@@ -1060,6 +1095,11 @@ int main(void) {
              c->weights ? "_weights" : "", c->lse ? "_lse" : "", c->scale ? "_scale" : "",
              layouts[c->layout]);
     tests[NFIXED + i] = (struct CMUnitTest){case_names[i], random_case, NULL, NULL, (void *)c};
+    variants[i] = (opt_variant){c, (int)(i % 6)};
+    snprintf(variant_names[i], sizeof variant_names[i], "%s_%s", case_names[i],
+             opt_set_names[i % 6]);
+    tests[NFIXED + NCASES + NOCASES + i] =
+        (struct CMUnitTest){variant_names[i], random_case_options, NULL, NULL, &variants[i]};
   }
 
   char devs[16][64];
@@ -1072,7 +1112,7 @@ int main(void) {
     char group[96];
     memcpy(g_dev, devs[d], sizeof g_dev);
     snprintf(group, sizeof group, "sdpa on %.63s", g_dev);
-    failed += _cmocka_run_group_tests(group, tests, NFIXED + NCASES + NOCASES, open_device,
+    failed += _cmocka_run_group_tests(group, tests, NFIXED + 2 * NCASES + NOCASES, open_device,
                                       close_device);
   }
   return failed ? 1 : 0;
