@@ -539,6 +539,9 @@ static void test_run_options(void **state) {
   save_f32("os.npy", 1, hs, sinks, ps, sizeof ps);
   save_f32("obad.npy", 1, hs, bad, pb, sizeof pb);
   save_f32("oshort.npy", 1, bad_hs, slopes, pbl, sizeof pbl);
+  const int64_t hs2[2] = {1, HQ};
+  char p2d[320];
+  save_f32("o2d.npy", 2, hs2, slopes, p2d, sizeof p2d);
   path_in(po, sizeof po, "oo.npy");
   path_in(pe, sizeof pe, "oe.npy");
   spawn_result r;
@@ -562,6 +565,23 @@ static void test_run_options(void **state) {
   free(go), free(gl);
   unlink(po);
 
+  /* a mask of shape [Skv]: every leading 1 left out */
+  const int64_t m1s[1] = {SKV};
+  char pm1[320];
+  save_f32("om1.npy", 1, m1s, mask + SKV, pm1, sizeof pm1); /* batch 1's row */
+  RUN(&r, "run", "--q", pq, "--k", pk, "--v", pv, "--mask", pm1, "--out", po);
+  spawn_expect_status(&r, 0);
+  assert_non_null(strstr(r.out, "mask additive [1, 1, 1, 21]"));
+  tu_sdpa_problem p1 = {.B = B, .Hq = HQ, .Hkv = HKV, .Sq = SQ, .Skv = SKV, .D = D, .Dv = D,
+                        .q = q, .k = k, .v = v, .mask = mask + SKV,
+                        .mask_kind = ATTN_MASK_ADDITIVE, .mask_b = 1, .mask_h = 1, .mask_q = 1,
+                        .scale = (double)(float)(1 / sqrt(D))};
+  tu_sdpa_double(&p1, out, NULL, NULL);
+  go = load_f32(po, 4, qs);
+  expect_close("out (mask [Skv])", go, out, B * HQ * SQ * D);
+  free(go);
+  unlink(po);
+
   /* bad values: exit 2, the option named, nothing written */
   struct {
     const char *opt, *val, *want;
@@ -572,6 +592,7 @@ static void test_run_options(void **state) {
       {"--softcap", "nan", "--softcap"},  {"--alibi", pb, "--alibi"},
       {"--alibi", pbl, "--alibi"},        {"--sinks", pb, "--sinks"},
       {"--sinks", pbl, "--sinks"},        {"--q-pos", "x", "--q-pos"},
+      {"--alibi", p2d, "--alibi"},
   };
   for (size_t i = 0; i < sizeof bads / sizeof bads[0]; i++) {
     RUN(&r, "run", "--q", pq, "--k", pk, "--v", pv, bads[i].opt, bads[i].val, "--out", po);

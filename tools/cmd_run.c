@@ -233,10 +233,13 @@ static bool parse_window(const char *s, int64_t *l, int64_t *r) {
 
 /* --alibi / --sinks: float32 [Hq], every value finite. Exit 2 otherwise. */
 static int load_head_vector(const char *opt, const char *path, int64_t Hq, npy_array *a) {
-  if (!cli_load_npy(opt, path, NPY_F32, 1, 1, a)) return EXIT_FAIL;
-  if (a->shape[0] != Hq)
-    return cli_usage_fail("%s: %s has %" PRId64 " values; expected one per query head, Hq = %" PRId64,
-                          opt, path, a->shape[0], Hq);
+  if (!cli_load_npy(opt, path, NPY_F32, 1, 4, a)) return EXIT_FAIL;
+  if (a->ndim != 1 || a->shape[0] != Hq) {
+    char got[96];
+    cli_dims_fmt(got, sizeof got, a->ndim, a->shape);
+    return cli_usage_fail("%s: %s has shape %s; expected [%" PRId64 "], one value per query head",
+                          opt, path, got, Hq);
+  }
   const float *x = a->data;
   for (int64_t h = 0; h < Hq; h++)
     if (!isfinite(x[h]))
@@ -428,7 +431,7 @@ int cmd_run(int argc, char **argv, const char *default_device) {
   rc = EXIT_FAIL;
   if (fmask) {
     /* bool, or an additive float32 or float16 mask (kept in its type) */
-    if (!cli_load_npy("--mask", fmask, NPY_F32 | NPY_F16 | NPY_BOOL, 2, 4, &am)) goto done;
+    if (!cli_load_npy("--mask", fmask, NPY_F32 | NPY_F16 | NPY_BOOL, 1, 4, &am)) goto done;
     /* numpy broadcasting: missing leading dimensions are 1 */
     int pad = 4 - am.ndim;
     j.mask.ndim = 4;
