@@ -6,7 +6,8 @@
 #   window: S=8192 H=8 D=64 causal, plain vs --window 1024,0 (4.3x less work)
 #   extras: S=4096 H=8 causal, D=64 and D=128, plain vs --softcap 30,
 #           --alibi (slopes 2^-1 .. 2^-8) and --sinks
-# Run from the build directory (it uses ./attn).
+# Run from the build directory (it uses ./attn). SKIP_WINDOW=1 leaves out the
+# S=8192 window set.
 set -eu
 dev=${1:-pocl}
 rounds=${2:-5}

@@ -75,8 +75,7 @@ static cl_long4 strides4(const attn_view *v) {
   return s;
 }
 
-/* " -D<name>=<code>" for a 16-bit view (kernels/common.cl's type codes). */
-static void dtype_option(char *buf, size_t len, const char *name, const attn_view *v) {
+void clrt_dtype_option(char *buf, size_t len, const char *name, const attn_view *v) {
   if (!v->buf || v->dtype == ATTN_F32) return;
   const size_t n = strlen(buf);
   if (n < len) snprintf(buf + n, len - n, " -D%s=%d", name, (int)v->dtype);
@@ -88,9 +87,9 @@ attn_status clrt_merge(clrt_ctx *c, const attn_merge_desc *d) {
   if (B > INT32_MAX || H > INT32_MAX || S > INT32_MAX || Dv > INT32_MAX)
     return clrt_host()->error(ATTN_ERR_UNSUPPORTED, "merge: dims must fit in 32-bit ints");
   char opts[64] = "";
-  dtype_option(opts, sizeof opts, "AT", &d->out_a);
-  dtype_option(opts, sizeof opts, "BT", &d->out_b);
-  dtype_option(opts, sizeof opts, "OT", &d->out);
+  clrt_dtype_option(opts, sizeof opts, "AT", &d->out_a);
+  clrt_dtype_option(opts, sizeof opts, "BT", &d->out_b);
+  clrt_dtype_option(opts, sizeof opts, "OT", &d->out);
   cl_kernel k;
   attn_status s = clrt_kernel_get(c, "merge", opts, "attn_merge", &k);
   if (s != ATTN_OK) return s;

@@ -320,6 +320,11 @@ CLRT_INTERNAL void clrt_sdpa_opts_release(clrt_ctx *c, clrt_sdpa_opts *o);
  * of the rows' ranges, kv_lens included): what a kernel need read at all. */
 CLRT_INTERNAL void clrt_sdpa_key_span(const attn_sdpa_desc *d, int64_t b, int64_t *lo,
                                       int64_t *hi);
+/* Appends " -D<name>=<code>" for an operand stored as f16 or bf16 (codes as
+ * attn_dtype, read by kernels/common.cl); f32 and absent operands add
+ * nothing, so an all-f32 call builds exactly the f32 program. */
+CLRT_INTERNAL void clrt_dtype_option(char *buf, size_t len, const char *name,
+                                     const attn_view *v);
 /* The merge stage (kernels/merge.cl), for every OpenCL backend. */
 CLRT_INTERNAL attn_status clrt_merge(clrt_ctx *c, const attn_merge_desc *d);
 

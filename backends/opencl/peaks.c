@@ -65,19 +65,29 @@ static attn_status time_fma(clrt_ctx *c, cl_kernel k, cl_mem out, size_t global,
   return ATTN_OK;
 }
 
-static attn_status measure_fma(clrt_ctx *c, double *gflops) {
-  cl_kernel k;
-  attn_status st = clrt_kernel_get(c, "peak", NULL, "peak_fma", &k);
+/* Flops of one work-item's iteration of peak_fma (kernels/peak.cl). */
+#define FMA_FLOPS_PER_ITER (2.0 * 16 * 8 * 16)
+
+/* The FMA kernel, its global size and its output buffer (what names it in
+ * an allocation failure): enough work-items to fill every compute unit of a
+ * GPU several times over; on a CPU the driver packs them into work-groups
+ * run by its threads. */
+static attn_status fma_setup(clrt_ctx *c, const char *what, cl_kernel *k, size_t *global,
+                             cl_mem *out) {
+  attn_status st = clrt_kernel_get(c, "peak", NULL, "peak_fma", k);
   if (st != ATTN_OK) return st;
   cl_uint cu = 1;
   clGetDeviceInfo(c->dev.id, CL_DEVICE_MAX_COMPUTE_UNITS, sizeof cu, &cu, NULL);
-  /* Enough work-items to fill every compute unit of a GPU several times over;
-   * on a CPU the driver packs them into work-groups run by its threads. */
-  size_t global = (size_t)(cu ? cu : 1) * 1024;
+  *global = (size_t)(cu ? cu : 1) * 1024;
+  return clrt_mem_create(c, CL_MEM_WRITE_ONLY, *global * sizeof(float), NULL, what, out);
+}
+
+static attn_status measure_fma(clrt_ctx *c, double *gflops) {
+  cl_kernel k;
+  size_t global;
   cl_mem out;
-  if ((st = clrt_mem_create(c, CL_MEM_WRITE_ONLY, global * sizeof(float), NULL, "the FMA peak",
-                            &out)))
-    return st;
+  attn_status st = fma_setup(c, "the FMA peak", &k, &global, &out);
+  if (st != ATTN_OK) return st;
   cl_int iters = 4;
   double s = 0, best = 0;
   /* Double the chain length until a run takes PEAK_MIN_S (the first run also
@@ -94,7 +104,7 @@ static attn_status measure_fma(clrt_ctx *c, double *gflops) {
     if (locals[l] > c->max_wg) continue;
     for (int r = 0; r < PEAK_RUNS; r++) {
       if ((st = time_fma(c, k, out, global, locals[l], iters, &s)) != ATTN_OK) break;
-      double flops = 2.0 * 16 * 8 * 16 * (double)iters * (double)global;
+      double flops = FMA_FLOPS_PER_ITER * (double)iters * (double)global;
       if (s > 0 && flops / s > best) best = flops / s;
     }
   }
@@ -107,18 +117,13 @@ static attn_status measure_fma(clrt_ctx *c, double *gflops) {
  * best of two. */
 static attn_status probe_fma(clrt_ctx *c, double expect, double *gflops) {
   cl_kernel k;
-  attn_status st = clrt_kernel_get(c, "peak", NULL, "peak_fma", &k);
+  size_t global;
+  cl_mem out;
+  attn_status st = fma_setup(c, "the FMA probe", &k, &global, &out);
   if (st != ATTN_OK) return st;
-  cl_uint cu = 1;
-  clGetDeviceInfo(c->dev.id, CL_DEVICE_MAX_COMPUTE_UNITS, sizeof cu, &cu, NULL);
-  size_t global = (size_t)(cu ? cu : 1) * 1024;
-  const double per_iter = 2.0 * 16 * 8 * 16 * (double)global;
+  const double per_iter = FMA_FLOPS_PER_ITER * (double)global;
   double want = expect * 1e9 * 0.01 / per_iter;
   cl_int iters = want < 4 ? 4 : want > (1 << 20) ? (1 << 20) : (cl_int)want;
-  cl_mem out;
-  if ((st = clrt_mem_create(c, CL_MEM_WRITE_ONLY, global * sizeof(float), NULL, "the FMA probe",
-                            &out)))
-    return st;
   double s = 0, best = 0;
   for (int r = 0; st == ATTN_OK && r < 2; r++)
     if ((st = time_fma(c, k, out, global, 0, iters, &s)) == ATTN_OK && s > 0 &&

@@ -162,25 +162,16 @@ static cl_long4 strides4(const attn_view *v) {
 
 static cl_mem mem_of(const attn_view *v) { return v->buf ? v->buf->mem : NULL; }
 
-/* Appends " -D<name>=<code>" for an operand stored as f16 or bf16 (codes as
- * attn_dtype, read by kernels/common.cl); f32 and absent operands add
- * nothing, so an all-f32 call builds exactly the f32 program. */
-void pocl_dtype_option(char *buf, size_t len, const char *name, const attn_view *v) {
-  if (!v->buf || v->dtype == ATTN_F32) return;
-  const size_t n = strlen(buf);
-  if (n < len) snprintf(buf + n, len - n, " -D%s=%d", name, (int)v->dtype);
-}
-
 attn_status pocl_linear_tiled(clrt_ctx *c, const attn_linear_desc *d, int mr, int nr) {
   cl_kernel k;
   /* The tile of y per work-item (MR x NR in kernels/linear.cl): the context's
    * tuned parameter, or a candidate attn_tune times. */
   char opts[96];
   snprintf(opts, sizeof opts, "-DMR=%d -DNR=%d", mr, nr);
-  pocl_dtype_option(opts, sizeof opts, "XT", &d->x);
-  pocl_dtype_option(opts, sizeof opts, "WT", &d->w);
-  pocl_dtype_option(opts, sizeof opts, "BT", &d->bias);
-  pocl_dtype_option(opts, sizeof opts, "YT", &d->y);
+  clrt_dtype_option(opts, sizeof opts, "XT", &d->x);
+  clrt_dtype_option(opts, sizeof opts, "WT", &d->w);
+  clrt_dtype_option(opts, sizeof opts, "BT", &d->bias);
+  clrt_dtype_option(opts, sizeof opts, "YT", &d->y);
   attn_status s = clrt_kernel_get(c, "linear", opts, "linear", &k);
   if (s != ATTN_OK) return s;
   cl_mem x = mem_of(&d->x), w = mem_of(&d->w), bias = mem_of(&d->bias), y = mem_of(&d->y);
@@ -218,12 +209,12 @@ static void sdpa_options(const attn_sdpa_desc *d, char *buf, size_t len) {
 }
 
 void pocl_sdpa_dtype_options(const attn_sdpa_desc *d, char *buf, size_t len) {
-  pocl_dtype_option(buf, len, "QT", &d->q);
-  pocl_dtype_option(buf, len, "KT", &d->k);
-  pocl_dtype_option(buf, len, "VT", &d->v);
-  pocl_dtype_option(buf, len, "OT", &d->out);
-  pocl_dtype_option(buf, len, "MT", &d->mask);
-  pocl_dtype_option(buf, len, "WT", &d->weights);
+  clrt_dtype_option(buf, len, "QT", &d->q);
+  clrt_dtype_option(buf, len, "KT", &d->k);
+  clrt_dtype_option(buf, len, "VT", &d->v);
+  clrt_dtype_option(buf, len, "OT", &d->out);
+  clrt_dtype_option(buf, len, "MT", &d->mask);
+  clrt_dtype_option(buf, len, "WT", &d->weights);
 }
 
 static attn_status pocl_sdpa(attn_backend_ctx *c, const attn_sdpa_desc *d) {

@@ -35,10 +35,8 @@ CLRT_INTERNAL attn_status pocl_tune(attn_backend_ctx *ctx, unsigned flags,
 CLRT_INTERNAL attn_status pocl_linear_tiled(clrt_ctx *c, const attn_linear_desc *d, int mr,
                                             int nr);
 
-/* Build options naming the storage types of a stage's 16-bit operands
- * (-DQT=1 ...), appended to buf; nothing for f32 (pocl.c). */
-CLRT_INTERNAL void pocl_dtype_option(char *buf, size_t len, const char *name,
-                                     const attn_view *v);
+/* Build options naming the storage types of the SDPA operands (-DQT=1 ...,
+ * clrt_dtype_option), appended to buf (pocl.c). */
 CLRT_INTERNAL void pocl_sdpa_dtype_options(const attn_sdpa_desc *d, char *buf, size_t len);
 
 #endif
