@@ -1,12 +1,13 @@
 #!/bin/sh
 # Install the Debian 12 packages libattn builds and tests with (clang and its
-# runtime only for the fuzzers of tests/ci-hardening.sh), only those
+# runtime only for the fuzzers of tests/ci-hardening.sh; clang-15, llvm-15
+# and libclc-15 for the GPU code-generator check, tests/gpu-codegen.sh), only those
 # that are missing (so it is quick and offline-safe when all are there).
 # Run as root. Used by the README's two commands and by .ci/run.
 set -eu
 pkgs="build-essential autoconf automake libtool pkg-config libcmocka-dev
       ocl-icd-opencl-dev opencl-headers pocl-opencl-icd libclblast-dev clinfo
-      clang libclang-rt-14-dev"
+      clang libclang-rt-14-dev clang-15 llvm-15 libclc-15"
 missing=""
 for p in $pkgs; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"

@@ -46,6 +46,7 @@
 #include <string.h>
 
 #include "attn_plugin.h"
+#include "flash.h"
 
 #define KERNELS "clblast_sdpa"
 /* f16/bf16 <-> f32 conversions (kernels/convert.cl), built on first use. */
@@ -56,6 +57,8 @@
 #define MAX_DEVICES 64
 /* Query rows per tile when causal (bounds the work of pv_rows per row). */
 #define CAUSAL_TILE 64
+/* Largest D and Dv the fused kernel takes (its accumulators are registers). */
+#define FLASH_MAX_HEAD_DIM 512
 
 static const attn_host *host;
 static clrt_device devices[MAX_DEVICES];
@@ -68,6 +71,8 @@ struct attn_backend_ctx {
   attn_buffer *scores; /* grow-only scratch for one tile of scores */
   size_t score_budget;  /* bytes one tile of scores may take */
   bool has_fp16;        /* the device reports cl_khr_fp16 (only logged: see convert path) */
+  clb_flash_params flash; /* tiles of the fused kernel (flash.c) */
+  bool fused;           /* sdpa runs the fused kernel, not the GEMM path */
 };
 
 /* ---- errors ------------------------------------------------------------------ */
@@ -142,6 +147,22 @@ static bool device_has_fp16(cl_device_id id) {
 
 static void clb_close(attn_backend_ctx *c);
 
+/* Which SDPA path a context takes: ATTN_CLBLAST_SDPA=fused or =gemm, else
+ * the fused kernel on GPUs and accelerators (where it was written for) and
+ * the GEMM path on CPU devices, where it measured faster on POCL (see
+ * BENCHMARKS.md) and CLBlast is only under test anyway. */
+static bool clb_flash_default(attn_backend_ctx *c) {
+  const char *env = getenv("ATTN_CLBLAST_SDPA");
+  bool fused = !(c->cl.dev.type & CL_DEVICE_TYPE_CPU);
+  if (env && strcmp(env, "fused") == 0) fused = true;
+  if (env && strcmp(env, "gemm") == 0) fused = false;
+  if (fused && !c->flash.usable) {
+    host->debug("clblast: the fused kernel cannot run on this device; sdpa uses the GEMM path");
+    fused = false;
+  }
+  return fused;
+}
+
 /* Contexts open in this process (clb_close empties CLBlast's cache at 0). */
 static pthread_mutex_t open_lock = PTHREAD_MUTEX_INITIALIZER;
 static int open_contexts;
@@ -180,6 +201,8 @@ static attn_status clb_open(int index, attn_backend_ctx **out) {
   if (c->cl.max_alloc && c->score_budget > c->cl.max_alloc)
     c->score_budget = (size_t)c->cl.max_alloc;
   c->has_fp16 = device_has_fp16(c->cl.dev.id);
+  clb_flash_params_init(&c->cl, &c->flash);
+  c->fused = clb_flash_default(c);
   /* Build our kernels now so that a broken kernel fails the open, not a run. */
   cl_program prog;
   st = clrt_program_get(&c->cl, KERNELS, c->opts, &prog);
@@ -764,6 +787,9 @@ static attn_status clb_linear(attn_backend_ctx *c, const attn_linear_desc *d) {
 }
 
 static attn_status clb_sdpa(attn_backend_ctx *c, const attn_sdpa_desc *d) {
+  if (c->fused && d->q.shape[3] <= FLASH_MAX_HEAD_DIM && d->v.shape[3] <= FLASH_MAX_HEAD_DIM &&
+      d->q.shape[2] <= INT32_MAX && d->k.shape[2] <= INT32_MAX)
+    return clb_flash_sdpa(&c->cl, &c->flash, d);
   if (!(d->features & CLB_FEAT_16BIT)) return clb_sdpa_f32(c, d);
   char which[128] = "";
   note_dtype(which, sizeof which, "q", &d->q);
