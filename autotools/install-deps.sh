@@ -5,7 +5,7 @@
 # that are missing (so it is quick and offline-safe when all are there).
 # Run as root. Used by the README's two commands and by .ci/run.
 set -eu
-pkgs="build-essential autoconf automake libtool pkg-config libcmocka-dev
+pkgs="build-essential autoconf automake libtool pkg-config libcmocka-dev libcjson-dev
       ocl-icd-opencl-dev opencl-headers pocl-opencl-icd libclblast-dev clinfo
       clang libclang-rt-14-dev clang-15 llvm-15 libclc-15"
 missing=""

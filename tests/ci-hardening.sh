@@ -11,7 +11,7 @@
 #
 # Environment: FUZZ_SECONDS (per harness), HARDENING_JOBS (make -j, default
 # 2), HARDENING_STEPS (any of "asan tsan fuzz", default all three),
-# FUZZ_TARGETS (any of "npy selector desc", default all three).
+# FUZZ_TARGETS (any of "npy selector desc safetensors", default all four).
 # A crash found by a fuzzer is left as _fuzz/<name>/crash-*: minimise it
 # (./_fuzz/fuzz_<name> -minimize_crash=1 FILE), add it to
 # tests/fuzz/corpus/<name>/ so that make check replays it, and fix the bug.
@@ -188,6 +188,12 @@ case " $STEPS " in *" fuzz "*)
   SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined"
   clang $CF $SAN -fsanitize=fuzzer tests/fuzz/fuzz_npy.c tools/npy.c -o "$F/fuzz_npy" ||
     fail "building fuzz_npy"
+  # cJSON is the system's libcjson, not instrumented: the harness covers our
+  # checks around it (tools/safetensors.c), ASan still sees its heap.
+  CJSON=$(pkg-config --cflags --libs libcjson) || fail "pkg-config libcjson (install libcjson-dev)"
+  # shellcheck disable=SC2086
+  clang $CF $SAN -fsanitize=fuzzer tests/fuzz/fuzz_safetensors.c tools/safetensors.c $CJSON \
+    -o "$F/fuzz_safetensors" || fail "building fuzz_safetensors"
   # shellcheck disable=SC2086
   clang $CF $SAN -fsanitize=fuzzer tests/fuzz/fuzz_selector.c $CORE -ldl -lpthread -lm \
     -o "$F/fuzz_selector" || fail "building fuzz_selector"
@@ -197,7 +203,7 @@ case " $STEPS " in *" fuzz "*)
   clang $CF $SAN -fsanitize=fuzzer-no-link -fPIC -shared backends/ref/ref.c -lm \
     -o "$F/mods/attn_ref.so" || fail "building the instrumented ref module"
   step_end "fuzz build"
-  for name in ${FUZZ_TARGETS:-npy selector desc}; do
+  for name in ${FUZZ_TARGETS:-npy selector desc safetensors}; do
     T0=$(date +%s)
     # A scratch corpus that grows during the run; the committed one is read-only input.
     mkdir -p "$F/$name/corpus"
