@@ -36,7 +36,7 @@ extern "C" {
 #endif
 
 #define ATTN_VERSION_MAJOR 0
-#define ATTN_VERSION_MINOR 3
+#define ATTN_VERSION_MINOR 4
 #define ATTN_VERSION_PATCH 0
 
 /* ---- Status ------------------------------------------------------------ */
@@ -310,6 +310,88 @@ ATTN_API attn_status attn_sdpa(attn_context *ctx, const attn_sdpa_args *args);
 ATTN_API attn_status attn_merge(attn_context *ctx, const attn_tensor *out_a,
                                 const attn_tensor *lse_a, const attn_tensor *out_b,
                                 const attn_tensor *lse_b, attn_tensor *out, attn_tensor *lse);
+
+/* ---- Rotary position embedding and RMSNorm (0.4) -------------------------- */
+
+/* How the rotation frequencies are made, exactly as transformers'
+ * modeling_rope_utils computes them (in double here), with r the rotary dim
+ * and theta the base:
+ *   DEFAULT  inv_freq[i] = theta^(-2i/r), i < r/2
+ *   LINEAR   DEFAULT / factor
+ *   DYNAMIC  DEFAULT with theta' = theta * (factor n/M - (factor - 1))^(r/(r-2)),
+ *            M = max_position_embeddings, n = max(M, largest position of the
+ *            call + 1) (so it changes only once positions pass M; keys already
+ *            in a KV cache keep the rotation they were given)
+ *   LLAMA3   DEFAULT banded by wavelength 2 pi / inv_freq against
+ *            O / low_freq_factor and O / high_freq_factor, O =
+ *            original_max_position_embeddings: above: / factor; below: kept;
+ *            between: (1 - s) inv_freq / factor + s inv_freq,
+ *            s = (O / wavelength - low_freq_factor) / (high_freq_factor - low_freq_factor)
+ *   YARN     DEFAULT / factor and DEFAULT blended by a linear ramp over the
+ *            dims between the correction dims of beta_fast (default 32) and
+ *            beta_slow (default 1) (floored / ceiled unless yarn_no_truncate);
+ *            cos and sin are scaled by the attention factor: attention_factor,
+ *            or when 0, 0.1 ln(factor) + 1 (with mscale and mscale_all_dim both
+ *            set: their ratio of that form)
+ *   TABLE    the caller's cos / sin tables [P, r/2] f32 (row p: position p),
+ *            which cover every other scheme (LongRoPE, per-layer bases)
+ * The angle of dim pair i at position p is p * inv_freq[i]; cos and sin are
+ * computed in double and stored as f32. */
+typedef enum attn_rope_type {
+  ATTN_ROPE_NONE = 0,
+  ATTN_ROPE_DEFAULT = 1,
+  ATTN_ROPE_LINEAR = 2,
+  ATTN_ROPE_DYNAMIC = 3,
+  ATTN_ROPE_LLAMA3 = 4,
+  ATTN_ROPE_YARN = 5,
+  ATTN_ROPE_TABLE = 6
+} attn_rope_type;
+
+typedef struct attn_rope_config {
+  size_t struct_size;   /* sizeof(attn_rope_config), set by ATTN_ROPE_CONFIG_INIT */
+  attn_rope_type type;
+  bool interleaved;     /* GPT-J pairs (2i, 2i+1); false: half split (i, i + r/2), NeoX / Llama */
+  int64_t rotary_dim;   /* r, even, <= head_dim; 0 means head_dim (partial rotary: r < D) */
+  double theta;         /* rope_theta (> 1); 0 means 10000 */
+  double factor;        /* LINEAR, DYNAMIC, LLAMA3, YARN: >= 1 */
+  int64_t max_position_embeddings;          /* DYNAMIC: M */
+  int64_t original_max_position_embeddings; /* LLAMA3, YARN: O */
+  double low_freq_factor, high_freq_factor; /* LLAMA3 */
+  double beta_fast, beta_slow;              /* YARN: 0 means 32 and 1 */
+  double attention_factor;                  /* YARN: 0 means from factor (and mscale) */
+  double mscale, mscale_all_dim;            /* YARN: optional (0 = unset) */
+  bool yarn_no_truncate;                    /* YARN: transformers' truncate = false (gpt-oss) */
+  const attn_tensor *cos, *sin;             /* TABLE: [P, r/2] f32 each */
+} attn_rope_config;
+#define ATTN_ROPE_CONFIG_INIT {.struct_size = sizeof(attn_rope_config)}
+
+/* The rule's r/2 inverse frequencies and its factor on cos and sin (1 but
+ * for YARN), for a head dim and (DYNAMIC only) the largest position + 1 of
+ * the call (0: none past M). inv_freq has room for rotary_dim / 2 values.
+ * TABLE and NONE have no frequencies (ATTN_ERR_INVALID_ARG). */
+ATTN_API attn_status attn_rope_frequencies(const attn_rope_config *cfg, int64_t head_dim,
+                                           int64_t seq_len, double *inv_freq,
+                                           double *attention_scaling);
+
+/* Rotate x [B, H, S, D] into y [B, H, S, D] (y may be x itself: in place)
+ * by per-token positions (host [B * S] int32 >= 0, row b at b * S; NULL means
+ * 0..S-1 in every row), per cfg. x and y: f32, f16 or bf16. */
+typedef struct attn_rope_args {
+  size_t struct_size; /* sizeof(attn_rope_args), set by ATTN_ROPE_ARGS_INIT */
+  const attn_tensor *x;
+  attn_tensor *y;
+  const attn_rope_config *rope;
+  const int32_t *positions;
+} attn_rope_args;
+#define ATTN_ROPE_ARGS_INIT {.struct_size = sizeof(attn_rope_args)}
+ATTN_API attn_status attn_rope(attn_context *ctx, const attn_rope_args *args);
+
+/* RMSNorm over the last dim D of x (rank 1 to 4) into y of x's shape (y may be
+ * x itself): y = x / sqrt(mean(x^2) + eps) * g with g = weight, or with
+ * offset (Gemma) g = 1 + weight; weight [D]; eps > 0 and finite. */
+ATTN_API attn_status attn_rms_norm(attn_context *ctx, const attn_tensor *x,
+                                   const attn_tensor *weight, float eps, bool offset,
+                                   attn_tensor *y);
 
 /* ---- Multi-head attention graph ----------------------------------------- */
 
