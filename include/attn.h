@@ -66,7 +66,7 @@ ATTN_API const char *attn_status_str(attn_status s);
  * until the next libattn call on this thread. */
 ATTN_API const char *attn_last_error(void);
 
-/* "0.2.0" */
+/* "0.4.0" */
 ATTN_API const char *attn_version(void);
 
 /* ---- Devices and contexts --------------------------------------------- */
