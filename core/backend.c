@@ -37,6 +37,8 @@ static const char *stage_name(attn_stage stage) {
   return stage == ATTN_STAGE_SDPA     ? "sdpa"
          : stage == ATTN_STAGE_LINEAR ? "linear"
          : stage == ATTN_STAGE_MERGE  ? "merge"
+         : stage == ATTN_STAGE_ROPE   ? "rope"
+         : stage == ATTN_STAGE_RMSNORM ? "rmsnorm"
                                       : "stage";
 }
 
@@ -49,11 +51,12 @@ typedef struct desc_header {
 attn_status attn__be_stage(attn_context *ctx, attn_stage stage, const void *desc) {
   const desc_header *h = desc;
   const char *name = stage_name(stage);
-  /* Nor a stage newer than its ABI (merge came with 2.2). */
-  if (stage == ATTN_STAGE_MERGE && ctx->vt->abi_minor < 2)
-    return attn__error(ATTN_ERR_UNSUPPORTED, "backend %s (ABI %u.%u) cannot do merge (ABI 2.2)",
+  /* Nor a stage newer than its ABI (merge came with 2.2, rope and rmsnorm
+   * with 2.3). */
+  if (attn_stage_minor(stage) > ctx->vt->abi_minor)
+    return attn__error(ATTN_ERR_UNSUPPORTED, "backend %s (ABI %u.%u) cannot do %s (ABI 2.%u)",
                        ctx->info.backend, (unsigned)ctx->vt->abi_major,
-                       (unsigned)ctx->vt->abi_minor);
+                       (unsigned)ctx->vt->abi_minor, name, attn_stage_minor(stage));
   /* A module is never sent a feature newer than its ABI: it could not know
    * to refuse it and would compute something else. */
   for (uint64_t f = h->features; f; f &= f - 1) {

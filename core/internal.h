@@ -179,6 +179,8 @@ ATTN_INTERNAL attn_status attn__tensor_alloc(attn_context *ctx, attn_dtype dtype
 ATTN_INTERNAL int attn__dtype_valid(attn_dtype t);
 /* Do the element ranges reachable through a and b share storage bytes? */
 ATTN_INTERNAL int attn__tensors_overlap(const attn_tensor *a, const attn_tensor *b);
+/* The same storage, offset, shape and strides (an in-place operand). */
+ATTN_INTERNAL int attn__tensors_same_view(const attn_tensor *a, const attn_tensor *b);
 /* Checked arithmetic: return 0 and set *r, or 1 on overflow. */
 ATTN_INTERNAL int attn__mul_overflow(int64_t a, int64_t b, int64_t *r);
 
@@ -213,5 +215,36 @@ ATTN_INTERNAL attn_status attn__run_linear(attn_context *ctx, const attn_linear_
 /* An output tensor gives every element its own place (no zero or overlapping
  * strides); else ATTN_ERR_INVALID_ARG naming `name`. */
 ATTN_INTERNAL attn_status attn__check_output_strides(const attn_tensor *t, const char *name);
+
+/* ---- rope.c: RoPE and RMSNorm (ABI 2.3 stages) ------------------------------ */
+/* A checked RoPE config and the cos/sin table [rows, r/2] in use: computed by
+ * the core from the rule (owned, grown as positions need) or the caller's. */
+typedef struct attn_rope_plan {
+  attn_rope_config cfg; /* defaults resolved */
+  int64_t D, r;         /* head dim, rotary dim */
+  attn_tensor *cos, *sin;
+  int64_t rows;         /* the table covers positions [0, rows) */
+  int64_t dyn_n;        /* DYNAMIC: the n the table was made for (0: M) */
+  bool owned;
+} attn_rope_plan;
+/* Check cfg (named `name` in messages) for head dim D into *p. */
+ATTN_INTERNAL attn_status attn__rope_plan_init(attn_context *ctx, const attn_rope_config *cfg,
+                                               int64_t D, const char *name, attn_rope_plan *p);
+/* Make the table cover positions [0, max_pos] for a call whose largest
+ * position is max_pos (DYNAMIC: made for that call); -1: nothing to do. */
+ATTN_INTERNAL attn_status attn__rope_plan_prepare(attn_context *ctx, attn_rope_plan *p,
+                                                  int64_t max_pos);
+ATTN_INTERNAL void attn__rope_plan_free(attn_rope_plan *p);
+/* Every position >= 0 (else ATTN_ERR_INVALID_ARG naming name[i]); *max_pos the
+ * largest (-1 for n = 0). */
+ATTN_INTERNAL attn_status attn__check_positions(const int32_t *pos, int64_t n, const char *name,
+                                                int64_t *max_pos);
+/* Build and run the stages (views already checked; positions host [B*S]). */
+ATTN_INTERNAL attn_status attn__run_rope(attn_context *ctx, const attn_rope_plan *p,
+                                         const attn_view *x, const attn_view *y,
+                                         const int32_t *positions);
+ATTN_INTERNAL attn_status attn__run_rmsnorm(attn_context *ctx, const attn_view *x,
+                                            const attn_view *w, const attn_view *y, float eps,
+                                            bool offset);
 
 #endif /* ATTN_INTERNAL_H */

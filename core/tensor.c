@@ -406,3 +406,10 @@ attn_status attn_tensor_read_raw(const attn_tensor *t, void *dst, size_t count) 
   if (s) return s;
   return read_elems(t, dst, count);
 }
+
+int attn__tensors_same_view(const attn_tensor *a, const attn_tensor *b) {
+  if (a->st != b->st || a->offset != b->offset || a->ndim != b->ndim) return 0;
+  for (int i = 0; i < a->ndim; i++)
+    if (a->shape[i] != b->shape[i] || a->strides[i] != b->strides[i]) return 0;
+  return 1;
+}

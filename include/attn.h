@@ -36,7 +36,7 @@ extern "C" {
 #endif
 
 #define ATTN_VERSION_MAJOR 0
-#define ATTN_VERSION_MINOR 3
+#define ATTN_VERSION_MINOR 4
 #define ATTN_VERSION_PATCH 0
 
 /* ---- Status ------------------------------------------------------------ */
@@ -66,7 +66,7 @@ ATTN_API const char *attn_status_str(attn_status s);
  * until the next libattn call on this thread. */
 ATTN_API const char *attn_last_error(void);
 
-/* "0.2.0" */
+/* "0.4.0" */
 ATTN_API const char *attn_version(void);
 
 /* ---- Devices and contexts --------------------------------------------- */
@@ -311,6 +311,88 @@ ATTN_API attn_status attn_merge(attn_context *ctx, const attn_tensor *out_a,
                                 const attn_tensor *lse_a, const attn_tensor *out_b,
                                 const attn_tensor *lse_b, attn_tensor *out, attn_tensor *lse);
 
+/* ---- Rotary position embedding and RMSNorm (0.4) -------------------------- */
+
+/* How the rotation frequencies are made, exactly as transformers'
+ * modeling_rope_utils computes them (in double here), with r the rotary dim
+ * and theta the base:
+ *   DEFAULT  inv_freq[i] = theta^(-2i/r), i < r/2
+ *   LINEAR   DEFAULT / factor
+ *   DYNAMIC  DEFAULT with theta' = theta * (factor n/M - (factor - 1))^(r/(r-2)),
+ *            M = max_position_embeddings, n = max(M, largest position of the
+ *            call + 1) (so it changes only once positions pass M; keys already
+ *            in a KV cache keep the rotation they were given)
+ *   LLAMA3   DEFAULT banded by wavelength 2 pi / inv_freq against
+ *            O / low_freq_factor and O / high_freq_factor, O =
+ *            original_max_position_embeddings: above: / factor; below: kept;
+ *            between: (1 - s) inv_freq / factor + s inv_freq,
+ *            s = (O / wavelength - low_freq_factor) / (high_freq_factor - low_freq_factor)
+ *   YARN     DEFAULT / factor and DEFAULT blended by a linear ramp over the
+ *            dims between the correction dims of beta_fast (default 32) and
+ *            beta_slow (default 1) (floored / ceiled unless yarn_no_truncate);
+ *            cos and sin are scaled by the attention factor: attention_factor,
+ *            or when 0, 0.1 ln(factor) + 1 (with mscale and mscale_all_dim both
+ *            set: their ratio of that form)
+ *   TABLE    the caller's cos / sin tables [P, r/2] f32 (row p: position p),
+ *            which cover every other scheme (LongRoPE, per-layer bases)
+ * The angle of dim pair i at position p is p * inv_freq[i]; cos and sin are
+ * computed in double and stored as f32. */
+typedef enum attn_rope_type {
+  ATTN_ROPE_NONE = 0,
+  ATTN_ROPE_DEFAULT = 1,
+  ATTN_ROPE_LINEAR = 2,
+  ATTN_ROPE_DYNAMIC = 3,
+  ATTN_ROPE_LLAMA3 = 4,
+  ATTN_ROPE_YARN = 5,
+  ATTN_ROPE_TABLE = 6
+} attn_rope_type;
+
+typedef struct attn_rope_config {
+  size_t struct_size;   /* sizeof(attn_rope_config), set by ATTN_ROPE_CONFIG_INIT */
+  attn_rope_type type;
+  bool interleaved;     /* GPT-J pairs (2i, 2i+1); false: half split (i, i + r/2), NeoX / Llama */
+  int64_t rotary_dim;   /* r, even, <= head_dim; 0 means head_dim (partial rotary: r < D) */
+  double theta;         /* rope_theta (> 1); 0 means 10000 */
+  double factor;        /* LINEAR, DYNAMIC, LLAMA3, YARN: >= 1 */
+  int64_t max_position_embeddings;          /* DYNAMIC: M */
+  int64_t original_max_position_embeddings; /* LLAMA3, YARN: O */
+  double low_freq_factor, high_freq_factor; /* LLAMA3 */
+  double beta_fast, beta_slow;              /* YARN: 0 means 32 and 1 */
+  double attention_factor;                  /* YARN: 0 means from factor (and mscale) */
+  double mscale, mscale_all_dim;            /* YARN: optional (0 = unset) */
+  bool yarn_no_truncate;                    /* YARN: transformers' truncate = false (gpt-oss) */
+  const attn_tensor *cos, *sin;             /* TABLE: [P, r/2] f32 each */
+} attn_rope_config;
+#define ATTN_ROPE_CONFIG_INIT {.struct_size = sizeof(attn_rope_config)}
+
+/* The rule's r/2 inverse frequencies and its factor on cos and sin (1 but
+ * for YARN), for a head dim and (DYNAMIC only) the largest position + 1 of
+ * the call (0: none past M). inv_freq has room for rotary_dim / 2 values.
+ * TABLE and NONE have no frequencies (ATTN_ERR_INVALID_ARG). */
+ATTN_API attn_status attn_rope_frequencies(const attn_rope_config *cfg, int64_t head_dim,
+                                           int64_t seq_len, double *inv_freq,
+                                           double *attention_scaling);
+
+/* Rotate x [B, H, S, D] into y [B, H, S, D] (y may be x itself: in place)
+ * by per-token positions (host [B * S] int32 >= 0, row b at b * S; NULL means
+ * 0..S-1 in every row), per cfg. x and y: f32, f16 or bf16. */
+typedef struct attn_rope_args {
+  size_t struct_size; /* sizeof(attn_rope_args), set by ATTN_ROPE_ARGS_INIT */
+  const attn_tensor *x;
+  attn_tensor *y;
+  const attn_rope_config *rope;
+  const int32_t *positions;
+} attn_rope_args;
+#define ATTN_ROPE_ARGS_INIT {.struct_size = sizeof(attn_rope_args)}
+ATTN_API attn_status attn_rope(attn_context *ctx, const attn_rope_args *args);
+
+/* RMSNorm over the last dim D of x (rank 1 to 4) into y of x's shape (y may be
+ * x itself): y = x / sqrt(mean(x^2) + eps) * g with g = weight, or with
+ * offset (Gemma) g = 1 + weight; weight [D]; eps > 0 and finite. */
+ATTN_API attn_status attn_rms_norm(attn_context *ctx, const attn_tensor *x,
+                                   const attn_tensor *weight, float eps, bool offset,
+                                   attn_tensor *y);
+
 /* ---- Multi-head attention graph ----------------------------------------- */
 
 /* Weights follow PyTorch's nn.Linear: W is [out, in] and y = x W^T + b.
@@ -319,9 +401,12 @@ ATTN_API attn_status attn_merge(attn_context *ctx, const attn_tensor *out_a,
  *   wv [n_kv_heads*head_dim, d_kv]     bv [n_kv_heads*head_dim]
  *   wo [d_model, n_heads*head_dim]     bo [d_model]
  * or, instead of wq/wk/wv, one packed in_proj [(n_heads+2*n_kv_heads)*head_dim,
- * d_model] (rows q, then k, then v, as nn.MultiheadAttention's in_proj_weight)
- * with in_bias; the packed form needs d_kv == d_model. Biases are required
- * exactly when desc.bias is true. Each weight keeps its own element type
+ * d_model] (rows q, then k, then v, as nn.MultiheadAttention's in_proj_weight,
+ * Phi-3's qkv_proj) with in_bias; the packed form needs d_kv == d_model.
+ * Biases are required exactly when desc.bias is true, or (0.4) for the
+ * projections desc.biases names (in_bias: q, k and v together); a weight in
+ * desc.transposed is given [in, out] (GPT-2's Conv1D, y = x W + b) and read
+ * through strides, never copied. Each weight keeps its own element type
  * (f32, f16 or bf16, as stored in a checkpoint). */
 typedef struct attn_mha_desc {
   size_t struct_size; /* sizeof(attn_mha_desc), set by ATTN_MHA_DESC_INIT */
@@ -342,7 +427,30 @@ typedef struct attn_mha_desc {
    * and a KV cache's default). */
   attn_dtype dtype;
   attn_dtype kv_dtype;
+  /* 0.4: the attention layers of real models. Every field zero means 0.3's
+   * graph. The nodes then are: project q, k, v; norm q, k (QK-norm); rotate
+   * q, k (RoPE); sdpa; project out. */
+  unsigned biases;      /* ATTN_PROJ_* of the projections that have a bias (bias = true: all) */
+  unsigned transposed;  /* ATTN_PROJ_* whose weight is stored [in, out] (GPT-2's Conv1D),
+                           read through strides: wq [d_model, Hq*D], ..., in_proj [d_model, rows] */
+  const attn_tensor *q_norm, *k_norm; /* [head_dim] RMSNorm weights per head, or NULL */
+  float norm_eps;       /* their epsilon (> 0 when either is given) */
+  bool norm_offset;     /* gain 1 + w (Gemma) instead of w */
+  const attn_rope_config *rope; /* NULL or type NONE: no RoPE; copied at creation */
+  bool has_scale;       /* the logit scale; default 1/sqrt(head_dim) */
+  float scale;
+  bool has_window;      /* sliding window, as attn_sdpa_args */
+  int64_t window_left, window_right;
+  float softcap;        /* > 0: cap the logits */
+  const float *alibi_slopes; /* host [n_heads] or NULL; copied at creation */
+  const float *sinks;        /* host [n_heads] or NULL; copied at creation */
 } attn_mha_desc;
+/* The projections, for desc.biases and desc.transposed. */
+#define ATTN_PROJ_Q 1u
+#define ATTN_PROJ_K 2u
+#define ATTN_PROJ_V 4u
+#define ATTN_PROJ_O 8u
+#define ATTN_PROJ_ALL 15u
 #define ATTN_MHA_DESC_INIT {.struct_size = sizeof(attn_mha_desc)}
 
 typedef struct attn_mha_weights {
@@ -370,6 +478,36 @@ ATTN_API void attn_mha_free(attn_mha *graph);
 ATTN_API attn_status attn_mha_run(attn_mha *graph, const attn_tensor *x,
                                   const attn_tensor *kv_x, attn_tensor *out);
 
+/* 0.4: one run with everything a model's layer takes.
+ *   x [B, S, E], kv_x [B, Skv, Ekv] or NULL (self attention), out [B, S, E]
+ *   attention_mask: host [B, Skv] int32 (Skv = S for self attention), 1 = a
+ *     token, 0 = padding (transformers' attention_mask, nn.MultiheadAttention's
+ *     key_padding_mask inverted): padding keys are hidden from every query.
+ *     Rows of out at padding queries are unspecified. With a cache it covers
+ *     the new tokens, and a padding token stays hidden from later runs.
+ *   position_ids: host [B, S] int32 >= 0, the RoPE positions of the tokens;
+ *     NULL: 0..S-1, or with a cache the row's length + 0..S-1. (Keys of cross
+ *     attention are at 0..Skv-1.) Causality and the window use the indices in
+ *     the (padded) sequence, as transformers does.
+ *   mask, mask_kind: as attn_sdpa_args (no cache, no attention_mask).
+ *   cache: NULL, or a KV cache of this graph (self attention): see below.
+ *   n_new: with a cache, host [B] int32: row b appends its first n_new[b]
+ *     tokens of x (0..S) and the rest of its rows are ignored (out there is
+ *     unspecified); NULL: S each. */
+typedef struct attn_mha_run_args {
+  size_t struct_size; /* sizeof(attn_mha_run_args), set by ATTN_MHA_RUN_ARGS_INIT */
+  const attn_tensor *x, *kv_x;
+  attn_tensor *out;
+  const int32_t *attention_mask;
+  const int32_t *position_ids;
+  const attn_tensor *mask;
+  attn_mask_kind mask_kind;
+  struct attn_kv_cache *cache;
+  const int32_t *n_new;
+} attn_mha_run_args;
+#define ATTN_MHA_RUN_ARGS_INIT {.struct_size = sizeof(attn_mha_run_args)}
+ATTN_API attn_status attn_mha_run_ex(attn_mha *graph, const attn_mha_run_args *args);
+
 /* Time spent in each node by the last run, in the order they ran (host wall
  * time with a device synchronisation after each node when profiling is on;
  * 0 otherwise). Node names: "project_q", "project_k", "project_v", "sdpa",
@@ -396,7 +534,11 @@ ATTN_API double attn_mha_profile_ms(const attn_mha_profile *p, const char *node)
  * (causal per the graph's desc, aligned bottom-right). Decoding token by token
  * gives the same outputs as one causal pass over the whole sequence. A run
  * that would exceed the capacity fails with ATTN_ERR_CAPACITY and changes
- * nothing. */
+ * nothing.
+ * 0.4: every row (sequence) of the batch has its own length: a run appends
+ * n_new[b] tokens to row b (attn_mha_run_ex), keys normed and rotated at
+ * their absolute positions before they are stored; a row can be truncated
+ * back to a shorter length (speculative decoding) or reset alone. */
 typedef struct attn_kv_cache attn_kv_cache;
 /* The cache stores keys and values as the graph's desc.kv_dtype; the _typed
  * form chooses (an f16 or bf16 cache under f32 activations halves its memory
@@ -407,9 +549,18 @@ ATTN_API attn_status attn_kv_cache_create_typed(attn_mha *graph, int64_t batch,
                                                 int64_t capacity, attn_dtype dtype,
                                                 attn_kv_cache **cache);
 ATTN_API void attn_kv_cache_free(attn_kv_cache *cache);
+/* The length of the longest row (every row's, unless n_new or truncation made
+ * them differ). */
 ATTN_API int64_t attn_kv_cache_length(const attn_kv_cache *cache);
 ATTN_API int64_t attn_kv_cache_capacity(const attn_kv_cache *cache);
+/* Every row back to length 0. */
 ATTN_API void attn_kv_cache_reset(attn_kv_cache *cache);
+/* 0.4: row's length (-1 for a NULL cache or a row out of range). */
+ATTN_API int64_t attn_kv_cache_row_length(const attn_kv_cache *cache, int64_t row);
+/* 0.4: forget row's tokens from length on (0 <= length <= its length). */
+ATTN_API attn_status attn_kv_cache_truncate(attn_kv_cache *cache, int64_t row, int64_t length);
+/* 0.4: row back to length 0, the others untouched. */
+ATTN_API attn_status attn_kv_cache_reset_row(attn_kv_cache *cache, int64_t row);
 /* x [B, S, E] with B == the cache's batch; out [B, S, E]. */
 ATTN_API attn_status attn_mha_run_cached(attn_mha *graph, attn_kv_cache *cache,
                                          const attn_tensor *x, attn_tensor *out);

@@ -29,13 +29,16 @@
 extern "C" {
 #endif
 
-/* ABI 2.2. Major 2 replaced 1.x's per-stage slots with run(stage, desc) and
+/* ABI 2.3. Major 2 replaced 1.x's per-stage slots with run(stage, desc) and
  * gave views an element type and descriptors a {struct_size, features}
  * header; minor 1 added 16-bit storage (ATTN_FEAT_F16 / ATTN_FEAT_BF16);
  * minor 2 added the SDPA options of real models (positions, windows,
  * softcap, ALiBi, sinks: ATTN_FEAT_POSITIONS .. ATTN_FEAT_SINKS, with the
  * descriptor fields after `lse`), masks broadcast over queries, and the
- * merge stage (ATTN_STAGE_MERGE).
+ * merge stage (ATTN_STAGE_MERGE); minor 3 added the stages of a model's
+ * attention layer around SDPA: rotary position embedding (ATTN_STAGE_ROPE,
+ * ATTN_FEAT_ROPE_INTERLEAVED) and RMSNorm (ATTN_STAGE_RMSNORM,
+ * ATTN_FEAT_NORM_OFFSET).
  *
  * Growing the ABI (rules for the core and for backend authors):
  *  - A new option of a stage is a new ATTN_FEAT_* bit, a new minor version and,
@@ -50,7 +53,7 @@ extern "C" {
  *    the shorter descriptor, whose missing fields mean "option not used".
  *  - A new stage is a new attn_stage value and descriptor, not a new slot. */
 #define ATTN_ABI_MAJOR 2
-#define ATTN_ABI_MINOR 2
+#define ATTN_ABI_MINOR 3
 
 /* Services the core offers to backends. */
 typedef struct attn_host {
@@ -96,7 +99,9 @@ typedef struct attn_view {
 #define ATTN_FEAT_SOFTCAP (1ull << 11)      /* sdpa: softcap (ABI 2.2) */
 #define ATTN_FEAT_ALIBI (1ull << 12)        /* sdpa: ALiBi slopes (ABI 2.2) */
 #define ATTN_FEAT_SINKS (1ull << 13)        /* sdpa: attention sinks (ABI 2.2) */
-#define ATTN_FEAT_COUNT 14
+#define ATTN_FEAT_ROPE_INTERLEAVED (1ull << 14) /* rope: GPT-J pairs (2i, 2i+1) (ABI 2.3) */
+#define ATTN_FEAT_NORM_OFFSET (1ull << 15)  /* rmsnorm: gain 1 + w (Gemma) (ABI 2.3) */
+#define ATTN_FEAT_COUNT 16
 /* Every bit this SDK knows. */
 #define ATTN_FEAT_KNOWN ((1ull << ATTN_FEAT_COUNT) - 1)
 
@@ -104,7 +109,7 @@ typedef struct attn_view {
  * SDK does not know is newer than it. */
 static inline unsigned attn_feature_minor(int bit) {
   if (bit < 0 || bit >= ATTN_FEAT_COUNT) return ATTN_ABI_MINOR + 1;
-  return bit >= 9 ? 2 : bit == 7 || bit == 8 ? 1 : 0;
+  return bit >= 14 ? 3 : bit >= 9 ? 2 : bit == 7 || bit == 8 ? 1 : 0;
 }
 
 /* "causal", "bf16 storage", ... for messages; "feature bit N" if unknown. The
@@ -113,7 +118,7 @@ static inline const char *attn_feature_name(int bit, char *buf, size_t len) {
   static const char *const names[ATTN_FEAT_COUNT] = {
       "bool mask", "additive mask", "causal", "kv_lens", "weights output", "lse output",
       "bias",      "f16 storage",   "bf16 storage", "positions", "window",
-      "softcap",   "alibi",         "sinks"};
+      "softcap",   "alibi",         "sinks",        "interleaved rope", "norm offset (1 + w)"};
   if (bit >= 0 && bit < ATTN_FEAT_COUNT) return names[bit];
   if (buf && len) {
     int n = 0;
@@ -191,11 +196,53 @@ typedef struct attn_merge_desc {
   attn_view out_a, lse_a, out_b, lse_b, out, lse;
 } attn_merge_desc;
 
+/* ABI 2.3. Rotary position embedding of x [B, H, S, D] into y [B, H, S, D]
+ * (y may be the very view x: rotate in place; any other overlap is refused
+ * by the core). Token (b, s) is at position p = positions[b * S + s] (host
+ * memory, B * S entries, each in [0, P)); with r = rot_dim (even,
+ * 2 <= r <= D) and i < r/2, the pair (a, c) is (i, i + r/2) (half split:
+ * NeoX, Llama's rotate_half) or, with ATTN_FEAT_ROPE_INTERLEAVED, (2i, 2i+1)
+ * (GPT-J):
+ *   y[a] = x[a] cos[p, i] - x[c] sin[p, i]
+ *   y[c] = x[c] cos[p, i] + x[a] sin[p, i]
+ * and dims r..D-1 are copied. cos, sin [1, 1, P, r/2] f32 (any scaling, such
+ * as YaRN's attention factor, already folded in). x and y may be f32, f16 or
+ * bf16. Read both elements of a pair before writing either. */
+typedef struct attn_rope_desc {
+  size_t struct_size; /* sizeof as the core saw it */
+  uint64_t features;  /* ATTN_FEAT_ROPE_INTERLEAVED, _F16, _BF16 */
+  attn_view x, y;
+  attn_view cos, sin;
+  const int32_t *positions;
+  int64_t rot_dim;
+} attn_rope_desc;
+
+/* ABI 2.3. RMSNorm over the last dim of x [B, H, S, D] (per head: QK-norm):
+ *   y = x / sqrt(mean_d(x^2) + eps) * g,   g = w, or 1 + w with ATTN_FEAT_NORM_OFFSET
+ * weight [1, 1, 1, D]; x, weight and y may be f32, f16 or bf16; y may be the
+ * very view x. Accumulate in at least fp32. */
+typedef struct attn_rmsnorm_desc {
+  size_t struct_size; /* sizeof as the core saw it */
+  uint64_t features;  /* ATTN_FEAT_NORM_OFFSET, _F16, _BF16 */
+  attn_view x, weight, y;
+  float eps; /* > 0 and finite */
+} attn_rmsnorm_desc;
+
 typedef enum attn_stage {
   ATTN_STAGE_LINEAR = 1, /* desc is const attn_linear_desc * */
   ATTN_STAGE_SDPA = 2,   /* desc is const attn_sdpa_desc * */
-  ATTN_STAGE_MERGE = 3   /* desc is const attn_merge_desc * (ABI 2.2) */
+  ATTN_STAGE_MERGE = 3,  /* desc is const attn_merge_desc * (ABI 2.2) */
+  ATTN_STAGE_ROPE = 4,   /* desc is const attn_rope_desc * (ABI 2.3) */
+  ATTN_STAGE_RMSNORM = 5 /* desc is const attn_rmsnorm_desc * (ABI 2.3) */
 } attn_stage;
+
+/* The ABI minor version that introduced a stage (a core never sends a module
+ * a stage newer than its abi_minor). */
+static inline unsigned attn_stage_minor(attn_stage stage) {
+  return stage == ATTN_STAGE_ROPE || stage == ATTN_STAGE_RMSNORM ? 3
+         : stage == ATTN_STAGE_MERGE                            ? 2
+                                                                : 0;
+}
 
 /* ---- Shared rules, written once for every C backend -------------------- */
 

@@ -7,6 +7,8 @@
  *   TP_ABI_1       a module of the 1.x ABI (abi 1.2): refused, naming 1.2, 2 and the file
  *   TP_ABI_2_0     built as if against the 2.0 SDK (abi_minor 0, no 16-bit storage):
  *                  the core must refuse f16/bf16 calls itself, before calling it
+ *   TP_ABI_2_2     built as if against the 2.2 SDK (abi_minor 2): the core must
+ *                  refuse the 2.3 stages (rope, rmsnorm) and bits itself
  *   TP_NO_BF16     an ABI 2.1 module whose linear does f16 but not bf16: its
  *                  supports() must refuse the bf16 bit by name
  *   TP_NO_ENTRY    the entry symbol has another name: refused
@@ -221,6 +223,9 @@ static const attn_backend_vtable vtable = {
 #elif defined(TP_ABI_2_0)
     .abi_major = ATTN_ABI_MAJOR,
     .abi_minor = 0,
+#elif defined(TP_ABI_2_2)
+    .abi_major = ATTN_ABI_MAJOR,
+    .abi_minor = 2,
 #else
     .abi_major = ATTN_ABI_MAJOR,
     .abi_minor = ATTN_ABI_MINOR,

@@ -314,7 +314,7 @@ static void test_help_version(void **state) {
   assert_non_null(strstr(r.out, "mha"));
   RUN(&r, "--version");
   spawn_expect_status(&r, 0);
-  assert_non_null(strstr(r.out, "0.3.0"));
+  assert_non_null(strstr(r.out, "0.4.0"));
   RUN(&r, "run", "--help");
   spawn_expect_status(&r, 0);
   assert_non_null(strstr(r.out, "--kv-lens"));

@@ -31,7 +31,7 @@ static void plugin_path(char *dst, size_t size, const char *name) {
 }
 
 /* Modules in plugin_dir that load, and that are refused. */
-#define NGOOD 7
+#define NGOOD 8
 #define NBAD 4
 
 static const attn_backend *find_be(const attn_registry *reg, const char *name) {
@@ -113,7 +113,7 @@ static void test_badabi(void **state) {
  * both versions, never called. */
 static void test_abi1(void **state) {
   (void)state;
-  expect_refused("tp_abi1", "plugin ABI 1.2", "expects ABI 2.x (at most 2.2)", "rebuild", NULL);
+  expect_refused("tp_abi1", "plugin ABI 1.2", "expects ABI 2.x (at most 2.3)", "rebuild", NULL);
 }
 
 static void test_noentry(void **state) {
@@ -164,7 +164,7 @@ static void test_whole_dir(void **state) {
   attn_registry reg;
   assert_int_equal(attn__registry_scan(plugin_dir, &reg), ATTN_OK);
   /* Loaded in sorted file name order. */
-  const char *loaded[] = {"template",  "tp_abi20",    "tp_allocfail", "tp_good",
+  const char *loaded[] = {"template",  "tp_abi20", "tp_abi22",   "tp_allocfail", "tp_good",
                           "tp_nobf16", "tp_openfail", "tp_probe0"};
   assert_int_equal(reg.nbackends, NGOOD);
   for (int i = 0; i < NGOOD; i++) assert_string_equal(reg.backends[i].name, loaded[i]);
@@ -725,6 +725,61 @@ static void test_abi22_options(void **state) {
   attn_close(ctx);
 }
 
+/* The stages of ABI 2.3 (rope, rmsnorm) and their bits are never sent to an
+ * older module: the core refuses them itself, naming the module's version
+ * and the stage's; a current module that lacks a stage refuses it in
+ * supports(). */
+static void test_abi23_stages(void **state) {
+  (void)state;
+  const char *be[2] = {"tp_abi22", "tp_abi20"};
+  const char *ver[2] = {"(ABI 2.2)", "(ABI 2.0)"};
+  for (int i = 0; i < 2; i++) {
+    attn_context *ctx = NULL;
+    assert_int_equal(attn_open(be[i], &ctx), ATTN_OK);
+    const int64_t xs[4] = {1, 2, 3, 8}, ws[1] = {8};
+    attn_tensor *x, *w;
+    assert_int_equal(attn_tensor_create(ctx, 4, xs, &x), ATTN_OK);
+    assert_int_equal(attn_tensor_create(ctx, 1, ws, &w), ATTN_OK);
+    attn_rope_config c = ATTN_ROPE_CONFIG_INIT;
+    c.type = ATTN_ROPE_DEFAULT;
+    attn_rope_args a = ATTN_ROPE_ARGS_INIT;
+    a.x = x, a.y = x, a.rope = &c;
+    char want[128];
+    assert_int_equal(attn_rope(ctx, &a), ATTN_ERR_UNSUPPORTED);
+    snprintf(want, sizeof want, "attn_rope: backend %s %s cannot do rope (ABI 2.3)", be[i], ver[i]);
+    assert_string_equal(attn_last_error(), want);
+    assert_int_equal(attn_rms_norm(ctx, x, w, 1e-6f, true, x), ATTN_ERR_UNSUPPORTED);
+    snprintf(want, sizeof want, "attn_rms_norm: backend %s %s cannot do rmsnorm (ABI 2.3)", be[i],
+             ver[i]);
+    assert_string_equal(attn_last_error(), want);
+    attn_tensor_free(x), attn_tensor_free(w);
+    attn_close(ctx);
+  }
+  /* A 2.2 module still runs what 2.2 has (the linear stage). */
+  assert_int_equal(linear_typed("tp_abi22", ATTN_BF16, sizeof(attn_linear_desc)), ATTN_OK);
+  /* A current module without the stage says so itself. */
+  attn_context *ctx = NULL;
+  assert_int_equal(attn_open("tp_good", &ctx), ATTN_OK);
+  const int64_t xs[4] = {1, 1, 2, 4}, ws[1] = {4};
+  attn_tensor *x, *w;
+  assert_int_equal(attn_tensor_create(ctx, 4, xs, &x), ATTN_OK);
+  assert_int_equal(attn_tensor_create(ctx, 1, ws, &w), ATTN_OK);
+  assert_int_equal(attn_rms_norm(ctx, x, w, 1e-6f, false, x), ATTN_ERR_UNSUPPORTED);
+  assert_contains(attn_last_error(), "backend tp_good (tp_good:0) cannot run this rmsnorm");
+  attn_tensor_free(x), attn_tensor_free(w);
+  attn_close(ctx);
+  /* The bits of 2.3 */
+  assert_int_equal(attn_feature_minor(14), 3);
+  assert_int_equal(attn_feature_minor(15), 3);
+  assert_int_equal(attn_feature_minor(13), 2);
+  assert_int_equal(attn_stage_minor(ATTN_STAGE_ROPE), 3);
+  assert_int_equal(attn_stage_minor(ATTN_STAGE_RMSNORM), 3);
+  assert_int_equal(attn_stage_minor(ATTN_STAGE_MERGE), 2);
+  char buf[32];
+  assert_string_equal(attn_feature_name(14, buf, sizeof buf), "interleaved rope");
+  assert_string_equal(attn_feature_name(15, buf, sizeof buf), "norm offset (1 + w)");
+}
+
 static void test_abi_features(void **state) {
   (void)state;
   /* A module built against the 2.0 SDK is never sent 16-bit storage: the
@@ -959,6 +1014,7 @@ int main(void) {
       cmocka_unit_test(test_abi1),
       cmocka_unit_test(test_abi_features),
       cmocka_unit_test(test_abi22_options),
+      cmocka_unit_test(test_abi23_stages),
       cmocka_unit_test(test_feature_names),
       cmocka_unit_test(test_noentry),
       cmocka_unit_test(test_nullslot),

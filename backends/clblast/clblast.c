@@ -265,6 +265,17 @@ static attn_status clb_supports(attn_backend_ctx *c, attn_stage stage, const voi
     snprintf(why, why_len, "clblast: merge cannot do %s", attn_feature_name(bit, buf, sizeof buf));
     return ATTN_ERR_UNSUPPORTED;
   }
+  if (stage == ATTN_STAGE_ROPE || stage == ATTN_STAGE_RMSNORM) {
+    const int rope = stage == ATTN_STAGE_ROPE;
+    const uint64_t f = rope ? ((const attn_rope_desc *)desc)->features
+                            : ((const attn_rmsnorm_desc *)desc)->features;
+    const int bit = attn_feature_unknown(f, rope ? CLRT_ROPE_FEATURES : CLRT_RMSNORM_FEATURES);
+    if (bit < 0) return ATTN_OK;
+    char buf[32];
+    snprintf(why, why_len, "clblast: %s cannot do %s", rope ? "rope" : "rmsnorm",
+             attn_feature_name(bit, buf, sizeof buf));
+    return ATTN_ERR_UNSUPPORTED;
+  }
   if (stage == ATTN_STAGE_LINEAR || stage == ATTN_STAGE_SDPA) {
     const uint64_t f = stage == ATTN_STAGE_LINEAR ? ((const attn_linear_desc *)desc)->features
                                                   : ((const attn_sdpa_desc *)desc)->features;
@@ -819,6 +830,9 @@ static attn_status clb_sdpa(attn_backend_ctx *c, const attn_sdpa_desc *d) {
 
 static attn_status clb_run(attn_backend_ctx *c, attn_stage stage, const void *desc) {
   if (stage == ATTN_STAGE_MERGE) return clrt_merge(&c->cl, desc);
+  /* The shared kernels of kernels/rope.cl read every dtype themselves. */
+  if (stage == ATTN_STAGE_ROPE) return clrt_rope(&c->cl, desc);
+  if (stage == ATTN_STAGE_RMSNORM) return clrt_rmsnorm(&c->cl, desc);
   return stage == ATTN_STAGE_SDPA ? clb_sdpa(c, desc) : clb_linear(c, desc);
 }
 

@@ -1,6 +1,7 @@
 /* What every OpenCL backend's attention kernels share on the host side: the
- * SDPA options as kernel arguments (kernels/common.cl, ATTN_OPTS_PARAMS) and
- * the merge stage (kernels/merge.cl). */
+ * SDPA options as kernel arguments (kernels/common.cl, ATTN_OPTS_PARAMS), the
+ * merge stage (kernels/merge.cl), and the rope and rmsnorm stages
+ * (kernels/rope.cl). */
 #include <stdio.h>
 #include <string.h>
 
@@ -106,6 +107,70 @@ attn_status clrt_merge(clrt_ctx *c, const attn_merge_desc *d) {
                     CLRT_ARG(b_st), CLRT_ARG(lb), CLRT_ARG(lb_off), CLRT_ARG(lb_st), CLRT_ARG(o),
                     CLRT_ARG(o_off), CLRT_ARG(o_st), CLRT_ARG(l), CLRT_ARG(l_off),
                     CLRT_ARG(l_st), CLRT_ARG(has_lse), CLRT_ARG(H_), CLRT_ARG(S_), CLRT_ARG(Dv_));
+  if (s != ATTN_OK) return s;
+  size_t global[3] = {(size_t)S, (size_t)H, (size_t)B};
+  return clrt_enqueue(c, k, 3, global, NULL);
+}
+
+/* The rows of a [B, H, S, D] stage view, one work-item each: dims must fit int. */
+static attn_status rows_fit(const attn_view *v, const char *stage) {
+  for (int i = 0; i < 4; i++)
+    if (v->shape[i] > INT32_MAX)
+      return clrt_host()->error(ATTN_ERR_UNSUPPORTED, "%s: dims must fit in 32-bit ints", stage);
+  return ATTN_OK;
+}
+
+attn_status clrt_rope(clrt_ctx *c, const attn_rope_desc *d) {
+  const int64_t B = d->x.shape[0], H = d->x.shape[1], S = d->x.shape[2], D = d->x.shape[3];
+  attn_status s = rows_fit(&d->x, "rope");
+  if (s != ATTN_OK) return s;
+  char opts[64] = "";
+  clrt_dtype_option(opts, sizeof opts, "XT", &d->x);
+  clrt_dtype_option(opts, sizeof opts, "YT", &d->y);
+  cl_kernel k;
+  if ((s = clrt_kernel_get(c, "rope", opts, "attn_rope", &k)) != ATTN_OK) return s;
+  /* The positions live in host memory the caller may reuse once we return. */
+  cl_mem pos;
+  s = clrt_scratch_alloc(c, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR,
+                         (size_t)(B * S) * sizeof(cl_int), (void *)d->positions,
+                         "rope: the positions", &pos);
+  if (s != ATTN_OK) return s;
+  cl_mem x = d->x.buf->mem, y = d->y.buf->mem, cs = d->cos.buf->mem, sn = d->sin.buf->mem;
+  cl_long x_off = d->x.offset, y_off = d->y.offset, c_off = d->cos.offset, s_off = d->sin.offset;
+  cl_long4 x_st = strides4(&d->x), y_st = strides4(&d->y), c_st = strides4(&d->cos),
+           s_st = strides4(&d->sin);
+  cl_int S_ = (cl_int)S, D_ = (cl_int)D, half = (cl_int)(d->rot_dim / 2),
+         inter = (d->features & ATTN_FEAT_ROPE_INTERLEAVED) != 0;
+  s = clrt_set_args(k, 17, CLRT_ARG(x), CLRT_ARG(x_off), CLRT_ARG(x_st), CLRT_ARG(y),
+                    CLRT_ARG(y_off), CLRT_ARG(y_st), CLRT_ARG(cs), CLRT_ARG(c_off),
+                    CLRT_ARG(c_st), CLRT_ARG(sn), CLRT_ARG(s_off), CLRT_ARG(s_st), CLRT_ARG(pos),
+                    CLRT_ARG(S_), CLRT_ARG(D_), CLRT_ARG(half), CLRT_ARG(inter));
+  if (s == ATTN_OK) {
+    size_t global[3] = {(size_t)S, (size_t)H, (size_t)B};
+    s = clrt_enqueue(c, k, 3, global, NULL);
+  }
+  clrt_scratch_free(c, pos);
+  return s;
+}
+
+attn_status clrt_rmsnorm(clrt_ctx *c, const attn_rmsnorm_desc *d) {
+  const int64_t B = d->x.shape[0], H = d->x.shape[1], S = d->x.shape[2], D = d->x.shape[3];
+  attn_status s = rows_fit(&d->x, "rmsnorm");
+  if (s != ATTN_OK) return s;
+  char opts[64] = "";
+  clrt_dtype_option(opts, sizeof opts, "XT", &d->x);
+  clrt_dtype_option(opts, sizeof opts, "YT", &d->y);
+  clrt_dtype_option(opts, sizeof opts, "WT", &d->weight);
+  cl_kernel k;
+  if ((s = clrt_kernel_get(c, "rope", opts, "attn_rmsnorm", &k)) != ATTN_OK) return s;
+  cl_mem x = d->x.buf->mem, w = d->weight.buf->mem, y = d->y.buf->mem;
+  cl_long x_off = d->x.offset, w_off = d->weight.offset, y_off = d->y.offset;
+  cl_long4 x_st = strides4(&d->x), w_st = strides4(&d->weight), y_st = strides4(&d->y);
+  cl_int D_ = (cl_int)D;
+  cl_float eps = d->eps, offset = (d->features & ATTN_FEAT_NORM_OFFSET) ? 1.0f : 0.0f;
+  s = clrt_set_args(k, 12, CLRT_ARG(x), CLRT_ARG(x_off), CLRT_ARG(x_st), CLRT_ARG(w),
+                    CLRT_ARG(w_off), CLRT_ARG(w_st), CLRT_ARG(y), CLRT_ARG(y_off),
+                    CLRT_ARG(y_st), CLRT_ARG(D_), CLRT_ARG(eps), CLRT_ARG(offset));
   if (s != ATTN_OK) return s;
   size_t global[3] = {(size_t)S, (size_t)H, (size_t)B};
   return clrt_enqueue(c, k, 3, global, NULL);

@@ -327,5 +327,11 @@ CLRT_INTERNAL void clrt_dtype_option(char *buf, size_t len, const char *name,
                                      const attn_view *v);
 /* The merge stage (kernels/merge.cl), for every OpenCL backend. */
 CLRT_INTERNAL attn_status clrt_merge(clrt_ctx *c, const attn_merge_desc *d);
+/* The rope and rmsnorm stages (kernels/rope.cl, ABI 2.3), for every OpenCL
+ * backend: every feature of their descriptors, every dtype. */
+#define CLRT_ROPE_FEATURES (ATTN_FEAT_ROPE_INTERLEAVED | ATTN_FEAT_F16 | ATTN_FEAT_BF16)
+#define CLRT_RMSNORM_FEATURES (ATTN_FEAT_NORM_OFFSET | ATTN_FEAT_F16 | ATTN_FEAT_BF16)
+CLRT_INTERNAL attn_status clrt_rope(clrt_ctx *c, const attn_rope_desc *d);
+CLRT_INTERNAL attn_status clrt_rmsnorm(clrt_ctx *c, const attn_rmsnorm_desc *d);
 
 #endif /* ATTN_CLRT_H */

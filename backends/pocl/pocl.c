@@ -151,6 +151,14 @@ static attn_status pocl_supports(attn_backend_ctx *c, attn_stage stage, const vo
     if (bit >= 0) return refuse_feature(why, why_len, "merge", bit);
     return ATTN_OK;
   }
+  if (stage == ATTN_STAGE_ROPE || stage == ATTN_STAGE_RMSNORM) {
+    const int rope = stage == ATTN_STAGE_ROPE;
+    const uint64_t f = rope ? ((const attn_rope_desc *)desc)->features
+                            : ((const attn_rmsnorm_desc *)desc)->features;
+    const int bit = attn_feature_unknown(f, rope ? CLRT_ROPE_FEATURES : CLRT_RMSNORM_FEATURES);
+    if (bit >= 0) return refuse_feature(why, why_len, rope ? "rope" : "rmsnorm", bit);
+    return ATTN_OK;
+  }
   return unsupported(why, why_len, "pocl: unknown stage");
 }
 
@@ -314,6 +322,8 @@ static attn_status pocl_sdpa(attn_backend_ctx *c, const attn_sdpa_desc *d) {
 
 static attn_status pocl_run(attn_backend_ctx *c, attn_stage stage, const void *desc) {
   if (stage == ATTN_STAGE_MERGE) return clrt_merge(&c->cl, desc);
+  if (stage == ATTN_STAGE_ROPE) return clrt_rope(&c->cl, desc);
+  if (stage == ATTN_STAGE_RMSNORM) return clrt_rmsnorm(&c->cl, desc);
   return stage == ATTN_STAGE_SDPA ? pocl_sdpa(c, desc) : pocl_linear(c, desc);
 }
 

@@ -131,7 +131,7 @@ static attn_status ref_buffer_read(attn_backend_ctx *ctx, attn_buffer *buf, size
 
 /* ---- stages ---------------------------------------------------------------- */
 
-/* Every feature of ABI 2.2, every dtype on every operand. */
+/* Every feature of ABI 2.3, every dtype on every operand. */
 #define REF_FEATURES ATTN_FEAT_KNOWN
 
 static attn_status ref_supports(attn_backend_ctx *ctx, attn_stage stage, const void *desc,
@@ -141,6 +141,8 @@ static attn_status ref_supports(attn_backend_ctx *ctx, attn_stage stage, const v
   if (stage == ATTN_STAGE_LINEAR) features = ((const attn_linear_desc *)desc)->features;
   else if (stage == ATTN_STAGE_SDPA) features = ((const attn_sdpa_desc *)desc)->features;
   else if (stage == ATTN_STAGE_MERGE) features = ((const attn_merge_desc *)desc)->features;
+  else if (stage == ATTN_STAGE_ROPE) features = ((const attn_rope_desc *)desc)->features;
+  else if (stage == ATTN_STAGE_RMSNORM) features = ((const attn_rmsnorm_desc *)desc)->features;
   else {
     snprintf(why, why_len, "ref: unknown stage %d", (int)stage);
     return ATTN_ERR_UNSUPPORTED;
@@ -401,9 +403,57 @@ static attn_status ref_merge(const attn_merge_desc *d) {
   return ATTN_OK;
 }
 
+/* Rotate each row (b, h, s) of x into y: the pair (a, c) of dim i is
+ * (i, i + r/2), or (2i, 2i+1) interleaved; both are read before either is
+ * written, so y may be x. Dims past r are copied. */
+static attn_status ref_rope(const attn_rope_desc *d) {
+  const int64_t B = d->x.shape[0], H = d->x.shape[1], S = d->x.shape[2], D = d->x.shape[3];
+  const int64_t half = d->rot_dim / 2;
+  const bool inter = (d->features & ATTN_FEAT_ROPE_INTERLEAVED) != 0;
+  for (int64_t b = 0; b < B; b++)
+    for (int64_t h = 0; h < H; h++)
+      for (int64_t s = 0; s < S; s++) {
+        const int64_t p = d->positions[b * S + s];
+        for (int64_t i = 0; i < half; i++) {
+          const int64_t a = inter ? 2 * i : i, c = inter ? 2 * i + 1 : i + half;
+          const double cs = ld(&d->cos, idx(&d->cos, 0, 0, p, i));
+          const double sn = ld(&d->sin, idx(&d->sin, 0, 0, p, i));
+          const double xa = ld(&d->x, idx(&d->x, b, h, s, a)), xc = ld(&d->x, idx(&d->x, b, h, s, c));
+          st(&d->y, idx(&d->y, b, h, s, a), xa * cs - xc * sn);
+          st(&d->y, idx(&d->y, b, h, s, c), xc * cs + xa * sn);
+        }
+        for (int64_t e = d->rot_dim; e < D; e++)
+          st(&d->y, idx(&d->y, b, h, s, e), ld(&d->x, idx(&d->x, b, h, s, e)));
+      }
+  return ATTN_OK;
+}
+
+/* y = x / sqrt(mean(x^2) + eps) * g per row of D, in double. */
+static attn_status ref_rmsnorm(const attn_rmsnorm_desc *d) {
+  const int64_t B = d->x.shape[0], H = d->x.shape[1], S = d->x.shape[2], D = d->x.shape[3];
+  const double off = (d->features & ATTN_FEAT_NORM_OFFSET) ? 1.0 : 0.0;
+  double *row = malloc((size_t)D * sizeof *row);
+  if (!row) return host->error(ATTN_ERR_NOMEM, "ref: out of host memory for a row of %lld", (long long)D);
+  for (int64_t b = 0; b < B; b++)
+    for (int64_t h = 0; h < H; h++)
+      for (int64_t s = 0; s < S; s++) {
+        load_row(&d->x, idx(&d->x, b, h, s, 0), d->x.strides[3], D, row);
+        double ss = 0;
+        for (int64_t e = 0; e < D; e++) ss += row[e] * row[e];
+        const double inv = 1.0 / sqrt(ss / (double)D + (double)d->eps);
+        for (int64_t e = 0; e < D; e++)
+          st(&d->y, idx(&d->y, b, h, s, e),
+             row[e] * inv * (off + ld(&d->weight, idx(&d->weight, 0, 0, 0, e))));
+      }
+  free(row);
+  return ATTN_OK;
+}
+
 static attn_status ref_run(attn_backend_ctx *ctx, attn_stage stage, const void *desc) {
   (void)ctx;
   if (stage == ATTN_STAGE_MERGE) return ref_merge(desc);
+  if (stage == ATTN_STAGE_ROPE) return ref_rope(desc);
+  if (stage == ATTN_STAGE_RMSNORM) return ref_rmsnorm(desc);
   return stage == ATTN_STAGE_SDPA ? ref_sdpa(desc) : ref_linear(desc);
 }
 
