@@ -67,14 +67,16 @@ show_failed_logs() {
 }
 
 case " $STEPS " in *" asan "*)
-  # (a) ASan + UBSan over the whole suite. LSan suppressions and UBSan's
+  # (a) ASan + UBSan over the whole suite (tests/clblast-fused.sh in its
+  # short form, ATTN_FUSED_QUICK=1: its other passes add only kernel
+  # variants, which the sanitizers do not see). LSan suppressions and UBSan's
   # halt_on_error come from AM_TESTS_ENVIRONMENT (Makefile.am).
   step_start "ASan+UBSan build and make check in _asan"
   mkdir -p _asan
   (cd _asan && "$BSRC/configure" -q --enable-sanitizers CFLAGS="-g -O1") ||
     fail "configure --enable-sanitizers"
   make -C _asan -s -j"$JOBS" >/dev/null || fail "sanitizer build"
-  if ! ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 make -C _asan -s -j"$JOBS" check; then
+  if ! ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 ATTN_FUSED_QUICK=1 make -C _asan -s -j"$JOBS" check; then
     # LeakSanitizer's exit-time stop-the-world tracer sometimes crashes
     # (SIGSEGV in the tracer itself, "LeakSanitizer has encountered a fatal
     # error") after every test of a suite has passed: a known LSan failure
@@ -114,7 +116,7 @@ case " $STEPS " in *" asan "*)
       touch _asan/.rerun-stamp
       sleep 1
       if ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 ATTN_LSAN_EXTRA=verbosity=1:log_threads=1 \
-        make -C _asan -s check TESTS="$rerun"; then
+        ATTN_FUSED_QUICK=1 make -C _asan -s check TESTS="$rerun"; then
         rerun=""
         break
       fi
@@ -133,7 +135,7 @@ case " $STEPS " in *" asan "*)
       done
       echo "ci-hardening: WARNING: LeakSanitizer's tracer crashed in every run of:$rerun;" \
         "running it with the leak check off (ASan and UBSan still on)"
-      if ! ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 make -C _asan -s check TESTS="$rerun"; then
+      if ! ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 ATTN_FUSED_QUICK=1 make -C _asan -s check TESTS="$rerun"; then
         show_failed_logs _asan
         fail "make check under ASan+UBSan"
       fi

@@ -22,6 +22,14 @@ run() { # label, then env assignments and the suite
     fail=1
   fi
 }
+# ATTN_FUSED_QUICK=1 (tests/ci-hardening.sh's sanitizer run, where every
+# pass costs several times more): the default tiles through test_sdpa and
+# test_clblast_dtype only, which reach all of flash.c.
+if [ -n "${ATTN_FUSED_QUICK:-}" ]; then
+  run "default tiles" ./tests/test_sdpa
+  run "default tiles" ./tests/test_clblast_dtype
+  exit $fail
+fi
 for t in test_sdpa test_clblast test_clblast_dtype test_dtype; do
   run "default tiles" "./tests/$t"
 done

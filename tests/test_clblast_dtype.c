@@ -455,8 +455,11 @@ static void mha_f16_weights(void **state) {
  * temporary file for the one call, then read back. */
 static void debug_line_names_path(void **state) {
   (void)state;
-  const int64_t s4[4] = {1, 1, 2, 4};
-  float h[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+  /* 16 query rows: the CPU device's default path for more than 8 is the
+   * GEMM path and its convert step (fewer go to the fused kernel). */
+  const int64_t s4[4] = {1, 1, 16, 4};
+  float h[64];
+  for (int i = 0; i < 64; i++) h[i] = (float)(i % 9) - 4.0f;
   attn_tensor *q = typed_upload(ATTN_BF16, s4, h), *o;
   CHECK_OK(attn_tensor_create_typed(g_ctx, ATTN_F16, 4, s4, &o));
   char path[] = "/tmp/attn_clblast_dtype_XXXXXX";

@@ -64,6 +64,11 @@ static const attn_host *host;
 static clrt_device devices[MAX_DEVICES];
 static int ndevices = -1; /* -1: not enumerated yet */
 
+/* The SDPA paths: the fused kernel (flash.c), CLBlast GEMMs, or the fused
+ * kernel for few query rows (Sq <= CLB_FEW_ROWS) and GEMMs otherwise. */
+typedef enum { CLB_SDPA_FUSED, CLB_SDPA_GEMM, CLB_SDPA_FEW_ROWS } clb_sdpa_path;
+#define CLB_FEW_ROWS 8
+
 struct attn_backend_ctx {
   clrt_ctx cl;
   char opts[64];   /* build options of our kernels (-DSM_WG=...) */
@@ -72,7 +77,7 @@ struct attn_backend_ctx {
   size_t score_budget;  /* bytes one tile of scores may take */
   bool has_fp16;        /* the device reports cl_khr_fp16 (only logged: see convert path) */
   clb_flash_params flash; /* tiles of the fused kernel (flash.c) */
-  bool fused;           /* sdpa runs the fused kernel, not the GEMM path */
+  int sdpa_path;        /* clb_sdpa_path: which SDPA path runs */
 };
 
 /* ---- errors ------------------------------------------------------------------ */
@@ -148,19 +153,20 @@ static bool device_has_fp16(cl_device_id id) {
 static void clb_close(attn_backend_ctx *c);
 
 /* Which SDPA path a context takes: ATTN_CLBLAST_SDPA=fused or =gemm, else
- * the fused kernel on GPUs and accelerators (where it was written for) and
- * the GEMM path on CPU devices, where it measured faster on POCL (see
- * BENCHMARKS.md) and CLBlast is only under test anyway. */
-static bool clb_flash_default(attn_backend_ctx *c) {
+ * the fused kernel on GPUs and accelerators (where it was written for); on
+ * CPU devices the fused kernel for few query rows and the GEMM path for the
+ * rest, as measured on POCL (BENCHMARKS.md: decode Hq=32/8 D=128 Skv=8192
+ * 1.8x faster fused, prefill S=1024 D=64 1.5x faster by GEMM). */
+static clb_sdpa_path clb_flash_default(attn_backend_ctx *c) {
   const char *env = getenv("ATTN_CLBLAST_SDPA");
-  bool fused = !(c->cl.dev.type & CL_DEVICE_TYPE_CPU);
-  if (env && strcmp(env, "fused") == 0) fused = true;
-  if (env && strcmp(env, "gemm") == 0) fused = false;
-  if (fused && !c->flash.usable) {
+  clb_sdpa_path path = c->cl.dev.type & CL_DEVICE_TYPE_CPU ? CLB_SDPA_FEW_ROWS : CLB_SDPA_FUSED;
+  if (env && strcmp(env, "fused") == 0) path = CLB_SDPA_FUSED;
+  if (env && strcmp(env, "gemm") == 0) path = CLB_SDPA_GEMM;
+  if (path != CLB_SDPA_GEMM && !c->flash.usable) {
     host->debug("clblast: the fused kernel cannot run on this device; sdpa uses the GEMM path");
-    fused = false;
+    path = CLB_SDPA_GEMM;
   }
-  return fused;
+  return path;
 }
 
 /* Contexts open in this process (clb_close empties CLBlast's cache at 0). */
@@ -202,7 +208,7 @@ static attn_status clb_open(int index, attn_backend_ctx **out) {
     c->score_budget = (size_t)c->cl.max_alloc;
   c->has_fp16 = device_has_fp16(c->cl.dev.id);
   clb_flash_params_init(&c->cl, &c->flash);
-  c->fused = clb_flash_default(c);
+  c->sdpa_path = (int)clb_flash_default(c);
   /* Build our kernels now so that a broken kernel fails the open, not a run. */
   cl_program prog;
   st = clrt_program_get(&c->cl, KERNELS, c->opts, &prog);
@@ -798,7 +804,9 @@ static attn_status clb_linear(attn_backend_ctx *c, const attn_linear_desc *d) {
 }
 
 static attn_status clb_sdpa(attn_backend_ctx *c, const attn_sdpa_desc *d) {
-  if (c->fused && d->q.shape[3] <= FLASH_MAX_HEAD_DIM && d->v.shape[3] <= FLASH_MAX_HEAD_DIM &&
+  const bool fused = c->sdpa_path == CLB_SDPA_FUSED ||
+                     (c->sdpa_path == CLB_SDPA_FEW_ROWS && d->q.shape[2] <= CLB_FEW_ROWS);
+  if (fused && d->q.shape[3] <= FLASH_MAX_HEAD_DIM && d->v.shape[3] <= FLASH_MAX_HEAD_DIM &&
       d->q.shape[2] <= INT32_MAX && d->k.shape[2] <= INT32_MAX)
     return clb_flash_sdpa(&c->cl, &c->flash, d);
   if (!(d->features & CLB_FEAT_16BIT)) return clb_sdpa_f32(c, d);
