@@ -1,5 +1,6 @@
-/* attn_tune on the pocl backend (backends/pocl/tune.c, backends/opencl/tune.c)
- * and the attn_tune API's argument checks.
+/* attn_tune on the pocl backend (backends/pocl/tune.c, backends/opencl/tune.c),
+ * on the clblast backend's fused-kernel tiles (backends/clblast/tune.c), and
+ * the attn_tune API's argument checks.
  *
  * Every test runs with ATTN_CACHE_DIR pointing at a fresh temporary directory:
  * the quick tune measures every parameter, reports one row per candidate with
@@ -321,6 +322,46 @@ static void bad_arguments(void **state) {
   }
 }
 
+/* The clblast backend's one parameter, its fused kernel's tiles
+ * (backends/clblast/tune.c): measured candidates with one winner, stored,
+ * used by the tuning context and read back by a fresh one, whose fused
+ * kernel (forced: the CPU default for this decode shape is the fused
+ * kernel anyway) then still matches the double-precision oracle. Last in
+ * the run: it adds the cache's second tune entry. */
+static void clblast_tiles(void **state) {
+  (void)state;
+  attn_context *ctx;
+  if (attn_open("clblast", &ctx) != ATTN_OK) skip();
+  attn_tune_report r, sh;
+  CHECK_OK(attn_tune(ctx, ATTN_TUNE_QUICK, &r));
+  assert_true(r.n >= 2);
+  int won = 0;
+  for (int i = 0; i < r.n; i++) {
+    assert_string_equal(r.row[i].param, "flash_tiles");
+    assert_string_equal(r.row[i].source, "measured");
+    assert_true(r.row[i].median_ms > 0);
+    won += r.row[i].chosen;
+  }
+  assert_int_equal(won, 1);
+  const attn_tune_row *win = find_row(&r, "flash_tiles");
+  for (int i = 0; i < r.n; i++) assert_true(r.row[i].median_ms >= win->median_ms);
+  assert_true(r.stored);
+  CHECK_OK(attn_tune(ctx, ATTN_TUNE_SHOW, &sh));
+  assert_int_equal(sh.n, 1);
+  assert_string_equal(sh.row[0].value, win->value);
+  assert_string_equal(sh.row[0].source, "tuned");
+  attn_close(ctx);
+
+  setenv("ATTN_CLBLAST_SDPA", "fused", 1);
+  CHECK_OK(attn_open("clblast", &ctx));
+  unsetenv("ATTN_CLBLAST_SDPA");
+  CHECK_OK(attn_tune(ctx, ATTN_TUNE_SHOW, &sh));
+  assert_string_equal(sh.row[0].value, win->value);
+  assert_string_equal(sh.row[0].source, "cache");
+  check_decode(ctx, "clblast fused decode, tiles from the cache");
+  attn_close(ctx);
+}
+
 int main(void) {
   attn_context *probe;
   if (attn_open("pocl", &probe) != ATTN_OK) {
@@ -343,6 +384,7 @@ int main(void) {
       cmocka_unit_test(corrupt_falls_back),
       cmocka_unit_test(every_candidate),
       cmocka_unit_test(bad_arguments),
+      cmocka_unit_test(clblast_tiles),
   };
   int failed = cmocka_run_group_tests(tests, NULL, NULL);
   /* The temporary cache: flat, our files only. */

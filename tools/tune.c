@@ -75,15 +75,15 @@ int tune_main(int argc, char **argv, const char *default_device) {
 
   printf("device %s (%s)\n", info.selector, info.name);
   if (flags & ATTN_TUNE_SHOW) {
-    printf("%-16s %-8s %s\n", "PARAM", "VALUE", "SOURCE");
+    printf("%-16s %-13s %s\n", "PARAM", "VALUE", "SOURCE");
     for (int i = 0; i < rep.n; i++)
-      printf("%-16s %-8s %s\n", rep.row[i].param, rep.row[i].value, rep.row[i].source);
+      printf("%-16s %-13s %s\n", rep.row[i].param, rep.row[i].value, rep.row[i].source);
     return 0;
   }
-  printf("%-16s %-8s %12s  %s\n", "PARAM", "VALUE", "MEDIAN_MS", "SHAPE");
+  printf("%-16s %-13s %12s  %s\n", "PARAM", "VALUE", "MEDIAN_MS", "SHAPE");
   for (int i = 0; i < rep.n; i++) {
     const attn_tune_row *r = &rep.row[i];
-    printf("%-16s %-8s %12.3f%s %s\n", r->param, r->value, r->median_ms, r->chosen ? "*" : " ",
+    printf("%-16s %-13s %12.3f%s %s\n", r->param, r->value, r->median_ms, r->chosen ? "*" : " ",
            r->shape);
   }
   printf("%s\n", rep.stored ? "winners stored in the cache"

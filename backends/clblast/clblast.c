@@ -844,6 +844,10 @@ static attn_status clb_run(attn_backend_ctx *c, attn_stage stage, const void *de
   return stage == ATTN_STAGE_SDPA ? clb_sdpa(c, desc) : clb_linear(c, desc);
 }
 
+static attn_status clb_tune(attn_backend_ctx *c, unsigned flags, attn_tune_report *r) {
+  return clb_flash_tune(&c->cl, &c->flash, flags, r);
+}
+
 static const attn_backend_vtable vtable = {
     .abi_major = ATTN_ABI_MAJOR,
     .abi_minor = ATTN_ABI_MINOR,
@@ -862,6 +866,7 @@ static const attn_backend_vtable vtable = {
     .run = clb_run,
     .synchronize = clb_synchronize,
     .peaks = clrt_peaks_slot,
+    .tune = clb_tune,
 };
 
 ATTN_PLUGIN_EXPORT const attn_backend_vtable *attn_backend_entry(void);

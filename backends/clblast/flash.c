@@ -49,6 +49,11 @@ static bool tiles_valid(int nt, int bq, int bk, int dc) {
          micro_rows(nt, bq, dc);
 }
 
+bool clb_flash_tiles_usable(const clrt_ctx *c, const clb_flash_params *p) {
+  return tiles_valid(p->nt, p->bq, p->bk, p->dc) && c->max_wg >= (size_t)p->nt &&
+         clb_flash_local_bytes(p->nt, p->bq, p->bk, p->dc) <= p->local;
+}
+
 void clb_flash_params_init(clrt_ctx *c, clb_flash_params *p) {
   cl_ulong local = 0;
   cl_uint cus = 1;
@@ -73,27 +78,45 @@ void clb_flash_params_init(clrt_ctx *c, clb_flash_params *p) {
   p->bq = 32;
   p->bk = 32;
   p->dc = 16;
-  p->tuned = false;
+  p->exact = false;
+  snprintf(p->src, sizeof p->src, "default");
   for (int dc = 64; dc >= 16; dc /= 2)
     if (clb_flash_local_bytes(p->nt, p->bq, p->bk, dc) <= local) {
       p->dc = dc;
       break;
     }
+  /* What attn tune measured best on this device, if it fits. */
+  char key[1024], buf[64];
+  clb_tune_key(c, key, sizeof key);
+  char *text = clrt_tune_load(key);
+  if (text) {
+    int nt, bq, bk, dc;
+    const char *v = clrt_tune_value(text, "flash_tiles", buf, sizeof buf);
+    clb_flash_params t = *p;
+    if (v && sscanf(v, "%d,%d,%d,%d", &nt, &bq, &bk, &dc) == 4 &&
+        (t.nt = nt, t.bq = bq, t.bk = bk, t.dc = dc, clb_flash_tiles_usable(c, &t))) {
+      *p = t;
+      snprintf(p->src, sizeof p->src, "cache");
+    } else {
+      clrt_host()->debug("clblast: ignoring tuned tiles that do not parse or fit; using the defaults");
+    }
+    free(text);
+  }
   const char *env = getenv("ATTN_CLBLAST_FLASH");
   if (env && *env) {
     int nt, bq, bk, dc;
     if (sscanf(env, "%d,%d,%d,%d", &nt, &bq, &bk, &dc) == 4 && tiles_valid(nt, bq, bk, dc)) {
       p->nt = nt, p->bq = bq, p->bk = bk, p->dc = dc;
-      p->tuned = true;
+      p->exact = true;
+      snprintf(p->src, sizeof p->src, "env");
     } else {
       clrt_host()->debug("clblast: ATTN_CLBLAST_FLASH=%s ignored (NT,BQ,BK,DC that tile evenly)",
                          env);
     }
   }
-  p->usable = c->max_wg >= (size_t)p->nt && tiles_valid(p->nt, p->bq, p->bk, p->dc) &&
-              clb_flash_local_bytes(p->nt, p->bq, p->bk, p->dc) <= local;
-  clrt_host()->debug("clblast flash tiles: NT=%d BQ=%d BK=%d DC=%d (%zu B local of %llu)%s",
-                     p->nt, p->bq, p->bk, p->dc,
+  p->usable = clb_flash_tiles_usable(c, p);
+  clrt_host()->debug("clblast flash tiles: NT=%d BQ=%d BK=%d DC=%d (%s; %zu B local of %llu)%s",
+                     p->nt, p->bq, p->bk, p->dc, p->src,
                      clb_flash_local_bytes(p->nt, p->bq, p->bk, p->dc),
                      (unsigned long long)local, p->usable ? "" : ": unusable here");
 }
@@ -111,7 +134,7 @@ static flash_tiles tiles_for(const clb_flash_params *p, const attn_sdpa_desc *d)
   int hd = 16;
   while (hd < m) hd *= 2;
   flash_tiles t = {p->nt, p->bq, p->bk, p->dc < hd ? p->dc : hd, 0, 0, 0, 0};
-  if (hd >= 256 && !p->tuned && tiles_valid(t.nt, t.bq / 2, t.bk, t.dc)) t.bq /= 2;
+  if (hd >= 256 && !p->exact && tiles_valid(t.nt, t.bq / 2, t.bk, t.dc)) t.bq /= 2;
   t.nq = (int)((D + t.dc - 1) / t.dc);
   t.nch = (int)((Dv + t.dc - 1) / t.dc);
   t.tms = micro_rows(t.nt, t.bq, t.bk);
