@@ -2,7 +2,8 @@
  * the built binary ($ATTN_ATTN_BIN), run with posix_spawn on fixtures of
  * tests/data/layers (one layer of a tiny Hugging Face model, and the output
  * transformers computed for it in float64), on ref and, where it has a
- * device, pocl. Each run also passes --check (the device against ref, exit 0).
+ * device, pocl: the 34 cases of the families it runs, the decode ones with
+ * --cache-steps K (a prefill, then K single steps). Each run also passes --check (the device against ref, exit 0).
  * Its --out must equal the case's out.npy on the rows where attention_mask
  * is 1, within 1e-5 + 1e-4 * max|ref| (the bound of tests/test_layers.c,
  * which replays every case through the API: fp32 arithmetic against a
@@ -92,13 +93,44 @@ typedef struct lcase {
   bool as_dir;                     /* --checkpoint DIR (config.json found there) */
 } lcase;
 
+/* Every case the graph runs (gpt2 and bloom are refused: test_errors), the
+ * decode ones with their --cache-steps, llama_left also as a directory. */
 static const lcase cases[] = {
-    {"llama_left", "1", "0", false},
     {"llama_left", "1", "0", true},
-    {"mistral_decode", "1", "4", false},
-    {"qwen3_left", "1", "0", false},
+    {"bert_left", "1", "0", false},
+    {"bert_right", "1", "0", false},
+    {"gemma2_decode_full", "1", "4", false},
+    {"gemma2_decode_sliding", "0", "4", false},
     {"gemma2_left_sliding", "0", "0", false},
-    {"llama_bf16", "1", "0", false}, /* BF16 weights */
+    {"gemma2_right_full", "1", "0", false},
+    {"gemma3_decode_full", "1", "4", false},
+    {"gemma3_decode_sliding", "0", "4", false},
+    {"gemma3_left_sliding", "0", "0", false},
+    {"gemma3_right_full", "1", "0", false},
+    {"gpt_oss_decode_sliding", "0", "4", false},
+    {"gpt_oss_left_sliding", "0", "0", false},
+    {"gpt_oss_right_full", "1", "0", false},
+    {"llama_bf16", "1", "0", false},
+    {"llama_decode", "1", "4", false},
+    {"llama_left", "1", "0", false},
+    {"llama_right", "1", "0", false},
+    {"llama_rope_dynamic", "1", "0", false},
+    {"llama_rope_linear", "1", "0", false},
+    {"llama_rope_llama3", "1", "0", false},
+    {"llama_rope_yarn", "1", "0", false},
+    {"mistral_decode", "1", "4", false},
+    {"mistral_left", "1", "0", false},
+    {"mistral_right", "1", "0", false},
+    {"phi3_decode", "1", "4", false},
+    {"phi3_left", "1", "0", false},
+    {"phi3_right", "1", "0", false},
+    {"qwen2_decode", "1", "4", false},
+    {"qwen2_f16", "1", "0", false},
+    {"qwen2_left", "1", "0", false},
+    {"qwen2_right", "1", "0", false},
+    {"qwen3_decode", "1", "4", false},
+    {"qwen3_left", "1", "0", false},
+    {"qwen3_right", "1", "0", false},
 };
 
 static void run_case(const lcase *c, const char *dev) {
@@ -209,6 +241,13 @@ static void test_errors(void **state) {
   /* bloom: refused by name */
   RUN(&r, "layer", "--checkpoint", bloom, "--layer", "1", "--x", bloom_x, "--out", out);
   expect_refused(&r, out, "model_type 'bloom' is not supported");
+  /* gpt2: Conv1D weights, refused by the graph, by name */
+  char gpt2[1200], gpt2_x[1200];
+  case_file(gpt2, sizeof gpt2, "gpt2_left", "");
+  case_file(gpt2_x, sizeof gpt2_x, "gpt2_left", "x.npy");
+  RUN(&r, "layer", "--checkpoint", gpt2, "--layer", "1", "--x", gpt2_x, "--out", out);
+  expect_refused(&r, out, "gpt2 layer 1 is not supported");
+  assert_non_null(strstr(r.err, "desc.transposed"));
   /* too many cache steps */
   RUN(&r, "layer", "--checkpoint", ck, "--config", cfg, "--layer", "1", "--x", x,
       "--cache-steps", "17", "--out", out);
