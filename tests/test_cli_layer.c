@@ -191,6 +191,104 @@ static void test_dtype_bf16(void **state) {
   npy_free(&a);
 }
 
+static void copy_file(const char *from, const char *to) {
+  FILE *in = fopen(from, "rb"), *out = fopen(to, "wb");
+  assert_non_null(in);
+  assert_non_null(out);
+  char buf[65536];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, in)) > 0) assert_int_equal(fwrite(buf, 1, n, out), n);
+  fclose(in);
+  assert_int_equal(fclose(out), 0);
+}
+
+static void write_text(const char *path, const char *text) {
+  FILE *f = fopen(path, "w");
+  assert_non_null(f);
+  fputs(text, f);
+  assert_int_equal(fclose(f), 0);
+}
+
+/* A numpy [B, S] file, bool ('|b1') or int32 ('<i4'), version 1.0, header
+ * padded to 64, by hand: our writer does float32 only. */
+static void write_mask(const char *path, bool as_bool, const int32_t *m, int64_t B, int64_t S) {
+  char dict[128];
+  int dl = snprintf(dict, sizeof dict, "{'descr': '%s', 'fortran_order': False, 'shape': (%lld, %lld), }",
+                    as_bool ? "|b1" : "<i4", (long long)B, (long long)S);
+  size_t hlen = (size_t)dl + 1;
+  hlen += (64 - (10 + hlen) % 64) % 64;
+  FILE *f = fopen(path, "wb");
+  assert_non_null(f);
+  const unsigned char pre[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, (unsigned char)(hlen & 0xff),
+                                 (unsigned char)(hlen >> 8)};
+  fwrite(pre, 1, 10, f);
+  fwrite(dict, 1, (size_t)dl, f);
+  for (size_t i = (size_t)dl; i + 1 < hlen; i++) fputc(' ', f);
+  fputc('\n', f);
+  if (as_bool)
+    for (int64_t i = 0; i < B * S; i++) fputc(m[i] ? 1 : 0, f);
+  else
+    fwrite(m, sizeof *m, (size_t)(B * S), f); /* little-endian host, as on every CI machine */
+  assert_int_equal(fclose(f), 0);
+}
+
+/* The other input forms of the contract: a sharded checkpoint (a directory
+ * with model.safetensors.index.json and its shard, no model.safetensors), a
+ * bool attention mask, and --dtype f16 (--check passes, --out is '<f2'). */
+static void test_forms(void **state) {
+  (void)state;
+  char src[1200], shard_dir[400], p[700], x[1200], am[1200], pos[1200], out[400], bmask[400];
+  const char *c = "llama_right";
+  snprintf(shard_dir, sizeof shard_dir, "%s/sharded", dir);
+  assert_int_equal(mkdir(shard_dir, 0755), 0);
+  case_file(src, sizeof src, c, "model.safetensors");
+  snprintf(p, sizeof p, "%s/model-00001-of-00001.safetensors", shard_dir);
+  copy_file(src, p);
+  case_file(src, sizeof src, c, "config.json");
+  snprintf(p, sizeof p, "%s/config.json", shard_dir);
+  copy_file(src, p);
+  snprintf(p, sizeof p, "%s/model.safetensors.index.json", shard_dir);
+  write_text(p, "{\"metadata\": {}, \"weight_map\": {"
+                "\"model.layers.1.self_attn.q_proj.weight\": \"model-00001-of-00001.safetensors\", "
+                "\"model.layers.1.self_attn.k_proj.weight\": \"model-00001-of-00001.safetensors\", "
+                "\"model.layers.1.self_attn.v_proj.weight\": \"model-00001-of-00001.safetensors\", "
+                "\"model.layers.1.self_attn.o_proj.weight\": \"model-00001-of-00001.safetensors\"}}");
+  case_file(x, sizeof x, c, "x.npy");
+  case_file(am, sizeof am, c, "attention_mask.npy");
+  case_file(pos, sizeof pos, c, "position_ids.npy");
+  npy_array m;
+  read_npy(am, NPY_I32, 2, &m);
+  snprintf(bmask, sizeof bmask, "%s/bool_mask.npy", dir);
+  write_mask(bmask, true, m.data, m.shape[0], m.shape[1]);
+  npy_free(&m);
+  const char *dev = have_pocl ? "pocl" : "ref";
+  snprintf(out, sizeof out, "%s/sharded.npy", dir);
+  spawn_result r;
+  RUN(&r, "layer", "--device", dev, "--checkpoint", shard_dir, "--layer", "1", "--x", x,
+      "--attention-mask", bmask, "--position-ids", pos, "--out", out, "--check");
+  spawn_expect_status(&r, 0);
+  compare_with_fixture(c, "llama_right (sharded, bool)", dev, out);
+  snprintf(out, sizeof out, "%s/f16.npy", dir);
+  RUN(&r, "layer", "--device", dev, "--checkpoint", shard_dir, "--layer", "1", "--x", x,
+      "--attention-mask", am, "--position-ids", pos, "--dtype", "f16", "--out", out, "--check");
+  spawn_expect_status(&r, 0);
+  assert_non_null(strstr(r.out, "activations f16"));
+  npy_array a;
+  read_npy(out, NPY_F16, 3, &a);
+  npy_free(&a);
+  /* a mask value other than 0 and 1: exit 2 naming the file and the place */
+  int32_t bad[2 * 16];
+  for (int i = 0; i < 32; i++) bad[i] = i == 23 ? 2 : 1;
+  snprintf(bmask, sizeof bmask, "%s/bad_mask.npy", dir);
+  write_mask(bmask, false, bad, 2, 16);
+  snprintf(out, sizeof out, "%s/refused_mask.npy", dir);
+  RUN(&r, "layer", "--checkpoint", shard_dir, "--layer", "1", "--x", x, "--attention-mask", bmask,
+      "--out", out);
+  spawn_expect_status(&r, 2);
+  spawn_expect_error_line(&r, "attn: layer: --attention-mask: ", "value [1, 7] is 2");
+  assert_false(exists(out));
+}
+
 /* Each bad input: exit 2, one line naming the thing, no --out left. */
 static void expect_refused(const spawn_result *r, const char *out, const char *substr) {
   spawn_expect_status(r, 2);
@@ -293,6 +391,7 @@ int main(void) {
       cmocka_unit_test(test_help),
       cmocka_unit_test(test_fixtures),
       cmocka_unit_test(test_dtype_bf16),
+      cmocka_unit_test(test_forms),
       cmocka_unit_test(test_errors),
   };
   int rc = cmocka_run_group_tests(tests, NULL, NULL);
