@@ -1,15 +1,17 @@
 /* `attn layer` from the outside (issue 10, "Checkpoints as users have them"):
  * the built binary ($ATTN_ATTN_BIN), run with posix_spawn on fixtures of
  * tests/data/layers (one layer of a tiny Hugging Face model, and the output
- * transformers computed for it in float64), on ref and, where it has a
- * device, pocl: the 34 cases of the families it runs, the decode ones with
- * --cache-steps K (a prefill, then K single steps). Each run also passes --check (the device against ref, exit 0).
- * Its --out must equal the case's out.npy on the rows where attention_mask
- * is 1, within 1e-5 + 1e-4 * max|ref| (the bound of tests/test_layers.c,
- * which replays every case through the API: fp32 arithmetic against a
- * float64 reference, also for 16-bit weights, which are exact inputs).
- * Bad input exits 2 with one line naming the option or file, and leaves no
- * --out. */
+ * transformers computed for it in float64), on ref and, each where it has a
+ * device, pocl and clblast: the 34 cases of the families it runs, the decode
+ * ones with --cache-steps K (a prefill, then K single steps). Each run also
+ * passes --check (the device against ref, exit 0). Its --out must equal the
+ * case's out.npy on the rows where attention_mask is 1, within
+ * 1e-5 + 1e-4 * max|ref| (the bound of tests/test_layers.c, which replays
+ * every case through the API: fp32 arithmetic against a float64 reference,
+ * also for 16-bit weights, which are exact inputs). Other input forms (a
+ * directory, a sharded index, a bool mask, --dtype bf16 and f16) and the
+ * refusals: bad input exits 2 with one line naming the option or file, and
+ * leaves no --out. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -30,7 +32,7 @@
 static const char *bin;
 static char dir[256];
 static char layers[1024]; /* <srcdir>/tests/data/layers */
-static bool have_pocl;
+static bool have_pocl, have_clblast;
 
 #define RUN(r, ...) SPAWN_RUN((r), bin, dir, __VA_ARGS__)
 
@@ -78,7 +80,7 @@ static void compare_with_fixture(const char *c, const char *label, const char *d
         if (!(d <= merr)) merr = isnan(d) ? INFINITY : d;
       }
   const double bound = 1e-5 + 1e-4 * mref;
-  printf("  %-26s on %-5s max err %.3g (max|ref| %.3g), bound %.3g\n", label, dev, merr, mref,
+  printf("  %-27s on %-7s max err %.3g (max|ref| %.3g), bound %.3g\n", label, dev, merr, mref,
          bound);
   if (!(merr <= bound)) {
     print_error("%s on %s: max err %.3g > bound %.3g\n", label, dev, merr, bound);
@@ -164,8 +166,10 @@ static void test_fixtures(void **state) {
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     run_case(&cases[i], "ref");
     if (have_pocl) run_case(&cases[i], "pocl");
+    if (have_clblast) run_case(&cases[i], "clblast");
   }
-  if (!have_pocl) printf("  (pocl has no device here: ref only)\n");
+  if (!have_pocl) printf("  (pocl has no device here)\n");
+  if (!have_clblast) printf("  (clblast has no device here)\n");
 }
 
 /* --dtype bf16: x, the activations and --out in bf16; --check passes, and
@@ -387,6 +391,7 @@ int main(void) {
   const char *const args[] = {"devices", NULL};
   spawn_run(&r, bin, dir, args);
   have_pocl = r.status == 0 && strstr(r.out, "pocl:0 ") != NULL;
+  have_clblast = r.status == 0 && strstr(r.out, "clblast:0 ") != NULL;
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_help),
       cmocka_unit_test(test_fixtures),
