@@ -217,7 +217,8 @@ static void write_text(const char *path, const char *text) {
  * padded to 64, by hand: our writer does float32 only. */
 static void write_mask(const char *path, bool as_bool, const int32_t *m, int64_t B, int64_t S) {
   char dict[128];
-  int dl = snprintf(dict, sizeof dict, "{'descr': '%s', 'fortran_order': False, 'shape': (%lld, %lld), }",
+  int dl = snprintf(dict, sizeof dict,
+                    "{'descr': '%s', 'fortran_order': False, 'shape': (%lld, %lld), }",
                     as_bool ? "|b1" : "<i4", (long long)B, (long long)S);
   size_t hlen = (size_t)dl + 1;
   hlen += (64 - (10 + hlen) % 64) % 64;
@@ -252,11 +253,13 @@ static void test_forms(void **state) {
   snprintf(p, sizeof p, "%s/config.json", shard_dir);
   copy_file(src, p);
   snprintf(p, sizeof p, "%s/model.safetensors.index.json", shard_dir);
+#define SHARD "\"model-00001-of-00001.safetensors\""
   write_text(p, "{\"metadata\": {}, \"weight_map\": {"
-                "\"model.layers.1.self_attn.q_proj.weight\": \"model-00001-of-00001.safetensors\", "
-                "\"model.layers.1.self_attn.k_proj.weight\": \"model-00001-of-00001.safetensors\", "
-                "\"model.layers.1.self_attn.v_proj.weight\": \"model-00001-of-00001.safetensors\", "
-                "\"model.layers.1.self_attn.o_proj.weight\": \"model-00001-of-00001.safetensors\"}}");
+                "\"model.layers.1.self_attn.q_proj.weight\": " SHARD ", "
+                "\"model.layers.1.self_attn.k_proj.weight\": " SHARD ", "
+                "\"model.layers.1.self_attn.v_proj.weight\": " SHARD ", "
+                "\"model.layers.1.self_attn.o_proj.weight\": " SHARD "}}");
+#undef SHARD
   case_file(x, sizeof x, c, "x.npy");
   case_file(am, sizeof am, c, "attention_mask.npy");
   case_file(pos, sizeof pos, c, "position_ids.npy");
@@ -376,7 +379,8 @@ int main(void) {
   bin = getenv("ATTN_ATTN_BIN");
   const char *data = getenv("ATTN_TEST_DATA_DIR");
   if (!bin || !*bin || !data || !*data) {
-    fprintf(stderr, "test_cli_layer: ATTN_ATTN_BIN / ATTN_TEST_DATA_DIR not set (run through make check)\n");
+    fprintf(stderr, "test_cli_layer: ATTN_ATTN_BIN or ATTN_TEST_DATA_DIR is not set "
+                    "(run through make check)\n");
     return 99;
   }
   snprintf(layers, sizeof layers, "%s/layers", data);

@@ -25,8 +25,8 @@
 void help_layer(FILE *f) {
   fprintf(f,
           "Usage: attn layer --checkpoint PATH --layer N --x FILE [--config FILE]\n"
-          "                  [--attention-mask FILE] [--position-ids FILE] [--cache-steps K]\n"
-          "                  [--out FILE] [--dtype T] [--check] [--device SEL]\n"
+          "         [--attention-mask FILE] [--position-ids FILE] [--cache-steps K]\n"
+          "         [--out FILE] [--dtype T] [--check] [--device SEL]\n"
           "\n"
           "Runs layer N's attention module of a Hugging Face checkpoint, as transformers\n"
           "computes it: the q/k/v projections (and biases), QK-norm, RoPE, the scaled,\n"
@@ -35,37 +35,40 @@ void help_layer(FILE *f) {
           "gemma3_text, phi3, gpt_oss, bert (gpt2 and bloom are refused, see README.md).\n"
           "\n"
           "  --checkpoint PATH  a directory with config.json and model.safetensors (or a\n"
-          "                     sharded model.safetensors.index.json), or one .safetensors\n"
-          "                     file (config.json is then --config, else the one beside it).\n"
-          "                     Tensors F32, F16 or BF16, used in their stored type\n"
-          "  --config FILE      config.json (default: PATH's directory's config.json)\n"
-          "  --layer N          the layer index (0-based)\n"
-          "  --x FILE           [B, S, E] hidden states entering the attention module (after\n"
-          "                     the input norm); float32, float16 or bfloat16 .npy\n"
-          "  --attention-mask FILE  [B, S] bool or int32: 1 = token, 0 = padding (left or\n"
-          "                     right); default: all tokens\n"
-          "  --position-ids FILE    [B, S] int32 >= 0, the RoPE positions; default 0..S-1 in\n"
-          "                     every row (with left padding give transformers' positions)\n"
-          "  --cache-steps K    run the first S-K tokens as one prefill into a KV cache, then\n"
-          "                     the last K one token at a time through it (0 <= K <= S); the\n"
-          "                     output is that of the full run\n"
-          "  --dtype T          f32, f16 or bf16: the storage type of the activations: x (its\n"
-          "                     values rounded to nearest even on upload), q/k/v, the KV\n"
-          "                     cache, the attention output and --out (default: x's type).\n"
-          "                     Weights keep their checkpoint type; arithmetic is fp32\n"
-          "  --out FILE         write [B, S, E] (type of --dtype): the output projection's\n"
-          "                     output (o_proj, attention.output.dense), before any residual,\n"
-          "                     dropout or norm. Rows at padding tokens are written as 0\n"
-          "  --check            rerun on the ref backend with the same stored x and weights\n"
-          "                     and compare the token rows: fails (exit 1) if max|got - ref| >\n"
-          "                     %g + (%g + u) * max|ref|, u = 2^-7 for bf16, 2^-10 f16, 0 f32\n"
-          "  --device SEL       device selector (default: $ATTN_DEVICE, else %s)\n"
-          "  -h, --help         this help\n"
+          "                 sharded model.safetensors.index.json), or one .safetensors\n"
+          "                 file. Tensors F32, F16 or BF16, used in their stored type\n"
+          "  --config FILE  config.json (default: the one in PATH's directory)\n"
+          "  --layer N      the layer index (0-based)\n"
+          "  --x FILE       [B, S, E] hidden states entering the attention module (after\n"
+          "                 the input norm); float32, float16 or bfloat16 .npy\n"
+          "  --attention-mask FILE\n"
+          "                 [B, S] bool or int32: 1 = token, 0 = padding (left or right);\n"
+          "                 default: all tokens\n"
+          "  --position-ids FILE\n"
+          "                 [B, S] int32 >= 0, the RoPE positions; default 0..S-1 in every\n"
+          "                 row (with left padding, give transformers' positions)\n"
+          "  --cache-steps K  run the first S-K tokens as one prefill into a KV cache,\n"
+          "                 then the last K one token at a time through it (0 <= K <= S);\n"
+          "                 the output is that of the full run\n"
+          "  --dtype T      f32, f16 or bf16: the storage type of the activations: x (its\n"
+          "                 values rounded to nearest even on upload), q/k/v, the KV\n"
+          "                 cache, the attention output and --out (default: x's type).\n"
+          "                 Weights keep their checkpoint type; arithmetic is fp32\n"
+          "  --out FILE     write [B, S, E] (of --dtype): the output projection's output\n"
+          "                 (o_proj, attention.output.dense), before any residual,\n"
+          "                 dropout or norm. Rows at padding tokens are written as 0\n"
+          "  --check        rerun on the ref backend with the same stored x and weights\n"
+          "                 and compare the token rows: fails (exit 1) if\n"
+          "                 max|got - ref| > %g + (%g + u) * max|ref|,\n"
+          "                 u = 2^-7 for bf16, 2^-10 for f16, 0 for f32\n"
+          "  --device SEL   device selector (default: $ATTN_DEVICE, else\n"
+          "                 %s)\n"
+          "  -h, --help     this help\n"
           "\n"
-          "Bad input (a missing or mis-shaped tensor, an unknown model_type or unsupported\n"
-          "config value, --layer out of range, a mask or positions of the wrong shape) exits\n"
-          "2 naming the option or file. --out is written only if everything succeeded.\n"
-          "Exit 0 ok, 1 failure, 2 usage error.\n",
+          "Bad input (a missing or mis-shaped tensor, an unknown model_type or an\n"
+          "unsupported config value, --layer out of range, a mask or positions of the\n"
+          "wrong shape) exits 2 naming the option or file. --out is written only if\n"
+          "everything succeeded. Exit 0 ok, 1 failure, 2 usage error.\n",
           CLI_CHECK_ATOL, CLI_CHECK_RTOL, ATTN_DEFAULT_SELECTOR);
 }
 
@@ -349,7 +352,8 @@ int cmd_layer(int argc, char **argv, const char *default_device) {
       goto done;
     }
     for (size_t i = 0; i < am.count; i++) {
-      int32_t v = am.dtype == NPY_BOOL ? ((const uint8_t *)am.data)[i] : ((const int32_t *)am.data)[i];
+      const int32_t v = am.dtype == NPY_BOOL ? ((const uint8_t *)am.data)[i]
+                                             : ((const int32_t *)am.data)[i];
       if (v != 0 && v != 1) {
         cli_usage_fail("--attention-mask: %s: value [%zu, %zu] is %" PRId32
                        "; expected 1 (token) or 0 (padding)",
