@@ -3,6 +3,7 @@
  *   attn devices            list devices and the modules that failed (tools/cmd_devices.c)
  *   attn run                scaled dot-product attention on .npy or random inputs (cmd_run.c)
  *   attn mha                multi-head attention with projections from .npy weights (cmd_mha.c)
+ *   attn layer              one attention layer of a Hugging Face checkpoint (cmd_layer.c)
  *   attn bench              benchmark devices against their measured peaks (bench.c)
  *   attn tune               measure and cache a device's tuning parameters (tune.c)
  *
@@ -38,6 +39,7 @@ static const command commands[] = {
     {"devices", cmd_devices, help_devices, "list devices and the backend modules that failed"},
     {"run", cmd_run, help_run, "scaled dot-product attention on .npy or random inputs"},
     {"mha", cmd_mha, help_mha, "multi-head attention with projections from .npy weights"},
+    {"layer", cmd_layer, help_layer, "one attention layer of a Hugging Face checkpoint"},
     {"bench", bench_main, bench_help, "benchmark devices against their measured peaks"},
     {"tune", tune_main, tune_help, "measure a device's tuning parameters and cache the fastest"},
 };

@@ -1,5 +1,5 @@
 /* The attn command's subcommands, one file each (tools/cmd_devices.c,
- * cmd_run.c, cmd_mha.c, bench.c, tune.c), dispatched by tools/attn.c.
+ * cmd_run.c, cmd_mha.c, cmd_layer.c, bench.c, tune.c), dispatched by tools/attn.c.
  *
  * Each runs with argv[0] == its name; default_device is the selector given
  * before the command ("attn --device SEL COMMAND"), or NULL. Each returns the
@@ -15,6 +15,8 @@ int cmd_run(int argc, char **argv, const char *default_device);
 void help_run(FILE *f);
 int cmd_mha(int argc, char **argv, const char *default_device);
 void help_mha(FILE *f);
+int cmd_layer(int argc, char **argv, const char *default_device);
+void help_layer(FILE *f);
 int bench_main(int argc, char **argv, const char *default_device);
 void bench_help(FILE *f);
 int tune_main(int argc, char **argv, const char *default_device);

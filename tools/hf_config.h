@@ -1,7 +1,7 @@
 /* One attention layer of a Hugging Face model, from its config.json and its
  * safetensors checkpoint, as an attn_mha_desc and the weight tensors of
- * attn_mha_create. Shared by tests/test_layers.c (the fixture replay) and,
- * later, the `attn layer` command.
+ * attn_mha_create. Shared by tests/test_layers.c (the fixture replay) and
+ * the `attn layer` command (tools/cmd_layer.c).
  *
  * The mapping follows tests/data/layers/README.md, one small function per
  * model_type: llama, mistral, qwen2, qwen3, gemma2, gemma3_text, phi3,
