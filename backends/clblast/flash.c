@@ -190,16 +190,8 @@ attn_status clb_flash_sdpa(clrt_ctx *c, const clb_flash_params *p, const attn_sd
   const long rows = (long)(Hq / Hkv) * Sq;
   const long nblocks = (rows + t.bq - 1) / t.bq;
   /* The keys visible to some row of some batch item: [kbase, kbase + span). */
-  int64_t kbase = Skv, kspan_end = 0;
-  for (int64_t bb = 0; bb < B; bb++) {
-    int64_t lo, hi;
-    clrt_sdpa_key_span(d, bb, &lo, &hi);
-    if (lo < hi) {
-      if (lo < kbase) kbase = lo;
-      if (hi > kspan_end) kspan_end = hi;
-    }
-  }
-  if (kbase >= kspan_end) kbase = 0, kspan_end = 0;
+  int64_t kbase, kspan_end;
+  clrt_sdpa_key_span_all(d, &kbase, &kspan_end);
   cl_int nsplit = split_count(p, d, nblocks * Hkv * B, kspan_end - kbase);
   cl_int chunk = (cl_int)clrt_round_up((size_t)((kspan_end - kbase + nsplit - 1) / nsplit),
                                        (size_t)t.bk);
@@ -213,11 +205,7 @@ attn_status clb_flash_sdpa(clrt_ctx *c, const clb_flash_params *p, const attn_sd
   if (s != ATTN_OK) return s;
   cl_mem kvl = NULL, ml = NULL, part = NULL;
   cl_int has_kvl = d->kv_lens != NULL;
-  /* kv_lens lives in host memory the caller may reuse once we return: copy it. */
-  if (has_kvl)
-    s = clrt_scratch_alloc(c, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR,
-                           (size_t)B * sizeof(cl_int), (void *)d->kv_lens, "clblast: kv_lens",
-                           &kvl);
+  s = clrt_kv_lens_copy(c, d, "clblast", &kvl);
   /* The weights pass needs each row's max and scale. */
   if (s == ATTN_OK && d->weights.buf)
     s = clrt_scratch_alloc(c, CL_MEM_READ_WRITE, (size_t)B * Hq * Sq * 2 * sizeof(cl_float),

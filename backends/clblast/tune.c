@@ -28,28 +28,6 @@ void clb_tune_key(const clrt_ctx *c, char *key, size_t len) {
   clrt_tune_key(c, "clblast", tuned_kernels, 1, key, len);
 }
 
-static attn_view view4(attn_buffer *buf, int64_t a, int64_t b, int64_t c, int64_t d) {
-  attn_view v = {buf, 0, {a, b, c, d}, {b * c * d, c * d, d, 1}, ATTN_F32};
-  return v;
-}
-
-/* A device buffer of n small values (not uninitialised: denormals or NaNs
- * would time something else). */
-static attn_status filled(clrt_ctx *c, size_t n, attn_buffer **buf) {
-  *buf = NULL;
-  float *h = malloc(n * sizeof *h);
-  if (!h) return clrt_host()->error(ATTN_ERR_NOMEM, "clblast tune: out of host memory");
-  for (size_t i = 0; i < n; i++) h[i] = (float)((i * 7919u) % 1000u) * 1e-3f - 0.5f;
-  attn_status s = clrt_buffer_alloc(c, n * sizeof *h, buf);
-  if (s == ATTN_OK) s = clrt_buffer_write(c, *buf, 0, n * sizeof *h, h);
-  free(h);
-  if (s != ATTN_OK) {
-    clrt_buffer_free(c, *buf);
-    *buf = NULL;
-  }
-  return s;
-}
-
 static attn_tune_row *add_row(attn_tune_report *r, const char *shape) {
   if (r->n >= ATTN_TUNE_MAX_ROWS) return NULL;
   attn_tune_row *row = &r->row[r->n++];
@@ -73,17 +51,17 @@ attn_status clb_flash_tune(clrt_ctx *c, clb_flash_params *p, unsigned flags,
   const int64_t H = 8, S = quick ? 512 : 2048, D = quick ? 64 : 128;
   attn_buffer *q = NULL, *k = NULL, *v = NULL, *o = NULL;
   const size_t n = (size_t)(H * S * D);
-  attn_status s = filled(c, n, &q);
-  if (s == ATTN_OK) s = filled(c, n, &k);
-  if (s == ATTN_OK) s = filled(c, n, &v);
+  attn_status s = clrt_filled_buffer(c, n, &q);
+  if (s == ATTN_OK) s = clrt_filled_buffer(c, n, &k);
+  if (s == ATTN_OK) s = clrt_filled_buffer(c, n, &v);
   if (s == ATTN_OK) s = clrt_buffer_alloc(c, n * sizeof(float), &o);
   attn_sdpa_desc d;
   memset(&d, 0, sizeof d);
   d.struct_size = sizeof d;
-  d.q = view4(q, 1, H, S, D);
-  d.k = view4(k, 1, H, S, D);
-  d.v = view4(v, 1, H, S, D);
-  d.out = view4(o, 1, H, S, D);
+  d.q = clrt_view4(q, 1, H, S, D);
+  d.k = clrt_view4(k, 1, H, S, D);
+  d.v = clrt_view4(v, 1, H, S, D);
+  d.out = clrt_view4(o, 1, H, S, D);
   d.scale = 0.125f;
   char shape[64];
   snprintf(shape, sizeof shape, "B=1 H=%lld S=%lld D=%lld", (long long)H, (long long)S,

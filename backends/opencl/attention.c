@@ -3,6 +3,7 @@
  * merge stage (kernels/merge.cl), and the rope and rmsnorm stages
  * (kernels/rope.cl). */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "clrt.h"
@@ -68,6 +69,52 @@ void clrt_sdpa_key_span(const attn_sdpa_desc *d, int64_t b, int64_t *lo, int64_t
   attn_visible_range(d, b, d->q.shape[2] - 1, &l1, &h1);
   *lo = l0;
   *hi = h1;
+}
+
+void clrt_sdpa_key_span_all(const attn_sdpa_desc *d, int64_t *lo, int64_t *hi) {
+  int64_t base = d->k.shape[2], end = 0;
+  for (int64_t b = 0; b < d->q.shape[0]; b++) {
+    int64_t l, h;
+    clrt_sdpa_key_span(d, b, &l, &h);
+    if (l < h) {
+      if (l < base) base = l;
+      if (h > end) end = h;
+    }
+  }
+  if (base >= end) base = 0, end = 0;
+  *lo = base;
+  *hi = end;
+}
+
+attn_status clrt_kv_lens_copy(clrt_ctx *c, const attn_sdpa_desc *d, const char *who,
+                              cl_mem *mem) {
+  *mem = NULL;
+  if (!d->kv_lens) return ATTN_OK;
+  char what[64];
+  snprintf(what, sizeof what, "%s: kv_lens", who);
+  return clrt_scratch_alloc(c, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR,
+                            (size_t)d->q.shape[0] * sizeof(cl_int), (void *)d->kv_lens, what,
+                            mem);
+}
+
+attn_status clrt_filled_buffer(clrt_ctx *c, size_t n, attn_buffer **buf) {
+  *buf = NULL;
+  float *h = malloc(n * sizeof *h);
+  if (!h) return clrt_host()->error(ATTN_ERR_NOMEM, "tune: out of host memory");
+  for (size_t i = 0; i < n; i++) h[i] = (float)((i * 7919u) % 1000u) * 1e-3f - 0.5f;
+  attn_status s = clrt_buffer_alloc(c, n * sizeof *h, buf);
+  if (s == ATTN_OK) s = clrt_buffer_write(c, *buf, 0, n * sizeof *h, h);
+  free(h);
+  if (s != ATTN_OK) {
+    clrt_buffer_free(c, *buf);
+    *buf = NULL;
+  }
+  return s;
+}
+
+attn_view clrt_view4(attn_buffer *buf, int64_t a, int64_t b, int64_t c, int64_t d) {
+  attn_view v = {buf, 0, {a, b, c, d}, {b * c * d, c * d, d, 1}, ATTN_F32};
+  return v;
 }
 
 static cl_long4 strides4(const attn_view *v) {

@@ -320,6 +320,18 @@ CLRT_INTERNAL void clrt_sdpa_opts_release(clrt_ctx *c, clrt_sdpa_opts *o);
  * of the rows' ranges, kv_lens included): what a kernel need read at all. */
 CLRT_INTERNAL void clrt_sdpa_key_span(const attn_sdpa_desc *d, int64_t b, int64_t *lo,
                                       int64_t *hi);
+/* The same over every batch item: [*lo, *hi), or [0, 0) if no row sees a key. */
+CLRT_INTERNAL void clrt_sdpa_key_span_all(const attn_sdpa_desc *d, int64_t *lo, int64_t *hi);
+/* A scratch copy of d->kv_lens (host memory the caller may reuse once the
+ * call returns), or *mem = NULL when there is none; who names the caller in
+ * an error. Release with clrt_scratch_free. */
+CLRT_INTERNAL attn_status clrt_kv_lens_copy(clrt_ctx *c, const attn_sdpa_desc *d,
+                                            const char *who, cl_mem *mem);
+/* For tuning runs: a contiguous f32 view of buf, and a buffer of n small
+ * deterministic values (not uninitialised: denormals or NaNs would time
+ * something else). */
+CLRT_INTERNAL attn_view clrt_view4(attn_buffer *buf, int64_t a, int64_t b, int64_t c, int64_t d);
+CLRT_INTERNAL attn_status clrt_filled_buffer(clrt_ctx *c, size_t n, attn_buffer **buf);
 /* Appends " -D<name>=<code>" for an operand stored as f16 or bf16 (codes as
  * attn_dtype, read by kernels/common.cl); f32 and absent operands add
  * nothing, so an all-f32 call builds exactly the f32 program. */

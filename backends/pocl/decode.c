@@ -92,16 +92,8 @@ attn_status pocl_decode_sdpa(clrt_ctx *c, const attn_sdpa_desc *d, int groups_pe
 
   /* Only keys [kbase, kspan_end) are visible to any row of any batch item
    * (causal diagonal, window); kv_lens only shortens some rows further. */
-  int64_t kbase = Skv, kspan_end = 0;
-  for (int64_t bb = 0; bb < B; bb++) {
-    int64_t lo, hi;
-    clrt_sdpa_key_span(d, bb, &lo, &hi);
-    if (lo < hi) {
-      if (lo < kbase) kbase = lo;
-      if (hi > kspan_end) kspan_end = hi;
-    }
-  }
-  if (kbase >= kspan_end) kbase = 0, kspan_end = 0;
+  int64_t kbase, kspan_end;
+  clrt_sdpa_key_span_all(d, &kbase, &kspan_end);
   const int64_t span = kspan_end - kbase;
   /* Split the keys so that the work-groups number about groups_per_cu
    * per compute unit, in chunks of at least DECODE_MIN_CHUNK keys. */
@@ -137,15 +129,11 @@ attn_status pocl_decode_sdpa(clrt_ctx *c, const attn_sdpa_desc *d, int groups_pe
     return s;
   }
   cl_int has_kvl = d->kv_lens != NULL;
-  if (has_kvl) {
-    /* kv_lens is host memory the caller may reuse once we return: copy it. */
-    s = clrt_scratch_alloc(c, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR, (size_t)B * sizeof(cl_int),
-                           (void *)d->kv_lens, "pocl: kv_lens", &kvl);
-    if (s != ATTN_OK) {
-      clrt_scratch_free(c, part);
-      clrt_sdpa_opts_release(c, &op);
-      return s;
-    }
+  s = clrt_kv_lens_copy(c, d, "pocl", &kvl);
+  if (s != ATTN_OK) {
+    clrt_scratch_free(c, part);
+    clrt_sdpa_opts_release(c, &op);
+    return s;
   }
 
   cl_mem q = mem_of(&d->q), k = mem_of(&d->k), v = mem_of(&d->v), out = mem_of(&d->out);

@@ -252,16 +252,11 @@ static attn_status pocl_sdpa(attn_backend_ctx *c, const attn_sdpa_desc *d) {
   if (s != ATTN_OK) return s;
   cl_mem kvl = NULL, ml = NULL;
   cl_int has_kvl = d->kv_lens != NULL;
-  if (has_kvl) {
-    /* kv_lens lives in host memory the caller may reuse after we return: the
-     * buffer takes a copy now and is released once the kernels finish. */
-    attn_status st = clrt_scratch_alloc(&c->cl, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR,
-                                        (size_t)B * sizeof(cl_int), (void *)d->kv_lens,
-                                        "pocl: kv_lens", &kvl);
-    if (st != ATTN_OK) {
-      clrt_sdpa_opts_release(&c->cl, &op);
-      return st;
-    }
+  /* Released once the kernels are enqueued; the driver frees it after them. */
+  s = clrt_kv_lens_copy(&c->cl, d, "pocl", &kvl);
+  if (s != ATTN_OK) {
+    clrt_sdpa_opts_release(&c->cl, &op);
+    return s;
   }
   if (d->weights.buf) {
     /* The weights pass needs each row's max and inverse sum. */

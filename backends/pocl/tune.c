@@ -108,28 +108,6 @@ void pocl_params_load(clrt_ctx *c, pocl_params *p) {
 
 /* ---- measurement ------------------------------------------------------------------ */
 
-static attn_view view4(attn_buffer *buf, int64_t a, int64_t b, int64_t c, int64_t d) {
-  attn_view v = {buf, 0, {a, b, c, d}, {b * c * d, c * d, d, 1}, ATTN_F32};
-  return v;
-}
-
-/* A device buffer of n floats filled with small values (not left
- * uninitialised: denormals or NaNs would time something else). */
-static attn_status filled(clrt_ctx *c, size_t n, attn_buffer **buf) {
-  *buf = NULL;
-  float *h = malloc(n * sizeof *h);
-  if (!h) return clrt_host()->error(ATTN_ERR_NOMEM, "pocl tune: out of host memory");
-  for (size_t i = 0; i < n; i++) h[i] = (float)((i * 7919u) % 1000u) * 1e-3f - 0.5f;
-  attn_status s = clrt_buffer_alloc(c, n * sizeof *h, buf);
-  if (s == ATTN_OK) s = clrt_buffer_write(c, *buf, 0, n * sizeof *h, h);
-  free(h);
-  if (s != ATTN_OK) {
-    clrt_buffer_free(c, *buf);
-    *buf = NULL;
-  }
-  return s;
-}
-
 typedef struct job {
   clrt_ctx *c;
   int which; /* 0 linear, 1 decode */
@@ -170,11 +148,11 @@ static attn_status tune_linear(clrt_ctx *c, bool quick, int runs, attn_tune_repo
                                int *mr, int *nr) {
   const int64_t M = quick ? 256 : 1024, N = quick ? 256 : 512, K = N;
   attn_buffer *x = NULL, *w = NULL, *y = NULL;
-  attn_status s = filled(c, (size_t)(M * K), &x);
-  if (s == ATTN_OK) s = filled(c, (size_t)(N * K), &w);
+  attn_status s = clrt_filled_buffer(c, (size_t)(M * K), &x);
+  if (s == ATTN_OK) s = clrt_filled_buffer(c, (size_t)(N * K), &w);
   if (s == ATTN_OK) s = clrt_buffer_alloc(c, (size_t)(M * N) * sizeof(float), &y);
-  attn_linear_desc d = {.struct_size = sizeof d, .x = view4(x, 1, 1, M, K),
-                        .w = view4(w, 1, 1, N, K), .y = view4(y, 1, 1, M, N)};
+  attn_linear_desc d = {.struct_size = sizeof d, .x = clrt_view4(x, 1, 1, M, K),
+                        .w = clrt_view4(w, 1, 1, N, K), .y = clrt_view4(y, 1, 1, M, N)};
   char shape[64];
   snprintf(shape, sizeof shape, "M=%lld N=%lld K=%lld", (long long)M, (long long)N, (long long)K);
   double best = 0;
@@ -208,17 +186,17 @@ static attn_status tune_decode(clrt_ctx *c, bool quick, int runs, attn_tune_repo
   const int64_t Hq = quick ? 8 : 32, Hkv = quick ? 2 : 8, Skv = quick ? 2048 : 8192,
                 D = quick ? 64 : 128;
   attn_buffer *q = NULL, *k = NULL, *v = NULL, *o = NULL;
-  attn_status s = filled(c, (size_t)(Hq * D), &q);
-  if (s == ATTN_OK) s = filled(c, (size_t)(Hkv * Skv * D), &k);
-  if (s == ATTN_OK) s = filled(c, (size_t)(Hkv * Skv * D), &v);
+  attn_status s = clrt_filled_buffer(c, (size_t)(Hq * D), &q);
+  if (s == ATTN_OK) s = clrt_filled_buffer(c, (size_t)(Hkv * Skv * D), &k);
+  if (s == ATTN_OK) s = clrt_filled_buffer(c, (size_t)(Hkv * Skv * D), &v);
   if (s == ATTN_OK) s = clrt_buffer_alloc(c, (size_t)(Hq * D) * sizeof(float), &o);
   attn_sdpa_desc d;
   memset(&d, 0, sizeof d);
   d.struct_size = sizeof d;
-  d.q = view4(q, 1, Hq, 1, D);
-  d.k = view4(k, 1, Hkv, Skv, D);
-  d.v = view4(v, 1, Hkv, Skv, D);
-  d.out = view4(o, 1, Hq, 1, D);
+  d.q = clrt_view4(q, 1, Hq, 1, D);
+  d.k = clrt_view4(k, 1, Hkv, Skv, D);
+  d.v = clrt_view4(v, 1, Hkv, Skv, D);
+  d.out = clrt_view4(o, 1, Hq, 1, D);
   d.scale = 0.125f;
   char shape[64];
   snprintf(shape, sizeof shape, "Sq=1 Hq=%lld Hkv=%lld Skv=%lld D=%lld", (long long)Hq,
