@@ -14,7 +14,7 @@
  * rope_parameters key, a BERT position_embedding_type other than absolute, a
  * decoder BERT, ...). A malformed config (a missing size, a key of the wrong
  * type) gives ATTN_ERR_FORMAT. GPT-2 maps completely (Conv1D weights are
- * desc.transposed); the graph itself refuses that field for now.
+ * desc.transposed, read through strides).
  *
  * Messages go to the caller's buffer (at most HF_ERR_MAX bytes needed), as in
  * safetensors.h; libattn's own error state is left to libattn's calls. */
