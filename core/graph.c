@@ -85,6 +85,7 @@ struct attn_mha {
   int64_t window_left, window_right;
   float softcap;
   float *alibi, *sinks; /* host [Hq] copies or NULL */
+  bool qkv_per_head;    /* w[W_Q..W_V]: head 0's rows of an interleaved in_proj */
   attn_tensor *pmask;   /* [max_b, kv rows] f32: a plain run's key padding, made on first use */
   attn_tensor *qbuf, *kbuf, *vbuf, *abuf;
   graph_op ops[GRAPH_MAX_OPS];
@@ -231,10 +232,7 @@ static attn_view act(const run_ctx *r, act_id id, const row_group *gr) {
 
 static int is_kv(act_id id) { return id == ACT_K || id == ACT_V || id == ACT_KVX; }
 
-static attn_status run_linear(const run_ctx *r, const graph_op *op, const row_group *gr) {
-  const attn_mha *g = r->g;
-  attn_linear_desc d = {.struct_size = sizeof d, .x = act(r, op->src, gr), .w = g->w[op->w],
-                        .bias = g->w[op->b], .y = act(r, op->dst, gr)};
+static attn_status linear_call(const attn_mha *g, attn_linear_desc d) {
   /* Rows are contiguous (checked); a width-1 row may carry any stride. A
    * transposed weight's [out, in] view runs along in with stride out. */
   d.x.strides[3] = d.y.strides[3] = 1;
@@ -243,6 +241,25 @@ static attn_status run_linear(const run_ctx *r, const graph_op *op, const row_gr
   d.features = (d.bias.buf ? ATTN_FEAT_BIAS : 0) | attn__dtype_features(views, 4) |
                (d.w.strides[3] != 1 ? ATTN_FEAT_W_STRIDED : 0);
   return attn__run_linear(g->ctx, &d);
+}
+
+static attn_status run_linear(const run_ctx *r, const graph_op *op, const row_group *gr) {
+  const attn_mha *g = r->g;
+  attn_linear_desc d = {.struct_size = sizeof d, .x = act(r, op->src, gr), .w = g->w[op->w],
+                        .bias = g->w[op->b], .y = act(r, op->dst, gr)};
+  if (!g->qkv_per_head || op->w == W_O) return linear_call(g, d);
+  /* An interleaved in_proj: head h's D rows lie 3*D rows after head h-1's;
+   * one call per head writes its D columns of q, k or v. */
+  attn_status s = ATTN_OK;
+  const attn_view w0 = d.w, b0 = d.bias, y0 = d.y;
+  d.y.shape[3] = g->D;
+  for (int64_t h = 0; h < g->Hq && !s; h++) {
+    d.w.offset = w0.offset + h * 3 * g->D * w0.strides[2];
+    if (b0.buf) d.bias.offset = b0.offset + h * 3 * g->D * b0.strides[3];
+    d.y.offset = y0.offset + h * g->D * y0.strides[3];
+    s = linear_call(g, d);
+  }
+  return s;
 }
 
 /* QK-norm or RoPE of q (the whole batch) or of the new keys of group gr, in
@@ -506,7 +523,7 @@ static attn_status weight_view(attn_context *ctx, const attn_tensor *t, const ch
 }
 
 static attn_status setup_weights(attn_mha *g, const attn_mha_weights *w, bool bias_all,
-                                 unsigned biases, unsigned tr) {
+                                 unsigned biases, unsigned tr, bool per_head) {
   attn_status s;
   attn_context *ctx = g->ctx;
   const int64_t HqD = g->Hq * g->D, HkvD = g->Hkv * g->D;
@@ -530,6 +547,12 @@ static attn_status setup_weights(attn_mha *g, const attn_mha_weights *w, bool bi
   } else if (w->in_bias) {
     return attn__error(ATTN_ERR_INVALID_ARG, "in_bias: given without in_proj");
   }
+  if (per_head && !w->in_proj)
+    return attn__error(ATTN_ERR_INVALID_ARG, "desc.qkv_per_head: set but no in_proj is given");
+  if (per_head && g->Hkv != g->Hq)
+    return attn__error(ATTN_ERR_INVALID_ARG,
+                       "desc.qkv_per_head: needs n_kv_heads %lld == n_heads %lld",
+                       (long long)g->Hkv, (long long)g->Hq);
   /* Which projections have a bias: all with desc.bias, else desc.biases; a
    * packed in_bias serves q, k and v together. */
   if (w->in_proj && (biases & 7u) && (biases & 7u) != 7u)
@@ -560,7 +583,10 @@ static attn_status setup_weights(attn_mha *g, const attn_mha_weights *w, bool bi
     if (bias && (s = check_arg(ctx, w->in_bias, "in_bias", 1, pb, 0))) return s;
     /* Row blocks q, k, v of the packed matrix (column blocks of a transposed
      * one) as views: no copy. */
-    const int64_t first[3] = {0, HqD, HqD + HkvD}, n[3] = {HqD, HkvD, HkvD};
+    int64_t first[3] = {0, HqD, HqD + HkvD}, n[3] = {HqD, HkvD, HkvD};
+    if (per_head) /* head 0's rows of each; run_linear steps through the heads */
+      for (int i = 0; i < 3; i++) first[i] = i * g->D, n[i] = g->D;
+    g->qkv_per_head = per_head;
     attn_view pbv = bias ? attn__tensor_view4(w->in_bias) : (attn_view){0};
     for (int i = 0; i < 3; i++) {
       g->w[W_Q + i] = pw;
@@ -644,7 +670,7 @@ attn_status attn_mha_create(attn_context *ctx, const attn_mha_desc *desc, const 
   }
 
   if ((s = setup_weights(g, w, desc->bias, desc->bias ? ATTN_PROJ_ALL : desc->biases,
-                           desc->transposed)) ||
+                           desc->transposed, desc->qkv_per_head)) ||
       (s = setup_layer(g, desc))) {
     free_layer(g);
     free(g);

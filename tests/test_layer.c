@@ -5,7 +5,8 @@
  * and 1 + w), RoPE (half split, interleaved, partial, linear scaling) at
  * per-token positions, GQA, scale, causal, window, softcap, ALiBi, sinks,
  * key padding (left and right), bf16 weights, GPT-2's Conv1D [in, out]
- * weights (desc.transposed, packed or some projections only). Then the KV cache with a
+ * weights (desc.transposed, packed or some projections only), BLOOM's qkv
+ * rows interleaved per head (desc.qkv_per_head). Then the KV cache with a
  * length per row: rows advancing by different numbers of tokens, padding
  * tokens kept hidden, truncation and the reset of one row, each against the
  * double layer over the row's whole sequence (a full pass), and the
@@ -43,6 +44,7 @@ typedef struct layer_spec {
   bool alibi, sinks;
   attn_dtype wt;   /* the weights' storage type */
   unsigned transposed; /* ATTN_PROJ_* stored [in, out] (GPT-2's Conv1D) */
+  bool per_head;   /* packed rows interleaved per head [h][q|k|v][D] (BLOOM) */
 } layer_spec;
 
 typedef struct layer {
@@ -107,22 +109,31 @@ static void layer_init(layer *L, attn_context *ctx, const layer_spec *sp, int64_
   if (sp->packed) {
     const int64_t R = (sp->H + 2 * sp->Hkv) * D, bs[1] = {R};
     float *pw = malloc((size_t)(R * E) * sizeof *pw), *pb = malloc((size_t)R * sizeof *pb);
-    int64_t r = 0;
-    for (int i = 0; i < 3; i++) {
-      memcpy(pw + r * E, L->w[i], (size_t)(rows[i] * E) * sizeof *pw);
-      if (L->b[i]) memcpy(pb + r, L->b[i], (size_t)rows[i] * sizeof *pb);
-      r += rows[i];
+    /* packed row p holds row src_r[p] of projection src_i[p]: blocks q | k | v,
+     * or per head [h][q | k | v][D] */
+    int *src_i = malloc((size_t)R * sizeof *src_i);
+    int64_t *src_r = malloc((size_t)R * sizeof *src_r);
+    for (int64_t p = 0; p < R; p++) {
+      if (sp->per_head) {
+        const int64_t h = p / (3 * D), c = p / D % 3;
+        src_i[p] = (int)c, src_r[p] = h * D + p % D;
+      } else {
+        src_i[p] = p < rows[0] ? 0 : p < rows[0] + rows[1] ? 1 : 2;
+        src_r[p] = p - (src_i[p] == 0 ? 0 : src_i[p] == 1 ? rows[0] : rows[0] + rows[1]);
+      }
+    }
+    for (int64_t p = 0; p < R; p++) {
+      memcpy(pw + p * E, L->w[src_i[p]] + src_r[p] * E, (size_t)E * sizeof *pw);
+      if (L->b[src_i[p]]) pb[p] = L->b[src_i[p]][src_r[p]];
     }
     L->in_proj = upload_weight(ctx, sp->wt, R, E, pw, sp->transposed & ATTN_PROJ_Q);
     if (sp->biases & ATTN_PROJ_Q) L->in_bias = upload(ctx, sp->wt, 1, bs, pb);
     /* the oracle reads the rounded values back */
-    r = 0;
-    for (int i = 0; i < 3; i++) {
-      memcpy(L->w[i], pw + r * E, (size_t)(rows[i] * E) * sizeof *pw);
-      if (L->b[i]) memcpy(L->b[i], pb + r, (size_t)rows[i] * sizeof *pb);
-      r += rows[i];
+    for (int64_t p = 0; p < R; p++) {
+      memcpy(L->w[src_i[p]] + src_r[p] * E, pw + p * E, (size_t)E * sizeof *pw);
+      if (L->b[src_i[p]]) L->b[src_i[p]][src_r[p]] = pb[p];
     }
-    free(pw), free(pb);
+    free(pw), free(pb), free(src_i), free(src_r);
   }
   for (int i = 0; i < 4; i++) {
     const int64_t bs[1] = {rows[i]};
@@ -136,6 +147,7 @@ static void layer_init(layer *L, attn_context *ctx, const layer_spec *sp, int64_
   d.causal = sp->causal, d.max_batch = max_b, d.max_seq = max_s;
   d.biases = sp->biases;
   d.transposed = sp->transposed;
+  d.qkv_per_head = sp->per_head;
   if (sp->norm) {
     const int64_t ns[1] = {D};
     L->qn = tu_alloc_uniform((size_t)D, &rng, sp->norm == 2 ? -0.4f : 0.6f, sp->norm == 2 ? 0.4f : 1.4f);
@@ -295,19 +307,21 @@ static int compare_rows(const char *what, const float *got, const double *want, 
 /* ---- plain runs ------------------------------------------------------------------------- */
 
 static const layer_spec specs[] = {
-    {"llama: GQA, rope, left padding", 32, 4, 2, 8, 0, false, true, 0, 1, false, 0, 10000, false, 0, 0, 0, false, false, ATTN_F32, 0},
-    {"qwen2: q/k/v biases, right padding", 32, 4, 2, 8, ATTN_PROJ_Q | ATTN_PROJ_K | ATTN_PROJ_V, false, true, 0, 1, false, 0, 1e6, false, 0, 0, 0, false, false, ATTN_F32, 0},
-    {"qwen3: QK-norm w", 32, 4, 2, 8, 0, false, true, 1, 1, false, 0, 10000, false, 0, 0, 0, false, false, ATTN_F32, 0},
-    {"gemma: 1 + w, linear rope, scale, window, softcap", 32, 4, 2, 8, 0, false, true, 2, 2, false, 0, 10000, true, 0.25, 3, 5.0, false, false, ATTN_F32, 0},
-    {"phi3: packed qkv, partial rotary", 32, 4, 2, 8, 0, true, true, 0, 1, false, 4, 10000, false, 0, 0, 0, false, false, ATTN_F32, 0},
-    {"gpt-oss: biases, sinks, window, interleaved rope", 32, 4, 2, 8, ATTN_PROJ_ALL, false, true, 0, 1, true, 0, 150000, false, 0, 4, 0, false, true, ATTN_F32, 0},
-    {"bloom: alibi, packed with bias", 32, 4, 4, 8, ATTN_PROJ_ALL, true, true, 0, 0, false, 0, 0, false, 0, 0, 0, true, false, ATTN_F32, 0},
-    {"bert: bidirectional, key padding, biases", 32, 4, 4, 8, ATTN_PROJ_ALL, false, false, 0, 0, false, 0, 0, false, 0, 0, 0, false, false, ATTN_F32, 0},
-    {"llama bf16 weights", 32, 4, 2, 8, 0, false, true, 1, 1, false, 0, 10000, false, 0, 0, 0, false, false, ATTN_BF16, 0},
-    {"qwen2 f16 weights and biases", 32, 4, 2, 8, ATTN_PROJ_Q | ATTN_PROJ_K | ATTN_PROJ_V, false, true, 0, 1, false, 0, 10000, false, 0, 0, 0, false, false, ATTN_F16, 0},
-    {"gpt2: packed Conv1D [in, out] weights, biases", 32, 4, 4, 8, ATTN_PROJ_ALL, true, true, 0, 0, false, 0, 0, false, 0, 0, 0, false, false, ATTN_F32, ATTN_PROJ_ALL},
-    {"Conv1D q and o only, GQA, D=6 (non-square)", 32, 4, 2, 6, ATTN_PROJ_Q | ATTN_PROJ_O, false, true, 0, 1, false, 0, 10000, false, 0, 0, 0, false, false, ATTN_F32, ATTN_PROJ_Q | ATTN_PROJ_O},
-    {"gpt2 bf16 Conv1D weights", 32, 4, 4, 8, ATTN_PROJ_ALL, true, true, 0, 0, false, 0, 0, false, 0, 0, 0, false, false, ATTN_BF16, ATTN_PROJ_ALL},
+    {"llama: GQA, rope, left padding", 32, 4, 2, 8, 0, false, true, 0, 1, false, 0, 10000, false, 0, 0, 0, false, false, ATTN_F32, 0, false},
+    {"qwen2: q/k/v biases, right padding", 32, 4, 2, 8, ATTN_PROJ_Q | ATTN_PROJ_K | ATTN_PROJ_V, false, true, 0, 1, false, 0, 1e6, false, 0, 0, 0, false, false, ATTN_F32, 0, false},
+    {"qwen3: QK-norm w", 32, 4, 2, 8, 0, false, true, 1, 1, false, 0, 10000, false, 0, 0, 0, false, false, ATTN_F32, 0, false},
+    {"gemma: 1 + w, linear rope, scale, window, softcap", 32, 4, 2, 8, 0, false, true, 2, 2, false, 0, 10000, true, 0.25, 3, 5.0, false, false, ATTN_F32, 0, false},
+    {"phi3: packed qkv, partial rotary", 32, 4, 2, 8, 0, true, true, 0, 1, false, 4, 10000, false, 0, 0, 0, false, false, ATTN_F32, 0, false},
+    {"gpt-oss: biases, sinks, window, interleaved rope", 32, 4, 2, 8, ATTN_PROJ_ALL, false, true, 0, 1, true, 0, 150000, false, 0, 4, 0, false, true, ATTN_F32, 0, false},
+    {"bloom: alibi, packed with bias", 32, 4, 4, 8, ATTN_PROJ_ALL, true, true, 0, 0, false, 0, 0, false, 0, 0, 0, true, false, ATTN_F32, 0, false},
+    {"bert: bidirectional, key padding, biases", 32, 4, 4, 8, ATTN_PROJ_ALL, false, false, 0, 0, false, 0, 0, false, 0, 0, 0, false, false, ATTN_F32, 0, false},
+    {"llama bf16 weights", 32, 4, 2, 8, 0, false, true, 1, 1, false, 0, 10000, false, 0, 0, 0, false, false, ATTN_BF16, 0, false},
+    {"qwen2 f16 weights and biases", 32, 4, 2, 8, ATTN_PROJ_Q | ATTN_PROJ_K | ATTN_PROJ_V, false, true, 0, 1, false, 0, 10000, false, 0, 0, 0, false, false, ATTN_F16, 0, false},
+    {"gpt2: packed Conv1D [in, out] weights, biases", 32, 4, 4, 8, ATTN_PROJ_ALL, true, true, 0, 0, false, 0, 0, false, 0, 0, 0, false, false, ATTN_F32, ATTN_PROJ_ALL, false},
+    {"Conv1D q and o only, GQA, D=6 (non-square)", 32, 4, 2, 6, ATTN_PROJ_Q | ATTN_PROJ_O, false, true, 0, 1, false, 0, 10000, false, 0, 0, 0, false, false, ATTN_F32, ATTN_PROJ_Q | ATTN_PROJ_O, false},
+    {"gpt2 bf16 Conv1D weights", 32, 4, 4, 8, ATTN_PROJ_ALL, true, true, 0, 0, false, 0, 0, false, 0, 0, 0, false, false, ATTN_BF16, ATTN_PROJ_ALL, false},
+    {"bloom: qkv interleaved per head, alibi, biases", 32, 4, 4, 8, ATTN_PROJ_ALL, true, true, 0, 0, false, 0, 0, false, 0, 0, 0, true, false, ATTN_F32, 0, true},
+    {"per-head qkv as Conv1D, rope, f16, D=6", 24, 4, 4, 6, ATTN_PROJ_ALL, true, true, 0, 1, false, 0, 10000, false, 0, 0, 0, false, false, ATTN_F16, ATTN_PROJ_ALL, true},
 };
 
 enum { PB = 2, PS = 9 };
@@ -451,7 +465,7 @@ static void test_cache_rows(void **state) {
   attn_context *ctx = *state;
   /* QK-norm, RoPE, GQA, window: keys must be stored normed and rotated at
    * their absolute positions for the steps to match the full pass */
-  static const layer_spec sp = {"cache", 32, 4, 2, 8, ATTN_PROJ_Q | ATTN_PROJ_K | ATTN_PROJ_V, false, true, 1, 1, false, 0, 10000, false, 0, 6, 0, false, true, ATTN_F32, 0};
+  static const layer_spec sp = {"cache", 32, 4, 2, 8, ATTN_PROJ_Q | ATTN_PROJ_K | ATTN_PROJ_V, false, true, 1, 1, false, 0, 10000, false, 0, 6, 0, false, true, ATTN_F32, 0, false};
   layer L;
   layer_init(&L, ctx, &sp, CB, 8, 21);
   attn_kv_cache *c = NULL;
@@ -646,6 +660,13 @@ static void test_layer_desc_errors(void **state) {
   d.transposed = ATTN_PROJ_ALL; /* in_proj [48, 16] is not [d_model 16, 48] */
   tu_assert_fails(attn_mha_create(ctx, &d, &P2, &g), ATTN_ERR_SHAPE, "in_proj: shape");
   d.transposed = 0;
+  d.qkv_per_head = true;
+  tu_assert_fails(attn_mha_create(ctx, &d, &W, &g), ATTN_ERR_INVALID_ARG,
+                  "desc.qkv_per_head: set but no in_proj");
+  d.n_kv_heads = 2; /* in_proj [48, 16] is not [(4 + 2*2) * 4, 16] either, but GQA is named first */
+  tu_assert_fails(attn_mha_create(ctx, &d, &P2, &g), ATTN_ERR_INVALID_ARG,
+                  "desc.qkv_per_head: needs n_kv_heads 2 == n_heads 4");
+  d.n_kv_heads = 0, d.qkv_per_head = false;
   /* run arguments */
   assert_int_equal(attn_mha_create(ctx, &d, &W, &g), ATTN_OK);
   const int64_t xs[3] = {1, 4, 16};
