@@ -85,6 +85,7 @@ struct attn_mha {
   int64_t window_left, window_right;
   float softcap;
   float *alibi, *sinks; /* host [Hq] copies or NULL */
+  bool qkv_per_head;    /* w[W_Q..W_V]: head 0's rows of an interleaved in_proj */
   attn_tensor *pmask;   /* [max_b, kv rows] f32: a plain run's key padding, made on first use */
   attn_tensor *qbuf, *kbuf, *vbuf, *abuf;
   graph_op ops[GRAPH_MAX_OPS];
@@ -231,15 +232,34 @@ static attn_view act(const run_ctx *r, act_id id, const row_group *gr) {
 
 static int is_kv(act_id id) { return id == ACT_K || id == ACT_V || id == ACT_KVX; }
 
+static attn_status linear_call(const attn_mha *g, attn_linear_desc d) {
+  /* Rows are contiguous (checked); a width-1 row may carry any stride. A
+   * transposed weight's [out, in] view runs along in with stride out. */
+  d.x.strides[3] = d.y.strides[3] = 1;
+  if (d.w.shape[3] == 1) d.w.strides[3] = 1;
+  const attn_view *views[4] = {&d.x, &d.w, &d.bias, &d.y};
+  d.features = (d.bias.buf ? ATTN_FEAT_BIAS : 0) | attn__dtype_features(views, 4) |
+               (d.w.strides[3] != 1 ? ATTN_FEAT_W_STRIDED : 0);
+  return attn__run_linear(g->ctx, &d);
+}
+
 static attn_status run_linear(const run_ctx *r, const graph_op *op, const row_group *gr) {
   const attn_mha *g = r->g;
   attn_linear_desc d = {.struct_size = sizeof d, .x = act(r, op->src, gr), .w = g->w[op->w],
                         .bias = g->w[op->b], .y = act(r, op->dst, gr)};
-  /* Rows are contiguous (checked); a width-1 row may carry any stride. */
-  d.x.strides[3] = d.w.strides[3] = d.y.strides[3] = 1;
-  const attn_view *views[4] = {&d.x, &d.w, &d.bias, &d.y};
-  d.features = (d.bias.buf ? ATTN_FEAT_BIAS : 0) | attn__dtype_features(views, 4);
-  return attn__run_linear(g->ctx, &d);
+  if (!g->qkv_per_head || op->w == W_O) return linear_call(g, d);
+  /* An interleaved in_proj: head h's D rows lie 3*D rows after head h-1's;
+   * one call per head writes its D columns of q, k or v. */
+  attn_status s = ATTN_OK;
+  const attn_view w0 = d.w, b0 = d.bias, y0 = d.y;
+  d.y.shape[3] = g->D;
+  for (int64_t h = 0; h < g->Hq && !s; h++) {
+    d.w.offset = w0.offset + h * 3 * g->D * w0.strides[2];
+    if (b0.buf) d.bias.offset = b0.offset + h * 3 * g->D * b0.strides[3];
+    d.y.offset = y0.offset + h * g->D * y0.strides[3];
+    s = linear_call(g, d);
+  }
+  return s;
 }
 
 /* QK-norm or RoPE of q (the whole batch) or of the new keys of group gr, in
@@ -391,9 +411,9 @@ static attn_status check_desc(const attn_mha_desc *d) {
   if (d->biases & ~ATTN_PROJ_ALL)
     return attn__error(ATTN_ERR_INVALID_ARG, "desc.biases: 0x%x has bits beyond ATTN_PROJ_ALL",
                        d->biases);
-  if (d->transposed)
-    return attn__error(ATTN_ERR_UNSUPPORTED,
-                       "desc.transposed: [in, out] (Conv1D) weights are not supported yet");
+  if (d->transposed & ~ATTN_PROJ_ALL)
+    return attn__error(ATTN_ERR_INVALID_ARG, "desc.transposed: 0x%x has bits beyond ATTN_PROJ_ALL",
+                       d->transposed);
   if ((d->q_norm || d->k_norm) && !(isfinite(d->norm_eps) && d->norm_eps > 0))
     return attn__error(ATTN_ERR_INVALID_ARG, "desc.norm_eps: %g (must be finite and > 0)",
                        (double)d->norm_eps);
@@ -483,8 +503,27 @@ static attn_status check_plan(const attn_context *ctx, int64_t rows, int64_t seq
 }
 
 /* Resolve and check the weights into g->w / g->user_w. */
+/* A weight stored [in, out] (Conv1D) as the linear stage's [out, in] view:
+ * the same elements, shape and strides of the last two dims swapped. */
+static attn_view transposed_view(const attn_tensor *t) {
+  attn_view v = attn__tensor_view4(t);
+  const int64_t n = v.shape[2], st = v.strides[2];
+  v.shape[2] = v.shape[3], v.strides[2] = v.strides[3];
+  v.shape[3] = n, v.strides[3] = st;
+  return v;
+}
+
+/* Check weight t ([out, in], or [in, out] when tr) and view it as [out, in]. */
+static attn_status weight_view(attn_context *ctx, const attn_tensor *t, const char *name,
+                               int64_t out, int64_t in, bool tr, attn_view *v) {
+  const int64_t sh[2] = {tr ? in : out, tr ? out : in};
+  attn_status s = check_arg(ctx, t, name, 2, sh, 1);
+  if (!s) *v = tr ? transposed_view(t) : attn__tensor_view4(t);
+  return s;
+}
+
 static attn_status setup_weights(attn_mha *g, const attn_mha_weights *w, bool bias_all,
-                                 unsigned biases) {
+                                 unsigned biases, unsigned tr, bool per_head) {
   attn_status s;
   attn_context *ctx = g->ctx;
   const int64_t HqD = g->Hq * g->D, HkvD = g->Hkv * g->D;
@@ -508,6 +547,12 @@ static attn_status setup_weights(attn_mha *g, const attn_mha_weights *w, bool bi
   } else if (w->in_bias) {
     return attn__error(ATTN_ERR_INVALID_ARG, "in_bias: given without in_proj");
   }
+  if (per_head && !w->in_proj)
+    return attn__error(ATTN_ERR_INVALID_ARG, "desc.qkv_per_head: set but no in_proj is given");
+  if (per_head && g->Hkv != g->Hq)
+    return attn__error(ATTN_ERR_INVALID_ARG,
+                       "desc.qkv_per_head: needs n_kv_heads %lld == n_heads %lld",
+                       (long long)g->Hkv, (long long)g->Hq);
   /* Which projections have a bias: all with desc.bias, else desc.biases; a
    * packed in_bias serves q, k and v together. */
   if (w->in_proj && (biases & 7u) && (biases & 7u) != 7u)
@@ -529,12 +574,19 @@ static attn_status setup_weights(attn_mha *g, const attn_mha_weights *w, bool bi
 
   if (w->in_proj) {
     const int64_t rows = HqD + 2 * HkvD;
-    const int64_t ps[2] = {rows, g->E}, pb[1] = {rows};
-    if ((s = check_arg(ctx, w->in_proj, "in_proj", 2, ps, 1))) return s;
+    const int64_t pb[1] = {rows};
+    if ((tr & 7u) && (tr & 7u) != 7u)
+      return attn__error(ATTN_ERR_INVALID_ARG,
+                         "desc.transposed: in_proj is one matrix for q, k and v: name all three or none");
+    attn_view pw;
+    if ((s = weight_view(ctx, w->in_proj, "in_proj", rows, g->E, tr & 1u, &pw))) return s;
     if (bias && (s = check_arg(ctx, w->in_bias, "in_bias", 1, pb, 0))) return s;
-    /* Row blocks q, k, v of the packed matrix as views: no copy. */
-    const int64_t first[3] = {0, HqD, HqD + HkvD}, n[3] = {HqD, HkvD, HkvD};
-    attn_view pw = attn__tensor_view4(w->in_proj);
+    /* Row blocks q, k, v of the packed matrix (column blocks of a transposed
+     * one) as views: no copy. */
+    int64_t first[3] = {0, HqD, HqD + HkvD}, n[3] = {HqD, HkvD, HkvD};
+    if (per_head) /* head 0's rows of each; run_linear steps through the heads */
+      for (int i = 0; i < 3; i++) first[i] = i * g->D, n[i] = g->D;
+    g->qkv_per_head = per_head;
     attn_view pbv = bias ? attn__tensor_view4(w->in_bias) : (attn_view){0};
     for (int i = 0; i < 3; i++) {
       g->w[W_Q + i] = pw;
@@ -547,13 +599,10 @@ static attn_status setup_weights(attn_mha *g, const attn_mha_weights *w, bool bi
       }
     }
   } else {
-    const int64_t sq[2] = {HqD, g->E}, skv[2] = {HkvD, g->Ekv};
-    if ((s = check_arg(ctx, w->wq, "wq", 2, sq, 1)) || (s = check_arg(ctx, w->wk, "wk", 2, skv, 1)) ||
-        (s = check_arg(ctx, w->wv, "wv", 2, skv, 1)))
+    if ((s = weight_view(ctx, w->wq, "wq", HqD, g->E, tr & ATTN_PROJ_Q, &g->w[W_Q])) ||
+        (s = weight_view(ctx, w->wk, "wk", HkvD, g->Ekv, tr & ATTN_PROJ_K, &g->w[W_K])) ||
+        (s = weight_view(ctx, w->wv, "wv", HkvD, g->Ekv, tr & ATTN_PROJ_V, &g->w[W_V])))
       return s;
-    g->w[W_Q] = attn__tensor_view4(w->wq);
-    g->w[W_K] = attn__tensor_view4(w->wk);
-    g->w[W_V] = attn__tensor_view4(w->wv);
     const int64_t bq[1] = {HqD}, bkv[1] = {HkvD};
     const attn_tensor *bt[3] = {w->bq, w->bk, w->bv};
     const int64_t *bsh[3] = {bq, bkv, bkv};
@@ -563,9 +612,8 @@ static attn_status setup_weights(attn_mha *g, const attn_mha_weights *w, bool bi
       g->w[B_Q + i] = attn__tensor_view4(bt[i]);
     }
   }
-  const int64_t so[2] = {g->E, HqD}, bo[1] = {g->E};
-  if ((s = check_arg(ctx, w->wo, "wo", 2, so, 1))) return s;
-  g->w[W_O] = attn__tensor_view4(w->wo);
+  const int64_t bo[1] = {g->E};
+  if ((s = weight_view(ctx, w->wo, "wo", g->E, HqD, tr & ATTN_PROJ_O, &g->w[W_O]))) return s;
   if (biases & ATTN_PROJ_O) {
     if ((s = check_arg(ctx, w->bo, "bo", 1, bo, 0))) return s;
     g->w[B_O] = attn__tensor_view4(w->bo);
@@ -621,7 +669,8 @@ attn_status attn_mha_create(attn_context *ctx, const attn_mha_desc *desc, const 
     return s;
   }
 
-  if ((s = setup_weights(g, w, desc->bias, desc->bias ? ATTN_PROJ_ALL : desc->biases)) ||
+  if ((s = setup_weights(g, w, desc->bias, desc->bias ? ATTN_PROJ_ALL : desc->biases,
+                           desc->transposed, desc->qkv_per_head)) ||
       (s = setup_layer(g, desc))) {
     free_layer(g);
     free(g);

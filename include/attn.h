@@ -402,7 +402,9 @@ ATTN_API attn_status attn_rms_norm(attn_context *ctx, const attn_tensor *x,
  *   wo [d_model, n_heads*head_dim]     bo [d_model]
  * or, instead of wq/wk/wv, one packed in_proj [(n_heads+2*n_kv_heads)*head_dim,
  * d_model] (rows q, then k, then v, as nn.MultiheadAttention's in_proj_weight,
- * Phi-3's qkv_proj) with in_bias; the packed form needs d_kv == d_model.
+ * Phi-3's qkv_proj; or per head [h][q | k | v][head_dim] with
+ * desc.qkv_per_head, BLOOM's query_key_value) with in_bias; the packed form
+ * needs d_kv == d_model.
  * Biases are required exactly when desc.bias is true, or (0.4) for the
  * projections desc.biases names (in_bias: q, k and v together); a weight in
  * desc.transposed is given [in, out] (GPT-2's Conv1D, y = x W + b) and read
@@ -444,6 +446,11 @@ typedef struct attn_mha_desc {
   float softcap;        /* > 0: cap the logits */
   const float *alibi_slopes; /* host [n_heads] or NULL; copied at creation */
   const float *sinks;        /* host [n_heads] or NULL; copied at creation */
+  /* in_proj's rows interleaved per head, [h][q | k | v][head_dim] (BLOOM's
+   * query_key_value) instead of the blocks q, k, v; needs in_proj and
+   * n_kv_heads == n_heads. Each head's rows are read through a view at
+   * their offset, never copied. */
+  bool qkv_per_head;
 } attn_mha_desc;
 /* The projections, for desc.biases and desc.transposed. */
 #define ATTN_PROJ_Q 1u

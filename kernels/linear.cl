@@ -1,6 +1,6 @@
 /* The linear stage: y[b, m, n] = sum_k x[b, m, k] * w[n, k] + bias[n]
- * (nn.Linear: W is [N, K]), rows of x, w and y contiguous (the core
- * guarantees unit stride along k and n).
+ * (nn.Linear: W is [N, K]), rows of x and y contiguous (the core
+ * guarantees unit stride along k and n), and W's too unless -DWKS=1.
  *
  * Both operands run along k in memory, so each work-item computes an MR x NR
  * tile of y as MR*NR dot products with float16 vectors along k: per 16 k,
@@ -11,6 +11,11 @@
  * and W (1 MiB for the MHA projections, E = 512) close. Rows and columns
  * past M or N read the last one (in bounds) and are not written; k past the
  * last multiple of 16 is summed by a scalar tail.
+ *
+ * -DWKS=1 (ABI 2.4's ATTN_FEAT_W_STRIDED): W's elements along k are
+ * w_st.s3 apart, as in GPT-2's Conv1D [K, N] weights seen as [N, K] (s2 = 1,
+ * s3 = N); each 16 k of a row of W are then gathered by scalar loads, which
+ * consecutive work-items (consecutive n) make to neighbouring addresses.
  *
  * Build options: -DMR=m -DNR=n, the tile, which the host also uses for the
  * global size; -DXT= -DWT= -DBT= -DYT= the storage types of x, W, bias and y
@@ -38,10 +43,28 @@
 #ifndef YT
 #define YT 0
 #endif
+#ifndef WKS
+#define WKS 0
+#endif
 typedef ATTN_TYPE(XT) xt;
 typedef ATTN_TYPE(WT) wt;
 typedef ATTN_TYPE(BT) bt;
 typedef ATTN_TYPE(YT) yt;
+
+#if WKS
+/* 16 elements of W along k from p, s apart. */
+static inline float16 wload16s(const __global wt *p, long s) {
+  float t[16];
+  #pragma unroll
+  for (int i = 0; i < 16; i++) t[i] = ATTN_LD(WT, p, i * s);
+  return vload16(0, t);
+}
+#define WLOAD16(p, k) wload16s((p) + (long)(k) * w_st.s3, w_st.s3)
+#define WK(k) ((long)(k) * w_st.s3)
+#else
+#define WLOAD16(p, k) ATTN_VLOAD16(WT, 0, (p) + (k))
+#define WK(k) (k)
+#endif
 
 static inline float hsum16(float16 a) {
   const float8 b = a.lo + a.hi;
@@ -77,7 +100,7 @@ __kernel void linear(__global const xt *x, long x_off, long4 x_st,
   for (int k = 0; k < K16; k += 16) {
     float16 wv[NR];
     #pragma unroll
-    for (int j = 0; j < NR; j++) wv[j] = ATTN_VLOAD16(WT, 0, wr[j] + k);
+    for (int j = 0; j < NR; j++) wv[j] = WLOAD16(wr[j], k);
     #pragma unroll
     for (int r = 0; r < MR; r++) {
       const float16 xv = ATTN_VLOAD16(XT, 0, xr[r] + k);
@@ -92,7 +115,7 @@ __kernel void linear(__global const xt *x, long x_off, long4 x_st,
     for (int j = 0; j < NR; j++)
       if (m0 + r < M && n0 + j < N) {
         float s = hsum16(a[r][j]);
-        for (int k = K16; k < K; k++) s = fma(ATTN_LD(XT, xr[r], k), ATTN_LD(WT, wr[j], k), s);
+        for (int k = K16; k < K; k++) s = fma(ATTN_LD(XT, xr[r], k), ATTN_LD(WT, wr[j], WK(k)), s);
         if (has_bias) s += ATTN_LD(BT, bias, b_off + (long)(n0 + j) * b_st.s3);
         ATTN_ST(YT, yb, (long)(m0 + r) * y_st.s2 + n0 + j, s);
       }

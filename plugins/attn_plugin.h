@@ -29,7 +29,7 @@
 extern "C" {
 #endif
 
-/* ABI 2.3. Major 2 replaced 1.x's per-stage slots with run(stage, desc) and
+/* ABI 2.4. Major 2 replaced 1.x's per-stage slots with run(stage, desc) and
  * gave views an element type and descriptors a {struct_size, features}
  * header; minor 1 added 16-bit storage (ATTN_FEAT_F16 / ATTN_FEAT_BF16);
  * minor 2 added the SDPA options of real models (positions, windows,
@@ -38,7 +38,9 @@ extern "C" {
  * merge stage (ATTN_STAGE_MERGE); minor 3 added the stages of a model's
  * attention layer around SDPA: rotary position embedding (ATTN_STAGE_ROPE,
  * ATTN_FEAT_ROPE_INTERLEAVED) and RMSNorm (ATTN_STAGE_RMSNORM,
- * ATTN_FEAT_NORM_OFFSET).
+ * ATTN_FEAT_NORM_OFFSET); minor 4 let the linear stage's w run along k with
+ * any stride (ATTN_FEAT_W_STRIDED: GPT-2's Conv1D [in, out] weights seen as
+ * [out, in] through swapped strides, not copied).
  *
  * Growing the ABI (rules for the core and for backend authors):
  *  - A new option of a stage is a new ATTN_FEAT_* bit, a new minor version and,
@@ -53,7 +55,7 @@ extern "C" {
  *    the shorter descriptor, whose missing fields mean "option not used".
  *  - A new stage is a new attn_stage value and descriptor, not a new slot. */
 #define ATTN_ABI_MAJOR 2
-#define ATTN_ABI_MINOR 3
+#define ATTN_ABI_MINOR 4
 
 /* Services the core offers to backends. */
 typedef struct attn_host {
@@ -101,7 +103,8 @@ typedef struct attn_view {
 #define ATTN_FEAT_SINKS (1ull << 13)        /* sdpa: attention sinks (ABI 2.2) */
 #define ATTN_FEAT_ROPE_INTERLEAVED (1ull << 14) /* rope: GPT-J pairs (2i, 2i+1) (ABI 2.3) */
 #define ATTN_FEAT_NORM_OFFSET (1ull << 15)  /* rmsnorm: gain 1 + w (Gemma) (ABI 2.3) */
-#define ATTN_FEAT_COUNT 16
+#define ATTN_FEAT_W_STRIDED (1ull << 16)    /* linear: w.strides[3] != 1 (ABI 2.4) */
+#define ATTN_FEAT_COUNT 17
 /* Every bit this SDK knows. */
 #define ATTN_FEAT_KNOWN ((1ull << ATTN_FEAT_COUNT) - 1)
 
@@ -109,7 +112,7 @@ typedef struct attn_view {
  * SDK does not know is newer than it. */
 static inline unsigned attn_feature_minor(int bit) {
   if (bit < 0 || bit >= ATTN_FEAT_COUNT) return ATTN_ABI_MINOR + 1;
-  return bit >= 14 ? 3 : bit >= 9 ? 2 : bit == 7 || bit == 8 ? 1 : 0;
+  return bit >= 16 ? 4 : bit >= 14 ? 3 : bit >= 9 ? 2 : bit == 7 || bit == 8 ? 1 : 0;
 }
 
 /* "causal", "bf16 storage", ... for messages; "feature bit N" if unknown. The
@@ -118,7 +121,8 @@ static inline const char *attn_feature_name(int bit, char *buf, size_t len) {
   static const char *const names[ATTN_FEAT_COUNT] = {
       "bool mask", "additive mask", "causal", "kv_lens", "weights output", "lse output",
       "bias",      "f16 storage",   "bf16 storage", "positions", "window",
-      "softcap",   "alibi",         "sinks",        "interleaved rope", "norm offset (1 + w)"};
+      "softcap",   "alibi",         "sinks",        "interleaved rope", "norm offset (1 + w)",
+      "strided weight"};
   if (bit >= 0 && bit < ATTN_FEAT_COUNT) return names[bit];
   if (buf && len) {
     int n = 0;
@@ -146,11 +150,13 @@ static inline int attn_feature_unknown(uint64_t features, uint64_t known) {
 /* y[b, m, :] = x[b, m, :] W^T + bias   (nn.Linear convention)
  *   x [1, B, M, K], w [1, 1, N, K], bias [1, 1, 1, N] (optional), y [1, B, M, N]
  * Each of x, w, bias, y may be f32, f16 or bf16; accumulate in at least fp32.
- * The core guarantees strides[3] == 1 for x, w and y (rows are contiguous),
- * and that y overlaps none of the inputs. */
+ * The core guarantees strides[3] == 1 for x and y (rows are contiguous), and
+ * for w unless ATTN_FEAT_W_STRIDED (ABI 2.4): then w's elements along k are
+ * strides[3] apart (a transposed [K, N] matrix has strides[2] == 1,
+ * strides[3] == N); and that y overlaps none of the inputs. */
 typedef struct attn_linear_desc {
   size_t struct_size; /* sizeof as the core saw it */
-  uint64_t features;  /* ATTN_FEAT_BIAS, _F16, _BF16 */
+  uint64_t features;  /* ATTN_FEAT_BIAS, _F16, _BF16, _W_STRIDED */
   attn_view x, w, bias, y;
 } attn_linear_desc;
 

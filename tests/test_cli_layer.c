@@ -95,10 +95,16 @@ typedef struct lcase {
   bool as_dir;                     /* --checkpoint DIR (config.json found there) */
 } lcase;
 
-/* Every case the graph runs (gpt2 and bloom are refused: test_errors), the
- * decode ones with their --cache-steps, llama_left also as a directory. */
+/* Every fixture case, the decode ones with their --cache-steps, llama_left
+ * also as a directory. */
 static const lcase cases[] = {
     {"llama_left", "1", "0", true},
+    {"bloom_decode", "1", "4", false},
+    {"bloom_left", "1", "0", false},
+    {"bloom_right_6heads", "1", "0", false},
+    {"gpt2_decode", "1", "4", false},
+    {"gpt2_left", "1", "0", false},
+    {"gpt2_right_bare", "1", "0", false},
     {"bert_left", "1", "0", false},
     {"bert_right", "1", "0", false},
     {"gemma2_decode_full", "1", "4", false},
@@ -306,14 +312,12 @@ static void expect_refused(const spawn_result *r, const char *out, const char *s
 static void test_errors(void **state) {
   (void)state;
   char ck[1200], cfg[1200], x[1200], am[1200], other_am[1200], out[400];
-  char bloom[1200], bloom_x[1200], gpt2_cfg[1200];
+  char gpt2_cfg[1200];
   case_file(ck, sizeof ck, "llama_left", "model.safetensors");
   case_file(cfg, sizeof cfg, "llama_left", "config.json");
   case_file(x, sizeof x, "llama_left", "x.npy");
   case_file(am, sizeof am, "llama_left", "attention_mask.npy");
   case_file(other_am, sizeof other_am, "mistral_left", "attention_mask.npy"); /* [2, 20] */
-  case_file(bloom, sizeof bloom, "bloom_left", "");
-  case_file(bloom_x, sizeof bloom_x, "bloom_left", "x.npy");
   case_file(gpt2_cfg, sizeof gpt2_cfg, "gpt2_left", "config.json");
   snprintf(out, sizeof out, "%s/refused.npy", dir);
   unlink(out);
@@ -343,16 +347,6 @@ static void test_errors(void **state) {
       out);
   expect_refused(&r, out, "--checkpoint: ");
   assert_non_null(strstr(r.err, "c_attn.weight"));
-  /* bloom: refused by name */
-  RUN(&r, "layer", "--checkpoint", bloom, "--layer", "1", "--x", bloom_x, "--out", out);
-  expect_refused(&r, out, "model_type 'bloom' is not supported");
-  /* gpt2: Conv1D weights, refused by the graph, by name */
-  char gpt2[1200], gpt2_x[1200];
-  case_file(gpt2, sizeof gpt2, "gpt2_left", "");
-  case_file(gpt2_x, sizeof gpt2_x, "gpt2_left", "x.npy");
-  RUN(&r, "layer", "--checkpoint", gpt2, "--layer", "1", "--x", gpt2_x, "--out", out);
-  expect_refused(&r, out, "gpt2 layer 1 is not supported");
-  assert_non_null(strstr(r.err, "desc.transposed"));
   /* too many cache steps */
   RUN(&r, "layer", "--checkpoint", ck, "--config", cfg, "--layer", "1", "--x", x,
       "--cache-steps", "17", "--out", out);

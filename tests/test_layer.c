@@ -4,7 +4,9 @@
  * library): projections with a bias on any subset, packed qkv, QK-norm (w
  * and 1 + w), RoPE (half split, interleaved, partial, linear scaling) at
  * per-token positions, GQA, scale, causal, window, softcap, ALiBi, sinks,
- * key padding (left and right), bf16 weights. Then the KV cache with a
+ * key padding (left and right), bf16 weights, GPT-2's Conv1D [in, out]
+ * weights (desc.transposed, packed or some projections only), BLOOM's qkv
+ * rows interleaved per head (desc.qkv_per_head). Then the KV cache with a
  * length per row: rows advancing by different numbers of tokens, padding
  * tokens kept hidden, truncation and the reset of one row, each against the
  * double layer over the row's whole sequence (a full pass), and the
@@ -41,6 +43,8 @@ typedef struct layer_spec {
   double softcap;
   bool alibi, sinks;
   attn_dtype wt;   /* the weights' storage type */
+  unsigned transposed; /* ATTN_PROJ_* stored [in, out] (GPT-2's Conv1D) */
+  bool per_head;   /* packed rows interleaved per head [h][q|k|v][D] (BLOOM) */
 } layer_spec;
 
 typedef struct layer {
@@ -60,6 +64,25 @@ static attn_tensor *upload(attn_context *ctx, attn_dtype t, int ndim, const int6
   const size_t n = (size_t)attn_tensor_numel(x);
   assert_int_equal(attn_tensor_write(x, h, n), ATTN_OK);
   assert_int_equal(attn_tensor_read(x, h, n), ATTN_OK); /* the host copy as stored */
+  return x;
+}
+
+/* A weight h [rows, cols] ([out, in]) uploaded as is, or (tr) as the
+ * [cols, rows] matrix a Conv1D stores; h gets the stored values back. */
+static attn_tensor *upload_weight(attn_context *ctx, attn_dtype t, int64_t rows, int64_t cols,
+                                  float *h, bool tr) {
+  if (!tr) {
+    const int64_t ws[2] = {rows, cols};
+    return upload(ctx, t, 2, ws, h);
+  }
+  const int64_t ws[2] = {cols, rows};
+  float *ht = malloc((size_t)(rows * cols) * sizeof *ht);
+  for (int64_t r = 0; r < rows; r++)
+    for (int64_t c = 0; c < cols; c++) ht[c * rows + r] = h[r * cols + c];
+  attn_tensor *x = upload(ctx, t, 2, ws, ht);
+  for (int64_t r = 0; r < rows; r++)
+    for (int64_t c = 0; c < cols; c++) h[r * cols + c] = ht[c * rows + r];
+  free(ht);
   return x;
 }
 
@@ -84,29 +107,38 @@ static void layer_init(layer *L, attn_context *ctx, const layer_spec *sp, int64_
     L->b[i] = (sp->biases >> i) & 1u ? tu_alloc_uniform((size_t)rows[i], &rng, -0.5f, 0.5f) : NULL;
   }
   if (sp->packed) {
-    const int64_t R = (sp->H + 2 * sp->Hkv) * D, ps[2] = {R, E}, bs[1] = {R};
+    const int64_t R = (sp->H + 2 * sp->Hkv) * D, bs[1] = {R};
     float *pw = malloc((size_t)(R * E) * sizeof *pw), *pb = malloc((size_t)R * sizeof *pb);
-    int64_t r = 0;
-    for (int i = 0; i < 3; i++) {
-      memcpy(pw + r * E, L->w[i], (size_t)(rows[i] * E) * sizeof *pw);
-      if (L->b[i]) memcpy(pb + r, L->b[i], (size_t)rows[i] * sizeof *pb);
-      r += rows[i];
+    /* packed row p holds row src_r[p] of projection src_i[p]: blocks q | k | v,
+     * or per head [h][q | k | v][D] */
+    int *src_i = malloc((size_t)R * sizeof *src_i);
+    int64_t *src_r = malloc((size_t)R * sizeof *src_r);
+    for (int64_t p = 0; p < R; p++) {
+      if (sp->per_head) {
+        const int64_t h = p / (3 * D), c = p / D % 3;
+        src_i[p] = (int)c, src_r[p] = h * D + p % D;
+      } else {
+        src_i[p] = p < rows[0] ? 0 : p < rows[0] + rows[1] ? 1 : 2;
+        src_r[p] = p - (src_i[p] == 0 ? 0 : src_i[p] == 1 ? rows[0] : rows[0] + rows[1]);
+      }
     }
-    L->in_proj = upload(ctx, sp->wt, 2, ps, pw);
+    for (int64_t p = 0; p < R; p++) {
+      memcpy(pw + p * E, L->w[src_i[p]] + src_r[p] * E, (size_t)E * sizeof *pw);
+      if (L->b[src_i[p]]) pb[p] = L->b[src_i[p]][src_r[p]];
+    }
+    L->in_proj = upload_weight(ctx, sp->wt, R, E, pw, sp->transposed & ATTN_PROJ_Q);
     if (sp->biases & ATTN_PROJ_Q) L->in_bias = upload(ctx, sp->wt, 1, bs, pb);
     /* the oracle reads the rounded values back */
-    r = 0;
-    for (int i = 0; i < 3; i++) {
-      memcpy(L->w[i], pw + r * E, (size_t)(rows[i] * E) * sizeof *pw);
-      if (L->b[i]) memcpy(L->b[i], pb + r, (size_t)rows[i] * sizeof *pb);
-      r += rows[i];
+    for (int64_t p = 0; p < R; p++) {
+      memcpy(L->w[src_i[p]] + src_r[p] * E, pw + p * E, (size_t)E * sizeof *pw);
+      if (L->b[src_i[p]]) L->b[src_i[p]][src_r[p]] = pb[p];
     }
-    free(pw), free(pb);
+    free(pw), free(pb), free(src_i), free(src_r);
   }
   for (int i = 0; i < 4; i++) {
-    const int64_t ws[2] = {rows[i], cols[i]}, bs[1] = {rows[i]};
+    const int64_t bs[1] = {rows[i]};
     if (!(sp->packed && i < 3)) {
-      L->tw[i] = upload(ctx, sp->wt, 2, ws, L->w[i]);
+      L->tw[i] = upload_weight(ctx, sp->wt, rows[i], cols[i], L->w[i], (sp->transposed >> i) & 1u);
       if (L->b[i]) L->tb[i] = upload(ctx, sp->wt, 1, bs, L->b[i]);
     }
   }
@@ -114,6 +146,8 @@ static void layer_init(layer *L, attn_context *ctx, const layer_spec *sp, int64_
   d.d_model = E, d.n_heads = sp->H, d.n_kv_heads = sp->Hkv, d.head_dim = D;
   d.causal = sp->causal, d.max_batch = max_b, d.max_seq = max_s;
   d.biases = sp->biases;
+  d.transposed = sp->transposed;
+  d.qkv_per_head = sp->per_head;
   if (sp->norm) {
     const int64_t ns[1] = {D};
     L->qn = tu_alloc_uniform((size_t)D, &rng, sp->norm == 2 ? -0.4f : 0.6f, sp->norm == 2 ? 0.4f : 1.4f);
@@ -273,16 +307,21 @@ static int compare_rows(const char *what, const float *got, const double *want, 
 /* ---- plain runs ------------------------------------------------------------------------- */
 
 static const layer_spec specs[] = {
-    {"llama: GQA, rope, left padding", 32, 4, 2, 8, 0, false, true, 0, 1, false, 0, 10000, false, 0, 0, 0, false, false, ATTN_F32},
-    {"qwen2: q/k/v biases, right padding", 32, 4, 2, 8, ATTN_PROJ_Q | ATTN_PROJ_K | ATTN_PROJ_V, false, true, 0, 1, false, 0, 1e6, false, 0, 0, 0, false, false, ATTN_F32},
-    {"qwen3: QK-norm w", 32, 4, 2, 8, 0, false, true, 1, 1, false, 0, 10000, false, 0, 0, 0, false, false, ATTN_F32},
-    {"gemma: 1 + w, linear rope, scale, window, softcap", 32, 4, 2, 8, 0, false, true, 2, 2, false, 0, 10000, true, 0.25, 3, 5.0, false, false, ATTN_F32},
-    {"phi3: packed qkv, partial rotary", 32, 4, 2, 8, 0, true, true, 0, 1, false, 4, 10000, false, 0, 0, 0, false, false, ATTN_F32},
-    {"gpt-oss: biases, sinks, window, interleaved rope", 32, 4, 2, 8, ATTN_PROJ_ALL, false, true, 0, 1, true, 0, 150000, false, 0, 4, 0, false, true, ATTN_F32},
-    {"bloom: alibi, packed with bias", 32, 4, 4, 8, ATTN_PROJ_ALL, true, true, 0, 0, false, 0, 0, false, 0, 0, 0, true, false, ATTN_F32},
-    {"bert: bidirectional, key padding, biases", 32, 4, 4, 8, ATTN_PROJ_ALL, false, false, 0, 0, false, 0, 0, false, 0, 0, 0, false, false, ATTN_F32},
-    {"llama bf16 weights", 32, 4, 2, 8, 0, false, true, 1, 1, false, 0, 10000, false, 0, 0, 0, false, false, ATTN_BF16},
-    {"qwen2 f16 weights and biases", 32, 4, 2, 8, ATTN_PROJ_Q | ATTN_PROJ_K | ATTN_PROJ_V, false, true, 0, 1, false, 0, 10000, false, 0, 0, 0, false, false, ATTN_F16},
+    {"llama: GQA, rope, left padding", 32, 4, 2, 8, 0, false, true, 0, 1, false, 0, 10000, false, 0, 0, 0, false, false, ATTN_F32, 0, false},
+    {"qwen2: q/k/v biases, right padding", 32, 4, 2, 8, ATTN_PROJ_Q | ATTN_PROJ_K | ATTN_PROJ_V, false, true, 0, 1, false, 0, 1e6, false, 0, 0, 0, false, false, ATTN_F32, 0, false},
+    {"qwen3: QK-norm w", 32, 4, 2, 8, 0, false, true, 1, 1, false, 0, 10000, false, 0, 0, 0, false, false, ATTN_F32, 0, false},
+    {"gemma: 1 + w, linear rope, scale, window, softcap", 32, 4, 2, 8, 0, false, true, 2, 2, false, 0, 10000, true, 0.25, 3, 5.0, false, false, ATTN_F32, 0, false},
+    {"phi3: packed qkv, partial rotary", 32, 4, 2, 8, 0, true, true, 0, 1, false, 4, 10000, false, 0, 0, 0, false, false, ATTN_F32, 0, false},
+    {"gpt-oss: biases, sinks, window, interleaved rope", 32, 4, 2, 8, ATTN_PROJ_ALL, false, true, 0, 1, true, 0, 150000, false, 0, 4, 0, false, true, ATTN_F32, 0, false},
+    {"bloom: alibi, packed with bias", 32, 4, 4, 8, ATTN_PROJ_ALL, true, true, 0, 0, false, 0, 0, false, 0, 0, 0, true, false, ATTN_F32, 0, false},
+    {"bert: bidirectional, key padding, biases", 32, 4, 4, 8, ATTN_PROJ_ALL, false, false, 0, 0, false, 0, 0, false, 0, 0, 0, false, false, ATTN_F32, 0, false},
+    {"llama bf16 weights", 32, 4, 2, 8, 0, false, true, 1, 1, false, 0, 10000, false, 0, 0, 0, false, false, ATTN_BF16, 0, false},
+    {"qwen2 f16 weights and biases", 32, 4, 2, 8, ATTN_PROJ_Q | ATTN_PROJ_K | ATTN_PROJ_V, false, true, 0, 1, false, 0, 10000, false, 0, 0, 0, false, false, ATTN_F16, 0, false},
+    {"gpt2: packed Conv1D [in, out] weights, biases", 32, 4, 4, 8, ATTN_PROJ_ALL, true, true, 0, 0, false, 0, 0, false, 0, 0, 0, false, false, ATTN_F32, ATTN_PROJ_ALL, false},
+    {"Conv1D q and o only, GQA, D=6 (non-square)", 32, 4, 2, 6, ATTN_PROJ_Q | ATTN_PROJ_O, false, true, 0, 1, false, 0, 10000, false, 0, 0, 0, false, false, ATTN_F32, ATTN_PROJ_Q | ATTN_PROJ_O, false},
+    {"gpt2 bf16 Conv1D weights", 32, 4, 4, 8, ATTN_PROJ_ALL, true, true, 0, 0, false, 0, 0, false, 0, 0, 0, false, false, ATTN_BF16, ATTN_PROJ_ALL, false},
+    {"bloom: qkv interleaved per head, alibi, biases", 32, 4, 4, 8, ATTN_PROJ_ALL, true, true, 0, 0, false, 0, 0, false, 0, 0, 0, true, false, ATTN_F32, 0, true},
+    {"per-head qkv as Conv1D, rope, f16, D=6", 24, 4, 4, 6, ATTN_PROJ_ALL, true, true, 0, 1, false, 0, 10000, false, 0, 0, 0, false, false, ATTN_F16, ATTN_PROJ_ALL, true},
 };
 
 enum { PB = 2, PS = 9 };
@@ -426,7 +465,7 @@ static void test_cache_rows(void **state) {
   attn_context *ctx = *state;
   /* QK-norm, RoPE, GQA, window: keys must be stored normed and rotated at
    * their absolute positions for the steps to match the full pass */
-  static const layer_spec sp = {"cache", 32, 4, 2, 8, ATTN_PROJ_Q | ATTN_PROJ_K | ATTN_PROJ_V, false, true, 1, 1, false, 0, 10000, false, 0, 6, 0, false, true, ATTN_F32};
+  static const layer_spec sp = {"cache", 32, 4, 2, 8, ATTN_PROJ_Q | ATTN_PROJ_K | ATTN_PROJ_V, false, true, 1, 1, false, 0, 10000, false, 0, 6, 0, false, true, ATTN_F32, 0, false};
   layer L;
   layer_init(&L, ctx, &sp, CB, 8, 21);
   attn_kv_cache *c = NULL;
@@ -612,9 +651,22 @@ static void test_layer_desc_errors(void **state) {
   d.sinks = sinks;
   tu_assert_fails(attn_mha_create(ctx, &d, &W, &g), ATTN_ERR_INVALID_ARG, "desc.sinks[2]");
   d.sinks = NULL;
-  d.transposed = ATTN_PROJ_O;
-  tu_assert_fails(attn_mha_create(ctx, &d, &W, &g), ATTN_ERR_UNSUPPORTED, "desc.transposed");
+  d.transposed = 16;
+  tu_assert_fails(attn_mha_create(ctx, &d, &W, &g), ATTN_ERR_INVALID_ARG, "desc.transposed");
+  attn_mha_weights P2 = {.in_proj = pw, .wo = w};
+  d.transposed = ATTN_PROJ_Q;
+  tu_assert_fails(attn_mha_create(ctx, &d, &P2, &g), ATTN_ERR_INVALID_ARG,
+                  "desc.transposed: in_proj is one matrix");
+  d.transposed = ATTN_PROJ_ALL; /* in_proj [48, 16] is not [d_model 16, 48] */
+  tu_assert_fails(attn_mha_create(ctx, &d, &P2, &g), ATTN_ERR_SHAPE, "in_proj: shape");
   d.transposed = 0;
+  d.qkv_per_head = true;
+  tu_assert_fails(attn_mha_create(ctx, &d, &W, &g), ATTN_ERR_INVALID_ARG,
+                  "desc.qkv_per_head: set but no in_proj");
+  d.n_kv_heads = 2; /* in_proj [48, 16] is not [(4 + 2*2) * 4, 16] either, but GQA is named first */
+  tu_assert_fails(attn_mha_create(ctx, &d, &P2, &g), ATTN_ERR_INVALID_ARG,
+                  "desc.qkv_per_head: needs n_kv_heads 2 == n_heads 4");
+  d.n_kv_heads = 0, d.qkv_per_head = false;
   /* run arguments */
   assert_int_equal(attn_mha_create(ctx, &d, &W, &g), ATTN_OK);
   const int64_t xs[3] = {1, 4, 16};

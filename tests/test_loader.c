@@ -113,7 +113,7 @@ static void test_badabi(void **state) {
  * both versions, never called. */
 static void test_abi1(void **state) {
   (void)state;
-  expect_refused("tp_abi1", "plugin ABI 1.2", "expects ABI 2.x (at most 2.3)", "rebuild", NULL);
+  expect_refused("tp_abi1", "plugin ABI 1.2", "expects ABI 2.x (at most 2.4)", "rebuild", NULL);
 }
 
 static void test_noentry(void **state) {
@@ -778,6 +778,10 @@ static void test_abi23_stages(void **state) {
   char buf[32];
   assert_string_equal(attn_feature_name(14, buf, sizeof buf), "interleaved rope");
   assert_string_equal(attn_feature_name(15, buf, sizeof buf), "norm offset (1 + w)");
+  /* The bit of 2.4 */
+  assert_int_equal(attn_feature_minor(16), 4);
+  assert_string_equal(attn_feature_name(16, buf, sizeof buf), "strided weight");
+  assert_true(attn_feature_minor(17) > ATTN_ABI_MINOR);
 }
 
 static void test_abi_features(void **state) {

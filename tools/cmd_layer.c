@@ -32,7 +32,7 @@ void help_layer(FILE *f) {
           "computes it: the q/k/v projections (and biases), QK-norm, RoPE, the scaled,\n"
           "soft-capped, windowed attention with sinks where the model has them, and the\n"
           "output projection. model_type: llama, mistral, qwen2, qwen3, gemma2,\n"
-          "gemma3_text, phi3, gpt_oss, bert (gpt2 and bloom are refused, see README.md).\n"
+          "gemma3_text, phi3, gpt_oss, bert, gpt2, bloom (see README.md).\n"
           "\n"
           "  --checkpoint PATH  a directory with config.json and model.safetensors (or a\n"
           "                 sharded model.safetensors.index.json), or one .safetensors\n"

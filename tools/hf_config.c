@@ -400,6 +400,29 @@ static attn_status gpt2(const st_json *r, hf_layer *l, char *err, size_t errlen)
   return ATTN_OK;
 }
 
+/* BLOOM: query_key_value [3E, E] (nn.Linear) with rows interleaved per head,
+ * [h][q | k | v][D]; dense [E, E]; all biased; ALiBi, the slopes from the
+ * head count (hf_weights_load computes them); scale 1/sqrt(D). Old
+ * checkpoints name the width n_embed (BloomConfig takes it for hidden_size);
+ * pretraining_tp and slow_but_exact only split dense's sum, so they change
+ * nothing but the rounding. */
+static attn_status bloom(const st_json *r, hf_layer *l, char *err, size_t errlen) {
+  int64_t ne = 0;
+  bool f;
+  TRY(get_pos(r, "n_embed", &ne, &f, err, errlen));
+  TRY(sizes(r, l, f ? "n_embed" : "hidden_size", "n_head", err, errlen));
+  TRY(num_layers(r, "n_layer", l, err, errlen));
+  l->causal = true;
+  l->biases = ATTN_PROJ_ALL;
+  l->packed = true;
+  l->qkv_per_head = true;
+  l->alibi = true;
+  snprintf(l->module, sizeof l->module, "h.%lld.self_attention.", (long long)l->layer);
+  l->w[HF_Q] = "query_key_value.weight", l->b[HF_Q] = "query_key_value.bias";
+  l->w[HF_O] = "dense.weight", l->b[HF_O] = "dense.bias";
+  return ATTN_OK;
+}
+
 attn_status hf_layer_from_config(const st_config *cfg, int64_t layer, hf_layer *out, char *err,
                                  size_t errlen) {
   memset(out, 0, sizeof *out);
@@ -423,14 +446,10 @@ attn_status hf_layer_from_config(const st_config *cfg, int64_t layer, hf_layer *
     if (!strcmp(mt, llama_family[i])) return llama_like(&r, out, err, errlen);
   if (!strcmp(mt, "bert")) return bert(&r, out, err, errlen);
   if (!strcmp(mt, "gpt2")) return gpt2(&r, out, err, errlen);
-  if (!strcmp(mt, "bloom"))
-    return fail(ATTN_ERR_UNSUPPORTED, err, errlen,
-                "%s: model_type 'bloom' is not supported yet: query_key_value interleaves q, k "
-                "and v per head, which the graph's packed in_proj (rows q | k | v) does not take",
-                r.file);
+  if (!strcmp(mt, "bloom")) return bloom(&r, out, err, errlen);
   return fail(ATTN_ERR_UNSUPPORTED, err, errlen,
               "%s: model_type '%s' is not supported (known: llama, mistral, qwen2, qwen3, gemma2, "
-              "gemma3_text, phi3, gpt_oss, bert, gpt2)",
+              "gemma3_text, phi3, gpt_oss, bert, gpt2, bloom)",
               r.file, mt);
 }
 
@@ -442,6 +461,7 @@ void hf_layer_desc(const hf_layer *l, attn_mha_desc *d) {
   d->causal = l->causal;
   d->biases = l->biases;
   d->transposed = l->transposed;
+  d->qkv_per_head = l->qkv_per_head;
   d->norm_eps = l->qk_norm ? l->norm_eps : 0;
   d->norm_offset = l->qk_norm && l->norm_offset;
   d->rope = l->rope.type != ATTN_ROPE_NONE ? &l->rope : NULL;
@@ -477,11 +497,31 @@ static attn_status load_one(attn_context *ctx, const st_checkpoint *ck, const ch
   return ATTN_OK;
 }
 
+/* ALiBi slopes for H heads as transformers' build_alibi_tensor computes them
+ * (in float32): with p the largest power of two <= H, base = 2^(-8/p) and
+ * slopes base^1 .. base^p; for the H - p heads left, extra = 2^(-4/p) and
+ * slopes extra^1, extra^3, ... (4 heads: 1/4, 1/16, 1/64, 1/256; 6 heads:
+ * those, then 1/2, 1/8). The powers are taken of the float32 base, as in
+ * torch, here in double and then rounded (torch's float32 pow may differ in
+ * the last bit where the base is not a power of two). */
+static attn_status alibi_slopes(int64_t H, float **out, char *err, size_t errlen) {
+  float *sl = malloc((size_t)H * sizeof *sl);
+  if (!sl) return fail(ATTN_ERR_NOMEM, err, errlen, "out of host memory for %lld ALiBi slopes", (long long)H);
+  int64_t p = 1;
+  while (p * 2 <= H) p *= 2;
+  const float base = (float)exp2(-8.0 / (double)p), extra = (float)exp2(-4.0 / (double)p);
+  for (int64_t h = 0; h < p; h++) sl[h] = (float)pow((double)base, (double)(h + 1));
+  for (int64_t m = 0; m < H - p; m++) sl[p + m] = (float)pow((double)extra, (double)(2 * m + 1));
+  *out = sl;
+  return ATTN_OK;
+}
+
 void hf_weights_free(hf_weights *w) {
   if (!w) return;
   for (int i = 0; i < 4; i++) attn_tensor_free(w->w[i]), attn_tensor_free(w->b[i]);
   attn_tensor_free(w->q_norm), attn_tensor_free(w->k_norm);
   free(w->sinks);
+  free(w->alibi);
   memset(w, 0, sizeof *w);
 }
 
@@ -516,6 +556,7 @@ attn_status hf_weights_load(attn_context *ctx, const st_checkpoint *ck, const hf
   if (!s && l->q_norm) s = load_one(ctx, ck, prefix, l, l->q_norm, 1, ns, &w->q_norm, NULL, err, errlen);
   if (!s && l->k_norm) s = load_one(ctx, ck, prefix, l, l->k_norm, 1, ns, &w->k_norm, NULL, err, errlen);
   if (!s && l->sinks) s = load_one(ctx, ck, prefix, l, l->sinks_name, 1, hs, NULL, &w->sinks, err, errlen);
+  if (!s && l->alibi) s = alibi_slopes(l->n_heads, &w->alibi, err, errlen);
   if (s) {
     hf_weights_free(w);
     return s;
@@ -531,5 +572,6 @@ attn_status hf_weights_load(attn_context *ctx, const st_checkpoint *ck, const hf
   }
   m->wo = w->w[HF_O], m->bo = w->b[HF_O];
   if (d) d->q_norm = w->q_norm, d->k_norm = w->k_norm, d->sinks = w->sinks;
+  if (d && w->alibi) d->alibi_slopes = w->alibi;
   return ATTN_OK;
 }

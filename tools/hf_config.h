@@ -5,16 +5,17 @@
  *
  * The mapping follows tests/data/layers/README.md, one small function per
  * model_type: llama, mistral, qwen2, qwen3, gemma2, gemma3_text, phi3,
- * gpt_oss, bert and gpt2. Configs in the transformers 5 form (rope_parameters,
- * layer_types, dtype) and in the older one (rope_theta and rope_scaling at the
- * top level) are read. Refused by name, with ATTN_ERR_UNSUPPORTED and one line
- * in the caller's buffer: an unknown model_type, a family the graph cannot run
- * yet (bloom: query_key_value interleaves q, k and v per head), and any config
- * value the graph does not implement (a rope_type such as longrope, an unknown
- * rope_parameters key, a BERT position_embedding_type other than absolute, a
- * decoder BERT, ...). A malformed config (a missing size, a key of the wrong
+ * gpt_oss, bert, gpt2 and bloom. Configs in the transformers 5 form
+ * (rope_parameters, layer_types, dtype) and in the older one (rope_theta and
+ * rope_scaling at the top level) are read. Refused by name, with
+ * ATTN_ERR_UNSUPPORTED and one line in the caller's buffer: an unknown
+ * model_type and any config value the graph does not implement (a rope_type
+ * such as longrope, an unknown rope_parameters key, a BERT
+ * position_embedding_type other than absolute, a decoder BERT, ...). A malformed config (a missing size, a key of the wrong
  * type) gives ATTN_ERR_FORMAT. GPT-2 maps completely (Conv1D weights are
- * desc.transposed); the graph itself refuses that field for now.
+ * desc.transposed, read through strides), and so does BLOOM (query_key_value's
+ * rows interleaved per head are desc.qkv_per_head, the ALiBi slopes come from
+ * n_head).
  *
  * Messages go to the caller's buffer (at most HF_ERR_MAX bytes needed), as in
  * safetensors.h; libattn's own error state is left to libattn's calls. */
@@ -44,6 +45,8 @@ typedef struct hf_layer {
   unsigned biases;       /* ATTN_PROJ_* */
   unsigned transposed;   /* ATTN_PROJ_* stored [in, out] (GPT-2's Conv1D) */
   bool packed;           /* one qkv weight, rows q | k | v (Phi-3 qkv_proj, GPT-2 c_attn) */
+  bool qkv_per_head;     /* packed rows interleaved per head [h][q|k|v][D] (BLOOM) */
+  bool alibi;            /* ALiBi slopes from n_heads (BLOOM; hf_weights_load makes them) */
   bool qk_norm;          /* q_norm and k_norm weights [head_dim] */
   bool norm_offset;      /* gain 1 + w (Gemma 3) */
   float norm_eps;
@@ -80,6 +83,7 @@ typedef struct hf_weights {
   attn_tensor *w[4], *b[4];            /* w[HF_Q] is the packed weight when l->packed */
   attn_tensor *q_norm, *k_norm;
   float *sinks;                        /* host [n_heads], or NULL */
+  float *alibi;                        /* host [n_heads] ALiBi slopes, or NULL */
   attn_dtype wdtype;                   /* the q (or qkv) weight's element type */
   attn_mha_weights mw;                 /* ready for attn_mha_create */
 } hf_weights;
@@ -88,7 +92,7 @@ typedef struct hf_weights {
  * first of "model.", "transformer.", "bert." and "" under which the q (or
  * qkv) weight exists. Other tensors of the file (other layers, norms, buffers)
  * are ignored. On failure nothing is left allocated. Also sets d's q_norm,
- * k_norm and sinks when d is non-NULL. */
+ * k_norm, sinks and alibi_slopes (kept in w) when d is non-NULL. */
 attn_status hf_weights_load(attn_context *ctx, const st_checkpoint *ck, const hf_layer *l,
                             hf_weights *w, attn_mha_desc *d, char *err, size_t errlen);
 void hf_weights_free(hf_weights *w);

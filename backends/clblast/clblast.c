@@ -253,7 +253,7 @@ static attn_status clb_synchronize(attn_backend_ctx *c) { return clrt_finish(&c-
  * express are copied into contiguous temporaries first, and 16-bit operands
  * (any mix, on any operand) go through fp32 scratch (see the convert path). */
 #define CLB_DTYPE_FEATURES (ATTN_FEAT_F16 | ATTN_FEAT_BF16)
-#define CLB_LINEAR_FEATURES (ATTN_FEAT_BIAS | CLB_DTYPE_FEATURES)
+#define CLB_LINEAR_FEATURES (ATTN_FEAT_BIAS | ATTN_FEAT_W_STRIDED | CLB_DTYPE_FEATURES)
 #define CLB_SDPA_FEATURES                                                                  \
   (ATTN_FEAT_MASK_BOOL | ATTN_FEAT_MASK_ADDITIVE | ATTN_FEAT_CAUSAL | ATTN_FEAT_KV_LENS |   \
    ATTN_FEAT_WEIGHTS | ATTN_FEAT_LSE | CLB_DTYPE_FEATURES | ATTN_FEAT_POSITIONS |           \
@@ -358,6 +358,16 @@ static size_t view_ld(const attn_view *v) {
   return v->shape[2] == 1 ? (size_t)v->shape[3] : (size_t)v->strides[2];
 }
 
+/* A view whose columns are contiguous instead (rows at unit stride: a
+ * row-major [cols, rows] matrix seen transposed, as GPT-2's Conv1D [in, out]
+ * weights are), which CLBlast reads with the other transpose flag, leading
+ * dimension strides[3]. */
+static int view_gemmable_t(const attn_view *v) {
+  int64_t rows = v->shape[2], cols = v->shape[3];
+  if (rows > 1 && v->strides[2] != 1) return 0;
+  return cols == 1 || v->strides[3] >= rows;
+}
+
 /* A copy of view v into a new contiguous buffer (*tmp, released by the
  * caller), or v itself when CLBlast can use it as it is. *out is v with its
  * buffer, offset and strides replaced where a copy was made. */
@@ -409,7 +419,11 @@ static attn_status clb_linear_f32(attn_backend_ctx *c, const attn_linear_desc *d
   attn_buffer *tx = NULL, *tw = NULL, *ty = NULL;
   attn_view x, w, y = d->y;
   attn_status st = gemm_input(c, &d->x, &tx, &x);
-  if (st == ATTN_OK) st = gemm_input(c, &d->w, &tw, &w);
+  /* W^T is a plain GEMM operand when w is a transposed [K, N] matrix
+   * (ATTN_FEAT_W_STRIDED): no copy, the transpose flag off. */
+  const bool w_t = !view_gemmable(&d->w) && view_gemmable_t(&d->w);
+  if (st == ATTN_OK && w_t) w = d->w;
+  else if (st == ATTN_OK) st = gemm_input(c, &d->w, &tw, &w);
   /* An output CLBlast cannot write is computed contiguously, then scattered. */
   if (st == ATTN_OK && !view_gemmable(&d->y)) {
     st = clrt_buffer_alloc(&c->cl, (size_t)(B * M * N) * sizeof(float), &ty);
@@ -423,14 +437,15 @@ static attn_status clb_linear_f32(attn_backend_ctx *c, const attn_linear_desc *d
   }
   if (st == ATTN_OK) {
     gemm_mat a = {x.buf->mem, (size_t)x.offset, view_ld(&x)};
-    gemm_mat b = {w.buf->mem, (size_t)w.offset, view_ld(&w)};
+    gemm_mat b = {w.buf->mem, (size_t)w.offset,
+                  w_t ? (w.shape[3] == 1 ? (size_t)w.shape[2] : (size_t)w.strides[3]) : view_ld(&w)};
     gemm_mat cm = {y.buf->mem, (size_t)y.offset, view_ld(&y)};
     /* Batches laid out one after another are one taller matrix. */
     if (B == 1 || (x.strides[1] == M * (int64_t)a.ld && y.strides[1] == M * (int64_t)cm.ld))
-      st = gemm(c, "linear", true, (size_t)(B * M), (size_t)N, (size_t)K, 1.0f, a, 0, b, 0, cm,
+      st = gemm(c, "linear", !w_t, (size_t)(B * M), (size_t)N, (size_t)K, 1.0f, a, 0, b, 0, cm,
                 0, 1);
     else
-      st = gemm(c, "linear", true, (size_t)M, (size_t)N, (size_t)K, 1.0f, a,
+      st = gemm(c, "linear", !w_t, (size_t)M, (size_t)N, (size_t)K, 1.0f, a,
                 (size_t)x.strides[1], b, 0, cm, (size_t)y.strides[1], (size_t)B);
   }
   if (st == ATTN_OK && ty)

@@ -107,7 +107,7 @@ static int view_fits_int(const attn_view *v) {
 }
 
 /* The features each stage implements; every other bit is refused by name. */
-#define POCL_LINEAR_FEATURES (ATTN_FEAT_BIAS | ATTN_FEAT_F16 | ATTN_FEAT_BF16)
+#define POCL_LINEAR_FEATURES (ATTN_FEAT_BIAS | ATTN_FEAT_F16 | ATTN_FEAT_BF16 | ATTN_FEAT_W_STRIDED)
 #define POCL_SDPA_FEATURES                                                                 \
   (ATTN_FEAT_MASK_BOOL | ATTN_FEAT_MASK_ADDITIVE | ATTN_FEAT_CAUSAL | ATTN_FEAT_KV_LENS |   \
    ATTN_FEAT_WEIGHTS | ATTN_FEAT_LSE | ATTN_FEAT_F16 | ATTN_FEAT_BF16 |                     \
@@ -180,6 +180,10 @@ attn_status pocl_linear_tiled(clrt_ctx *c, const attn_linear_desc *d, int mr, in
   clrt_dtype_option(opts, sizeof opts, "WT", &d->w);
   clrt_dtype_option(opts, sizeof opts, "BT", &d->bias);
   clrt_dtype_option(opts, sizeof opts, "YT", &d->y);
+  if (d->features & ATTN_FEAT_W_STRIDED) {
+    const size_t n = strlen(opts);
+    snprintf(opts + n, sizeof opts - n, " -DWKS=1");
+  }
   attn_status s = clrt_kernel_get(c, "linear", opts, "linear", &k);
   if (s != ATTN_OK) return s;
   cl_mem x = mem_of(&d->x), w = mem_of(&d->w), bias = mem_of(&d->bias), y = mem_of(&d->y);

@@ -131,7 +131,8 @@ static attn_status ref_buffer_read(attn_backend_ctx *ctx, attn_buffer *buf, size
 
 /* ---- stages ---------------------------------------------------------------- */
 
-/* Every feature of ABI 2.3, every dtype on every operand. */
+/* Every feature of ABI 2.4 (a strided w included: ref_linear reads every
+ * operand through its strides), every dtype on every operand. */
 #define REF_FEATURES ATTN_FEAT_KNOWN
 
 static attn_status ref_supports(attn_backend_ctx *ctx, attn_stage stage, const void *desc,
