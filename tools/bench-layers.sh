@@ -20,7 +20,6 @@ mkdir -p "$W"
 for f in $FAMILIES; do
   [ -f "$W/$f/x.npy" ] || "$PYTHON" "$(dirname "$0")/gen-bench-layer.py" "$W/$f" --family "$f" --seq "$S" >/dev/null
 done
-t() { "$ATTN" layer --checkpoint "$W/$1" --layer 0 --device "$DEV" "$@" 2>&1 | awk '/^time/ {print $2}'; }
 : >"$W/times"
 for r in $(seq "$ROUNDS"); do
   for f in $FAMILIES; do
@@ -30,7 +29,7 @@ for r in $(seq "$ROUNDS"); do
     echo "$f $a $b $c" >>"$W/times"
   done
 done
-echo "family prefill_S=$S_ms decode_step_ms (device $DEV, best of $ROUNDS)"
+echo "family prefill_S=${S}_ms decode_step_ms (device $DEV, best of $ROUNDS)"
 for f in $FAMILIES; do
   awk -v f="$f" '$1 == f { if (!n || $2 < p) p = $2; d = ($4 - $3) / 16; if (!n || d < dd) dd = d; n++ }
     END { printf "%-12s %8.1f %8.2f\n", f, p, dd }' "$W/times"
