@@ -13,14 +13,6 @@
 /* Query rows (Sq) up to which the keys are split. */
 #define SPLIT_MAX_SQ 8
 
-static cl_long4 strides4(const attn_view *v) {
-  cl_long4 s;
-  for (int i = 0; i < 4; i++) s.s[i] = v->strides[i];
-  return s;
-}
-
-static cl_mem mem_of(const attn_view *v) { return v->buf ? v->buf->mem : NULL; }
-
 /* The micro-tiles: rows per work-item of the score tile (bq x bk) and of
  * each output chunk (bq x dc), the first of 4, 2, 1, 8 that divides evenly
  * (kernels/gpu_flash.cl's #error check spells the same rule); 0 if none. */
@@ -216,12 +208,12 @@ attn_status clb_flash_sdpa(clrt_ctx *c, const clb_flash_params *p, const attn_sd
                                sizeof(cl_float),
                            NULL, "clblast: the split-key partials", &part);
 
-  cl_mem q = mem_of(&d->q), k = mem_of(&d->k), v = mem_of(&d->v), out = mem_of(&d->out);
-  cl_mem mask = mem_of(&d->mask), lse = mem_of(&d->lse);
+  cl_mem q = clrt_mem_of(&d->q), k = clrt_mem_of(&d->k), v = clrt_mem_of(&d->v), out = clrt_mem_of(&d->out);
+  cl_mem mask = clrt_mem_of(&d->mask), lse = clrt_mem_of(&d->lse);
   cl_long q_off = d->q.offset, k_off = d->k.offset, v_off = d->v.offset, o_off = d->out.offset;
   cl_long m_off = d->mask.offset, l_off = d->lse.offset;
-  cl_long4 q_st = strides4(&d->q), k_st = strides4(&d->k), v_st = strides4(&d->v),
-           o_st = strides4(&d->out), m_st = strides4(&d->mask), l_st = strides4(&d->lse);
+  cl_long4 q_st = clrt_strides4(&d->q), k_st = clrt_strides4(&d->k), v_st = clrt_strides4(&d->v),
+           o_st = clrt_strides4(&d->out), m_st = clrt_strides4(&d->mask), l_st = clrt_strides4(&d->lse);
   cl_int mask_kind = d->mask.buf ? (cl_int)d->mask_kind : 0;
   cl_int has_lse = lse != NULL, has_ml = ml != NULL;
   cl_float scale = d->scale;
@@ -260,9 +252,9 @@ attn_status clb_flash_sdpa(clrt_ctx *c, const clb_flash_params *p, const attn_sd
     }
   }
   if (s == ATTN_OK && kw) {
-    cl_mem w = mem_of(&d->weights);
+    cl_mem w = clrt_mem_of(&d->weights);
     cl_long w_off = d->weights.offset;
-    cl_long4 w_st = strides4(&d->weights);
+    cl_long4 w_st = clrt_strides4(&d->weights);
     s = clrt_set_args(kw, 22 + CLRT_OPTS_NARGS, CLRT_ARG(q), CLRT_ARG(q_off), CLRT_ARG(q_st),
                       CLRT_ARG(k), CLRT_ARG(k_off), CLRT_ARG(k_st), CLRT_ARG(mask_a),
                       CLRT_ARG(m_off), CLRT_ARG(m_st), CLRT_ARG(mask_kind), CLRT_ARG(kvl_a),

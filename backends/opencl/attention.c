@@ -117,12 +117,6 @@ attn_view clrt_view4(attn_buffer *buf, int64_t a, int64_t b, int64_t c, int64_t 
   return v;
 }
 
-static cl_long4 strides4(const attn_view *v) {
-  cl_long4 s;
-  for (int i = 0; i < 4; i++) s.s[i] = v->strides[i];
-  return s;
-}
-
 void clrt_dtype_option(char *buf, size_t len, const char *name, const attn_view *v) {
   if (!v->buf || v->dtype == ATTN_F32) return;
   const size_t n = strlen(buf);
@@ -146,8 +140,8 @@ attn_status clrt_merge(clrt_ctx *c, const attn_merge_desc *d) {
   cl_mem l = d->lse.buf ? d->lse.buf->mem : la; /* never written when has_lse is 0 */
   cl_long a_off = d->out_a.offset, la_off = d->lse_a.offset, b_off = d->out_b.offset,
           lb_off = d->lse_b.offset, o_off = d->out.offset, l_off = d->lse.offset;
-  cl_long4 a_st = strides4(&d->out_a), la_st = strides4(&d->lse_a), b_st = strides4(&d->out_b),
-           lb_st = strides4(&d->lse_b), o_st = strides4(&d->out), l_st = strides4(&d->lse);
+  cl_long4 a_st = clrt_strides4(&d->out_a), la_st = clrt_strides4(&d->lse_a), b_st = clrt_strides4(&d->out_b),
+           lb_st = clrt_strides4(&d->lse_b), o_st = clrt_strides4(&d->out), l_st = clrt_strides4(&d->lse);
   cl_int has_lse = d->lse.buf != NULL, H_ = (cl_int)H, S_ = (cl_int)S, Dv_ = (cl_int)Dv;
   s = clrt_set_args(k, 22, CLRT_ARG(a), CLRT_ARG(a_off), CLRT_ARG(a_st), CLRT_ARG(la),
                     CLRT_ARG(la_off), CLRT_ARG(la_st), CLRT_ARG(b), CLRT_ARG(b_off),
@@ -184,8 +178,8 @@ attn_status clrt_rope(clrt_ctx *c, const attn_rope_desc *d) {
   if (s != ATTN_OK) return s;
   cl_mem x = d->x.buf->mem, y = d->y.buf->mem, cs = d->cos.buf->mem, sn = d->sin.buf->mem;
   cl_long x_off = d->x.offset, y_off = d->y.offset, c_off = d->cos.offset, s_off = d->sin.offset;
-  cl_long4 x_st = strides4(&d->x), y_st = strides4(&d->y), c_st = strides4(&d->cos),
-           s_st = strides4(&d->sin);
+  cl_long4 x_st = clrt_strides4(&d->x), y_st = clrt_strides4(&d->y), c_st = clrt_strides4(&d->cos),
+           s_st = clrt_strides4(&d->sin);
   cl_int S_ = (cl_int)S, D_ = (cl_int)D, half = (cl_int)(d->rot_dim / 2),
          inter = (d->features & ATTN_FEAT_ROPE_INTERLEAVED) != 0;
   s = clrt_set_args(k, 17, CLRT_ARG(x), CLRT_ARG(x_off), CLRT_ARG(x_st), CLRT_ARG(y),
@@ -212,7 +206,7 @@ attn_status clrt_rmsnorm(clrt_ctx *c, const attn_rmsnorm_desc *d) {
   if ((s = clrt_kernel_get(c, "rope", opts, "attn_rmsnorm", &k)) != ATTN_OK) return s;
   cl_mem x = d->x.buf->mem, w = d->weight.buf->mem, y = d->y.buf->mem;
   cl_long x_off = d->x.offset, w_off = d->weight.offset, y_off = d->y.offset;
-  cl_long4 x_st = strides4(&d->x), w_st = strides4(&d->weight), y_st = strides4(&d->y);
+  cl_long4 x_st = clrt_strides4(&d->x), w_st = clrt_strides4(&d->weight), y_st = clrt_strides4(&d->y);
   cl_int D_ = (cl_int)D;
   cl_float eps = d->eps, offset = (d->features & ATTN_FEAT_NORM_OFFSET) ? 1.0f : 0.0f;
   s = clrt_set_args(k, 12, CLRT_ARG(x), CLRT_ARG(x_off), CLRT_ARG(x_st), CLRT_ARG(w),

@@ -236,6 +236,13 @@ CLRT_INTERNAL attn_status clrt_enqueue(clrt_ctx *c, cl_kernel k, cl_uint dims,
                                        const size_t *global, const size_t *local);
 /* Round x up to a multiple of m (m > 0). */
 static inline size_t clrt_round_up(size_t x, size_t m) { return (x + m - 1) / m * m; }
+/* A view's strides as a kernel's long4, and its cl_mem (NULL when absent). */
+static inline cl_long4 clrt_strides4(const attn_view *v) {
+  cl_long4 s;
+  for (int i = 0; i < 4; i++) s.s[i] = v->strides[i];
+  return s;
+}
+static inline cl_mem clrt_mem_of(const attn_view *v) { return v->buf ? v->buf->mem : NULL; }
 
 /* ---- the binary cache (cache.c) --------------------------------------------------- */
 

@@ -46,14 +46,6 @@ bool pocl_decode_wants(const attn_sdpa_desc *d) {
   return Sq <= DECODE_MAX_SQ || (group > 1 && Sq <= DECODE_MAX_SQ_GQA);
 }
 
-static cl_long4 strides4(const attn_view *v) {
-  cl_long4 s;
-  for (int i = 0; i < 4; i++) s.s[i] = v->strides[i];
-  return s;
-}
-
-static cl_mem mem_of(const attn_view *v) { return v->buf ? v->buf->mem : NULL; }
-
 /* A bf16 view whose every row starts at an even element (offset and the
  * strides of the row dims even): its rows can be read as 32-bit pairs. */
 static bool pairs_aligned(const attn_view *v) {
@@ -136,12 +128,12 @@ attn_status pocl_decode_sdpa(clrt_ctx *c, const attn_sdpa_desc *d, int groups_pe
     return s;
   }
 
-  cl_mem q = mem_of(&d->q), k = mem_of(&d->k), v = mem_of(&d->v), out = mem_of(&d->out);
-  cl_mem mask = mem_of(&d->mask), lse = mem_of(&d->lse);
+  cl_mem q = clrt_mem_of(&d->q), k = clrt_mem_of(&d->k), v = clrt_mem_of(&d->v), out = clrt_mem_of(&d->out);
+  cl_mem mask = clrt_mem_of(&d->mask), lse = clrt_mem_of(&d->lse);
   cl_long q_off = d->q.offset, k_off = d->k.offset, v_off = d->v.offset, o_off = d->out.offset;
   cl_long m_off = d->mask.offset, l_off = d->lse.offset;
-  cl_long4 q_st = strides4(&d->q), k_st = strides4(&d->k), v_st = strides4(&d->v),
-           o_st = strides4(&d->out), m_st = strides4(&d->mask), l_st = strides4(&d->lse);
+  cl_long4 q_st = clrt_strides4(&d->q), k_st = clrt_strides4(&d->k), v_st = clrt_strides4(&d->v),
+           o_st = clrt_strides4(&d->out), m_st = clrt_strides4(&d->mask), l_st = clrt_strides4(&d->lse);
   cl_int mask_kind = d->mask.buf ? (cl_int)d->mask_kind : 0;
   cl_int has_lse = lse != NULL;
   cl_float scale = d->scale;

@@ -164,14 +164,6 @@ static attn_status pocl_supports(attn_backend_ctx *c, attn_stage stage, const vo
   return unsupported(why, why_len, "pocl: unknown stage");
 }
 
-static cl_long4 strides4(const attn_view *v) {
-  cl_long4 s;
-  for (int i = 0; i < 4; i++) s.s[i] = v->strides[i];
-  return s;
-}
-
-static cl_mem mem_of(const attn_view *v) { return v->buf ? v->buf->mem : NULL; }
-
 attn_status pocl_linear_tiled(clrt_ctx *c, const attn_linear_desc *d, int mr, int nr) {
   cl_kernel k;
   /* The tile of y per work-item (MR x NR in kernels/linear.cl): the context's
@@ -188,10 +180,10 @@ attn_status pocl_linear_tiled(clrt_ctx *c, const attn_linear_desc *d, int mr, in
   }
   attn_status s = clrt_kernel_get(c, "linear", opts, "linear", &k);
   if (s != ATTN_OK) return s;
-  cl_mem x = mem_of(&d->x), w = mem_of(&d->w), bias = mem_of(&d->bias), y = mem_of(&d->y);
+  cl_mem x = clrt_mem_of(&d->x), w = clrt_mem_of(&d->w), bias = clrt_mem_of(&d->bias), y = clrt_mem_of(&d->y);
   cl_long x_off = d->x.offset, w_off = d->w.offset, b_off = d->bias.offset, y_off = d->y.offset;
-  cl_long4 x_st = strides4(&d->x), w_st = strides4(&d->w), b_st = strides4(&d->bias),
-           y_st = strides4(&d->y);
+  cl_long4 x_st = clrt_strides4(&d->x), w_st = clrt_strides4(&d->w), b_st = clrt_strides4(&d->bias),
+           y_st = clrt_strides4(&d->y);
   cl_int has_bias = bias != NULL;
   cl_int M = (cl_int)d->x.shape[2], N = (cl_int)d->w.shape[2], K = (cl_int)d->x.shape[3];
   s = clrt_set_args(k, 16, CLRT_ARG(x), CLRT_ARG(x_off), CLRT_ARG(x_st), CLRT_ARG(w),
@@ -255,12 +247,12 @@ static attn_status pocl_sdpa(attn_backend_ctx *c, const attn_sdpa_desc *d) {
   cl_int D = (cl_int)d->q.shape[3], Dv = (cl_int)d->v.shape[3];
   cl_int mask_kind = d->mask.buf ? (cl_int)d->mask_kind : 0;
   cl_float scale = d->scale;
-  cl_mem q = mem_of(&d->q), k = mem_of(&d->k), v = mem_of(&d->v), out = mem_of(&d->out);
-  cl_mem mask = mem_of(&d->mask), lse = mem_of(&d->lse);
+  cl_mem q = clrt_mem_of(&d->q), k = clrt_mem_of(&d->k), v = clrt_mem_of(&d->v), out = clrt_mem_of(&d->out);
+  cl_mem mask = clrt_mem_of(&d->mask), lse = clrt_mem_of(&d->lse);
   cl_long q_off = d->q.offset, k_off = d->k.offset, v_off = d->v.offset, o_off = d->out.offset;
   cl_long m_off = d->mask.offset, l_off = d->lse.offset;
-  cl_long4 q_st = strides4(&d->q), k_st = strides4(&d->k), v_st = strides4(&d->v),
-           o_st = strides4(&d->out), m_st = strides4(&d->mask), l_st = strides4(&d->lse);
+  cl_long4 q_st = clrt_strides4(&d->q), k_st = clrt_strides4(&d->k), v_st = clrt_strides4(&d->v),
+           o_st = clrt_strides4(&d->out), m_st = clrt_strides4(&d->mask), l_st = clrt_strides4(&d->lse);
 
   clrt_sdpa_opts op;
   s = clrt_sdpa_opts_init(&c->cl, d, "pocl", &op);
@@ -307,9 +299,9 @@ static attn_status pocl_sdpa(attn_backend_ctx *c, const attn_sdpa_desc *d) {
     s = clrt_enqueue(&c->cl, kf, 3, global, local);
   }
   if (s == ATTN_OK && kw) {
-    cl_mem w = mem_of(&d->weights);
+    cl_mem w = clrt_mem_of(&d->weights);
     cl_long w_off = d->weights.offset;
-    cl_long4 w_st = strides4(&d->weights);
+    cl_long4 w_st = clrt_strides4(&d->weights);
     s = clrt_set_args(kw, 22 + CLRT_OPTS_NARGS, CLRT_ARG(q), CLRT_ARG(q_off), CLRT_ARG(q_st),
                       CLRT_ARG(k), CLRT_ARG(k_off), CLRT_ARG(k_st), CLRT_ARG(mask),
                       CLRT_ARG(m_off), CLRT_ARG(m_st), CLRT_ARG(mask_kind), CLRT_ARG(kvl),
