@@ -11,7 +11,9 @@
  *
  *   ATTN_TYPE(T)              the pointer's element type: float, half, ushort
  *   ATTN_LD(T, p, i)          element p[i] as float
- *   ATTN_VLOAD8(T, x, p)      float8 of p[8x .. 8x+7] (vload8's offset rule)
+ *   ATTN_VLOAD2(T, x, p)      float2 of p[2x .. 2x+1] (vload2's offset rule)
+ *   ATTN_VLOAD4(T, x, p)      float4 of p[4x .. 4x+3]
+ *   ATTN_VLOAD8(T, x, p)      float8 of p[8x .. 8x+7]
  *   ATTN_VLOAD16(T, x, p)     float16 of p[16x .. 16x+15]
  *   ATTN_ST(T, p, i, f)       p[i] = f, rounded to nearest even
  *
@@ -45,6 +47,16 @@ __kernel void ATTN_PROGRAM_ID(void) {}
 #define ATTN_LD_1(p, i) vload_half((size_t)(i), (p))
 #define ATTN_LD_2(p, i) as_float((uint)(p)[i] << 16)
 #define ATTN_LD(T, p, i) ATTN_CAT(ATTN_LD_, T)(p, i)
+
+#define ATTN_VLOAD2_0(x, p) vload2((x), (p))
+#define ATTN_VLOAD2_1(x, p) vload_half2((x), (p))
+#define ATTN_VLOAD2_2(x, p) as_float2(convert_uint2(vload2((x), (p))) << 16)
+#define ATTN_VLOAD2(T, x, p) ATTN_CAT(ATTN_VLOAD2_, T)(x, p)
+
+#define ATTN_VLOAD4_0(x, p) vload4((x), (p))
+#define ATTN_VLOAD4_1(x, p) vload_half4((x), (p))
+#define ATTN_VLOAD4_2(x, p) as_float4(convert_uint4(vload4((x), (p))) << 16)
+#define ATTN_VLOAD4(T, x, p) ATTN_CAT(ATTN_VLOAD4_, T)(x, p)
 
 #define ATTN_VLOAD8_0(x, p) vload8((x), (p))
 #define ATTN_VLOAD8_1(x, p) vload_half8((x), (p))

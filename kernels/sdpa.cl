@@ -8,6 +8,10 @@
  *   -DQT= -DKT= -DVT= -DOT= -DMT= -DWT=  storage types (kernels/common.cl)
  *              of q, k, v, out, the mask and the weights; each left out is
  *              f32, so the all-f32 program is unchanged. lse is always f32.
+ *   -DVW=16|8  rows per vector: 16 (float16, one AVX-512 register; keys in
+ *              blocks of KB = 8) or 8 (float8, one AVX2 register; KB = 6), so
+ *              a work-item's scores, queries and broadcasts fit the 32 zmm or
+ *              the 16 ymm registers. Left out, 16.
  *
  * Design (measured on POCL 3.1, LLVM 15, AVX-512; see the commit log): query
  * rows sit in the 16 lanes of float16 vectors, one AVX-512 register (float8
@@ -46,16 +50,59 @@
 #ifndef WT
 #define WT 0
 #endif
+#ifndef VW
+#define VW 16
+#endif
 ATTN_SDPA_TYPES
 typedef ATTN_TYPE(WT) wt;
 
-#define R 16 /* rows of a sdpa_weights work-item */
-#define KB 8
+#define R VW /* rows of a sdpa_weights work-item */
 #define LOG2E 1.4426950408889634f
 #define LN2 0.6931471805599453f
 
+/* Per vector width: the vector types, the block of keys, and the lists of
+ * keys (REPK: X(t), t = 0 .. KB-1) and rows (REPR: X(r, lane name)). With
+ * AVX2's 16 registers, 6 keys x 2 halves of float8 scores leave room for
+ * the two query vectors and the broadcast element: 8 keys spilled (0.7x the
+ * rate of 6), 4 ran at 0.93x (prefill S=2048 D=64, POCL for haswell). On
+ * AVX-512 blocks of 16 keys measured 5% slower than 8. */
+#if VW == 16
 typedef float16 vf;
 typedef int16 vi;
+#define AS_VI as_int16
+#define AS_VF as_float16
+#define VLOADW vload16
+#define LANES 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15
+#define KB 8
+#define REPK(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
+#define REPR(X)                                                                             \
+  X(0, 0) X(1, 1) X(2, 2) X(3, 3) X(4, 4) X(5, 5) X(6, 6) X(7, 7) X(8, 8) X(9, 9) X(10, a)    \
+  X(11, b) X(12, c) X(13, d) X(14, e) X(15, f)
+/* The block's max and sum over its keys, as balanced trees. */
+#define KMAX(x)                                                                             \
+  max(max(max(s0_##x, s1_##x), max(s2_##x, s3_##x)), max(max(s4_##x, s5_##x), max(s6_##x, s7_##x)))
+#define KSUM(x) ((p0_##x + p1_##x) + (p2_##x + p3_##x)) + ((p4_##x + p5_##x) + (p6_##x + p7_##x))
+/* A row's KB mask values (16-bit masks, keys contiguous) as a float8. */
+#define MLOADKB(T, p) ATTN_VLOAD8(T, 0, p)
+/* Reductions of an int vector start from its int8 halves. */
+#define HALF8(v, F) F((v).lo, (v).hi)
+#elif VW == 8
+typedef float8 vf;
+typedef int8 vi;
+#define AS_VI as_int8
+#define AS_VF as_float8
+#define VLOADW vload8
+#define LANES 0, 1, 2, 3, 4, 5, 6, 7
+#define KB 6
+#define REPK(X) X(0) X(1) X(2) X(3) X(4) X(5)
+#define REPR(X) X(0, 0) X(1, 1) X(2, 2) X(3, 3) X(4, 4) X(5, 5) X(6, 6) X(7, 7)
+#define KMAX(x) max(max(max(s0_##x, s1_##x), max(s2_##x, s3_##x)), max(s4_##x, s5_##x))
+#define KSUM(x) ((p0_##x + p1_##x) + (p2_##x + p3_##x)) + (p4_##x + p5_##x)
+#define MLOADKB(T, p) (float8)(ATTN_VLOAD4(T, 0, p), ATTN_VLOAD2(T, 0, (p) + 4), 0.0f, 0.0f)
+#define HALF8(v, F) (v)
+#else
+#error "VW must be 16 or 8"
+#endif
 
 #if EXACT
 #define DQ HD
@@ -76,18 +123,18 @@ typedef int16 vi;
 #define OS3 o_st.s3
 #endif
 
-/* Keys of a block: X(t) for t = 0 .. KB-1 (blocks of 16 measured 5% slower). */
-#define REPK(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
-/* Rows of a work-item: X(r, lane name) for r = 0 .. 15. */
-#define REPR(X)                                                                             \
-  X(0, 0) X(1, 1) X(2, 2) X(3, 3) X(4, 4) X(5, 5) X(6, 6) X(7, 7) X(8, 8) X(9, 9) X(10, a)    \
-  X(11, b) X(12, c) X(13, d) X(14, e) X(15, f)
-/* The 16 row values p##0 .. p##f[o], of storage type T, as one vector. */
+/* The VW row values p##0 .. p##f[o], of storage type T, as one vector. */
+#if VW == 16
 #define GATHER(T, p, o)                                                                     \
   (vf)(ATTN_LD(T, p##0, o), ATTN_LD(T, p##1, o), ATTN_LD(T, p##2, o), ATTN_LD(T, p##3, o),   \
        ATTN_LD(T, p##4, o), ATTN_LD(T, p##5, o), ATTN_LD(T, p##6, o), ATTN_LD(T, p##7, o),   \
        ATTN_LD(T, p##8, o), ATTN_LD(T, p##9, o), ATTN_LD(T, p##a, o), ATTN_LD(T, p##b, o),   \
        ATTN_LD(T, p##c, o), ATTN_LD(T, p##d, o), ATTN_LD(T, p##e, o), ATTN_LD(T, p##f, o))
+#else
+#define GATHER(T, p, o)                                                                     \
+  (vf)(ATTN_LD(T, p##0, o), ATTN_LD(T, p##1, o), ATTN_LD(T, p##2, o), ATTN_LD(T, p##3, o),   \
+       ATTN_LD(T, p##4, o), ATTN_LD(T, p##5, o), ATTN_LD(T, p##6, o), ATTN_LD(T, p##7, o))
+#endif
 
 /* Query rows past Sq read row Sq-1 (in bounds) and are never written. */
 #define QROW(r, n) const __global qt *qr##n = qb + (long)min(i0 + r, Sq - 1) * q_st.s2;
@@ -104,14 +151,14 @@ typedef int16 vi;
     else                                                                                    \
       s##t += mv;                                                                           \
   }
-#define VZ(t) z = fma(ATTN_VLOAD16(VT, 0, vr##t + d), (vf)(0.0f), z);
+#define VZ(t) z = fma(ATTN_VLOAD16(VT, 0, vr##t + d), (float16)(0.0f), z);
 #define LIMIT(t) s##t = select(s##t, (vf)(-INFINITY), ((vi)(j0 + t) >= hi) | ((vi)(j0 + t) < lo));
 
-/* Per-row ranges of rows i0 .. i0+15: key j is visible (mask aside) iff
+/* Per-row ranges of rows i0 .. i0+VW-1: key j is visible (mask aside) iff
  * lo <= j < hi. Rows past Sq get the empty range [Skv, 0). */
 #define ROW_RANGE(lo, hi, i0)                                                               \
   {                                                                                         \
-    const vi rows_ = (vi)(i0) + (vi)(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);   \
+    const vi rows_ = (vi)(i0) + (vi)(LANES);                                                \
     const vi past_ = rows_ >= (vi)(Sq);                                                     \
     hi = has_hi ? min(rows_ + (vi)(hi_off + 1), (vi)(kvl)) : (vi)(kvl);                     \
     hi = select(max(hi, (vi)(0)), (vi)(0), past_);                                          \
@@ -120,20 +167,20 @@ typedef int16 vi;
   }
 #define HMIN(v, out)                                                                        \
   {                                                                                         \
-    const int8 a8_ = min((v).lo, (v).hi);                                                   \
+    const int8 a8_ = HALF8(v, min);                                                         \
     const int4 a4_ = min(a8_.lo, a8_.hi);                                                   \
     out = min(min(a4_.s0, a4_.s1), min(a4_.s2, a4_.s3));                                    \
   }
 #define HMAX(v, out)                                                                        \
   {                                                                                         \
-    const int8 a8_ = max((v).lo, (v).hi);                                                   \
+    const int8 a8_ = HALF8(v, max);                                                         \
     const int4 a4_ = max(a8_.lo, a8_.hi);                                                   \
     out = max(max(a4_.s0, a4_.s1), max(a4_.s2, a4_.s3));                                    \
   }
-/* ALiBi's -slope * |pq - pk| for rows i0 .. i0+15 and key j0 + t, with
+/* ALiBi's -slope * |pq - pk| for rows i0 .. i0+VW-1 and key j0 + t, with
  * dq = i0 + cpos - j0 + lane (exact in float below 2^24). */
 #define ALIBI_DQ(i0) \
-  ((vf)((float)((long)(i0) + cpos - j0)) + (vf)(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15))
+  ((vf)((float)((long)(i0) + cpos - j0)) + (vf)(LANES))
 
 /* 2^x for x <= 0 or NaN (all the softmax needs), as 2^round(x) * p(frac)
  * with a degree-6 polynomial (relative error 1e-7, at float rounding), and 0
@@ -150,8 +197,8 @@ static inline vf exp2_poly(vf x) { /* x in [-126, 0] */
   p = fma(p, f, (vf)(2.402265121e-01f));
   p = fma(p, f, (vf)(6.931472067e-01f));
   p = fma(p, f, (vf)(1.0f));
-  const vi e = (as_int16(t) - as_int16(magic)) << 23;
-  return as_float16(as_int16(p) + e);
+  const vi e = (AS_VI(t) - AS_VI(magic)) << 23;
+  return AS_VF(AS_VI(p) + e);
 }
 static inline vf exp2_nonpos(vf x) {
   return select(exp2_poly(x), (vf)(0.0f), x < (vf)(-126.0f));
@@ -159,20 +206,25 @@ static inline vf exp2_nonpos(vf x) {
 
 /* softcap's exp(-y c): clamped at 2^-126 rather than selected to 0, one
  * operation less per score; tanh is 1 in float well before. */
-#define EXPNEG16(y, c) exp2_poly(max((y) * (-(c) * LOG2E), (vf)(-126.0f)))
-ATTN_SOFTCAP_FN(softcap16, vf, vi, as_int16, as_float16, EXPNEG16)
+#define EXPNEG(y, c) exp2_poly(max((y) * (-(c) * LOG2E), (vf)(-126.0f)))
+ATTN_SOFTCAP_FN(softcap_v, vf, vi, AS_VI, AS_VF, EXPNEG)
 
-/* 16 rows' values at offset o of rows i0 .. i0+15 (rows past Sq read row
- * Sq-1), for q (gather16_q) and the mask (gather16_m). */
+/* VW rows' values at offset o of rows i0 .. i0+VW-1 (rows past Sq read row
+ * Sq-1), for q (gather_q) and the mask (gather_m). */
 #define G(T, r) ATTN_LD(T, base, (long)min(i0 + r, Sq - 1) * rs + o)
-#define GATHER16_FN(name, T, type)                                                          \
+#if VW == 16
+#define GROWS(T)                                                                            \
+  G(T, 0), G(T, 1), G(T, 2), G(T, 3), G(T, 4), G(T, 5), G(T, 6), G(T, 7), G(T, 8), G(T, 9),   \
+      G(T, 10), G(T, 11), G(T, 12), G(T, 13), G(T, 14), G(T, 15)
+#else
+#define GROWS(T) G(T, 0), G(T, 1), G(T, 2), G(T, 3), G(T, 4), G(T, 5), G(T, 6), G(T, 7)
+#endif
+#define GATHERV_FN(name, T, type)                                                           \
   static inline vf name(const __global type *base, int i0, int Sq, long rs, long o) {        \
-    return (vf)(G(T, 0), G(T, 1), G(T, 2), G(T, 3), G(T, 4), G(T, 5), G(T, 6), G(T, 7),      \
-                G(T, 8), G(T, 9), G(T, 10), G(T, 11), G(T, 12), G(T, 13), G(T, 14),          \
-                G(T, 15));                                                                  \
+    return (vf)(GROWS(T));                                                                  \
   }
-GATHER16_FN(gather16_q, QT, qt)
-GATHER16_FN(gather16_m, MT, mt)
+GATHERV_FN(gather_q, QT, qt)
+GATHERV_FN(gather_m, MT, mt)
 #undef G
 
 /* A 16-bit K or V block is widened to f32 once per block of KB keys, into
@@ -201,10 +253,10 @@ WIDEN_FN(widen_v, VT, vt)
 #define VEL(t, o, d) vr##t[o]
 #endif
 
-/* Each work-item of sdpa_flash carries two halves of 16 rows (RF = 32): every
- * broadcast key or value element then feeds two FMAs, which halves the loads
- * per FMA (with one half, loads and FMAs were one to one). */
-#define RF 32
+/* Each work-item of sdpa_flash carries two halves of VW rows (RF = 2 VW):
+ * every broadcast key or value element then feeds two FMAs, which halves the
+ * loads per FMA (with one half, loads and FMAs were one to one). */
+#define RF (2 * VW)
 #define HALVES(X) X(0) X(1)
 
 __kernel void sdpa_flash(__global const qt *q, long q_off, long4 q_st,
@@ -235,7 +287,7 @@ __kernel void sdpa_flash(__global const qt *q, long q_off, long4 q_st,
   const int kvl = has_kv_lens ? clamp(kv_lens[b], 0, Skv) : Skv;
   vi lo0, hi0, lo1, hi1;
   ROW_RANGE(lo0, hi0, i0)
-  ROW_RANGE(lo1, hi1, i0 + 16)
+  ROW_RANGE(lo1, hi1, i0 + VW)
   int kbeg, kend, all_lo, all_hi;
   HMIN(min(lo0, lo1), kbeg)
   HMAX(max(hi0, hi1), kend)
@@ -247,8 +299,8 @@ __kernel void sdpa_flash(__global const qt *q, long q_off, long4 q_st,
   const float qscale = scale;
   vf qT0[HD], qT1[HD], acc0[HD], acc1[HD];
   for (int d = 0; d < DQ; d++) {
-    qT0[d] = gather16_q(qb, i0, Sq, q_st.s2, d * QS3) * qscale;
-    qT1[d] = gather16_q(qb, i0 + 16, Sq, q_st.s2, d * QS3) * qscale;
+    qT0[d] = gather_q(qb, i0, Sq, q_st.s2, d * QS3) * qscale;
+    qT1[d] = gather_q(qb, i0 + VW, Sq, q_st.s2, d * QS3) * qscale;
   }
   for (int d = 0; d < DVV; d++) acc0[d] = acc1[d] = (vf)(0.0f);
   vf m0 = (vf)(-INFINITY), m1 = m0, l0 = (vf)(0.0f), l1 = l0;
@@ -285,12 +337,12 @@ __kernel void sdpa_flash(__global const qt *q, long q_off, long4 q_st,
   }
       REPK(DOT2)
     }
-#define CAP2(t) s##t##_0 = softcap16(s##t##_0, softcap), s##t##_1 = softcap16(s##t##_1, softcap);
+#define CAP2(t) s##t##_0 = softcap_v(s##t##_0, softcap), s##t##_1 = softcap_v(s##t##_1, softcap);
     if (softcap > 0.0f) {
       REPK(CAP2)
     }
     if (has_alibi) {
-      const vf dq0 = ALIBI_DQ(i0), dq1 = ALIBI_DQ(i0 + 16);
+      const vf dq0 = ALIBI_DQ(i0), dq1 = ALIBI_DQ(i0 + VW);
 #define ALIBI2(t)                                                                           \
   s##t##_0 = fma((vf)(-slope), fabs(dq0 - (float)(t)), s##t##_0);                            \
   s##t##_1 = fma((vf)(-slope), fabs(dq1 - (float)(t)), s##t##_1);
@@ -306,16 +358,16 @@ __kernel void sdpa_flash(__global const qt *q, long q_off, long4 q_st,
       for (int r = 0; r < RF; r++) {
         const __global mt *mrw = mb + (long)min(i0 + r, Sq - 1) * m_st.s2;
         if (m_st.s3 == 1 && j0 + KB <= Skv) {
-          const float8 m8 = ATTN_VLOAD8(MT, 0, mrw + j0);
+          const float8 m8 = MLOADKB(MT, mrw + j0);
 #define MSPLAT(t) mc[t][r] = m8.s##t;
           REPK(MSPLAT)
         } else {
           for (int t = 0; t < KB; t++) mc[t][r] = ATTN_LD(MT, mrw, (long)min(j0 + t, Skv - 1) * m_st.s3);
         }
       }
-#define MGET(t, x) vload16(x, mc[t])
+#define MGET(t, x) VLOADW(x, mc[t])
 #else
-#define MGET(t, x) gather16_m(mb, i0 + 16 * x, Sq, m_st.s2, (long)min(j0 + t, Skv - 1) * m_st.s3)
+#define MGET(t, x) gather_m(mb, i0 + VW * x, Sq, m_st.s2, (long)min(j0 + t, Skv - 1) * m_st.s3)
 #endif
 #define MASK2X(t, x)                                                                        \
   {                                                                                         \
@@ -337,8 +389,7 @@ __kernel void sdpa_flash(__global const qt *q, long q_off, long4 q_st,
 
     /* Online softmax of each half; see sdpa_weights for the base-2 scores. */
 #define SOFTMAX(x)                                                                          \
-  const vf bm##x = max(max(max(s0_##x, s1_##x), max(s2_##x, s3_##x)),                       \
-                       max(max(s4_##x, s5_##x), max(s6_##x, s7_##x)));                      \
+  const vf bm##x = KMAX(x);                                                                 \
   /* The running max, the correction of l and acc only when it grows; once */              \
   /* the maxima settle most blocks skip all of it.                          */              \
   if (any(bm##x > m##x)) {                                                                  \
@@ -351,7 +402,7 @@ __kernel void sdpa_flash(__global const qt *q, long q_off, long4 q_st,
     ms##x = msn;                                                                            \
   }                                                                                         \
   REPK(PROB##x)                                                                             \
-  l##x += ((p0_##x + p1_##x) + (p2_##x + p3_##x)) + ((p4_##x + p5_##x) + (p6_##x + p7_##x));
+  l##x += KSUM(x);
 #define PROB0(t) const vf p##t##_0 = exp2_nonpos((s##t##_0 - ms0) * LOG2E);
 #define PROB1(t) const vf p##t##_1 = exp2_nonpos((s##t##_1 - ms1) * LOG2E);
     HALVES(SOFTMAX)
@@ -372,7 +423,7 @@ __kernel void sdpa_flash(__global const qt *q, long q_off, long4 q_st,
     /* fma(v, 0, z) is NaN iff v is inf or NaN: 3% of the block's work,
      * where the selects made masked runs 1.5-2x slower. */
     if (!plain) {
-      vf z = (vf)(0.0f);
+      float16 z = (float16)(0.0f);
       for (int d = 0; d < HD; d += 16) {
         REPK(VZ)
       }
@@ -417,13 +468,13 @@ __kernel void sdpa_flash(__global const qt *q, long q_off, long4 q_st,
   __global float *lb = lse + l_off + b * l_st.s0 + h * l_st.s1;
   if (!has_lse) lb = (__global float *)out; /* never dereferenced */
 #define STOREX(x, r, n)                                                                     \
-  if (i0 + 16 * x + r < Sq) {                                                               \
-    __global ot *orow = ob + (long)(i0 + 16 * x + r) * o_st.s2;                             \
+  if (i0 + VW * x + r < Sq) {                                                               \
+    __global ot *orow = ob + (long)(i0 + VW * x + r) * o_st.s2;                             \
     const float sc = inv##x.s##n;                                                           \
     for (int d = 0; d < DVV; d++) ATTN_ST(OT, orow, d * OS3, acc##x[d].s##n * sc);          \
-    if (has_lse) lb[(long)(i0 + 16 * x + r) * l_st.s2] = lsev##x.s##n;                      \
+    if (has_lse) lb[(long)(i0 + VW * x + r) * l_st.s2] = lsev##x.s##n;                      \
     if (has_ml) {                                                                           \
-      __global float *mlr = ml + (((long)b * Hq + h) * Sq + i0 + 16 * x + r) * 2;             \
+      __global float *mlr = ml + (((long)b * Hq + h) * Sq + i0 + VW * x + r) * 2;             \
       mlr[0] = m##x.s##n;                                                                   \
       mlr[1] = sc;                                                                          \
     }                                                                                       \
@@ -458,7 +509,7 @@ __kernel void sdpa_flash(__global const qt *q, long q_off, long4 q_st,
  * lse absorbs log(sum) when |m| is huge (a row all at -FLT_MAX would get
  * weights of 1), and rounds away the precision of large scores. inv = 0
  * marks a row with no visible key: zeros.
- * Same layout as sdpa_flash (16 rows in float16 lanes, keys in blocks of 8),
+ * Same layout as sdpa_flash (VW rows in vector lanes, keys in blocks of KB),
  * over every key, since hidden ones must be written as zeros too. */
 __kernel void sdpa_weights(__global const qt *q, long q_off, long4 q_st,
                            __global const kt *k, long k_off, long4 k_st,
@@ -475,7 +526,7 @@ __kernel void sdpa_weights(__global const qt *q, long q_off, long4 q_st,
   const int hk = h / (Hq / Hkv);
   const __global qt *qb = q + q_off + b * q_st.s0 + h * q_st.s1;
   const __global kt *kb = k + k_off + b * k_st.s0 + hk * k_st.s1;
-  /* Each broadcast key element feeds one FMA here (16 rows, not 32): an
+  /* Each broadcast key element feeds one FMA here (VW rows, not 2 VW): an
    * f16 K block is still worth widening first as in sdpa_flash (weights
    * pass S=1024 D=64: 41 -> 26 ms, f32 26 ms), a bf16 one is not (its shift
    * per element is cheaper than the widened rows' stores: 26.4 -> 29.5 ms). */
@@ -539,7 +590,7 @@ __kernel void sdpa_weights(__global const qt *q, long q_off, long4 q_st,
       const long o = d * KS3;
       REPK(DOT)
     }
-#define CAP(t) s##t = softcap16(s##t, softcap);
+#define CAP(t) s##t = softcap_v(s##t, softcap);
     if (softcap > 0.0f) {
       REPK(CAP)
     }

@@ -14,10 +14,10 @@
 #define POCL_MAX_DEVICES 16
 /* Largest D and Dv the fused kernel holds in private memory. */
 #define POCL_MAX_HEAD_DIM 512
-/* Query rows per work-item of sdpa_flash (RF in kernels/sdpa.cl) and of
- * sdpa_weights (R there). */
-#define SDPA_FLASH_ROWS 32
-#define SDPA_WEIGHTS_ROWS 16
+/* Query rows per work-item of sdpa_flash (RF = 2 VW in kernels/sdpa.cl)
+ * and of sdpa_weights (R = VW there), for vector width vw. */
+#define SDPA_FLASH_ROWS(vw) (2 * (vw))
+#define SDPA_WEIGHTS_ROWS(vw) (vw)
 /* Tiles along m per work-group of the linear kernel (pocl_linear_tiled). */
 #define POCL_LINEAR_WG_M 8
 
@@ -209,9 +209,34 @@ static attn_status pocl_linear(attn_backend_ctx *c, const attn_linear_desc *d) {
   return pocl_linear_tiled(&c->cl, d, c->p.linear_mr, c->p.linear_nr);
 }
 
+/* LLVM's names of x86 CPUs with AVX2 and without AVX-512, as POCL puts
+ * them in its device names; anything else keeps 16 (a CPU whose name we do
+ * not know loses nothing against earlier releases). */
+static const char *const avx2_cpus[] = {
+    "haswell",   "broadwell",  "skylake",     "alderlake", "raptorlake", "meteorlake",
+    "arrowlake", "arrowlake-s", "lunarlake",  "gracemont", "pantherlake", "znver1",
+    "znver2",    "znver3",     "bdver4",      "core-avx2", "x86-64-v3"};
+
+int pocl_device_vw(const clrt_ctx *c) {
+  cl_uint w = 16;
+  char name[256] = "";
+  clGetDeviceInfo(c->dev.id, CL_DEVICE_NATIVE_VECTOR_WIDTH_FLOAT, sizeof w, &w, NULL);
+  clGetDeviceInfo(c->dev.id, CL_DEVICE_NAME, sizeof name - 1, name, NULL);
+  if (w != 0 && w < 16) return 8;
+  /* POCL's CPU devices are named "<driver>-<LLVM CPU>-<model>". */
+  const char *cpu = strchr(name, '-');
+  if (!cpu) return 16;
+  cpu++;
+  for (size_t i = 0; i < sizeof avx2_cpus / sizeof avx2_cpus[0]; i++) {
+    const size_t n = strlen(avx2_cpus[i]);
+    if (strncmp(cpu, avx2_cpus[i], n) == 0 && cpu[n] == '-') return 8;
+  }
+  return 16;
+}
+
 /* The build options of the sdpa program for these head dims and strides: few
  * distinct variants, each compiled once and cached on disk. */
-static void sdpa_options(const attn_sdpa_desc *d, char *buf, size_t len) {
+static void sdpa_options(const attn_sdpa_desc *d, int vw, char *buf, size_t len) {
   int64_t D = d->q.shape[3], Dv = d->v.shape[3], m = D > Dv ? D : Dv;
   int hd = 16;
   while (hd < m) hd *= 2;
@@ -219,7 +244,7 @@ static void sdpa_options(const attn_sdpa_desc *d, char *buf, size_t len) {
   /* A head dim of 1 makes its stride irrelevant. */
   int unit = (d->q.strides[3] == 1 || D == 1) && (d->k.strides[3] == 1 || D == 1) &&
              (d->v.strides[3] == 1 || Dv == 1) && (d->out.strides[3] == 1 || Dv == 1);
-  snprintf(buf, len, "-DHD=%d -DEXACT=%d -DUNIT=%d", hd, exact, unit);
+  snprintf(buf, len, "-DHD=%d -DEXACT=%d -DUNIT=%d -DVW=%d", hd, exact, unit, vw);
   pocl_sdpa_dtype_options(d, buf, len);
 }
 
@@ -235,11 +260,15 @@ void pocl_sdpa_dtype_options(const attn_sdpa_desc *d, char *buf, size_t len) {
 static attn_status pocl_sdpa(attn_backend_ctx *c, const attn_sdpa_desc *d) {
   /* Few query rows over many keys: split the keys (decode.c). */
   if (pocl_decode_wants(d)) return pocl_decode_sdpa(&c->cl, d, c->p.decode_groups);
+  return pocl_flash_sdpa(&c->cl, d, c->p.sdpa_vw);
+}
+
+attn_status pocl_flash_sdpa(clrt_ctx *cl, const attn_sdpa_desc *d, int vw) {
   char opts[160];
-  sdpa_options(d, opts, sizeof opts);
+  sdpa_options(d, vw, opts, sizeof opts);
   cl_kernel kf, kw = NULL;
-  attn_status s = clrt_kernel_get(&c->cl, "sdpa", opts, "sdpa_flash", &kf);
-  if (s == ATTN_OK && d->weights.buf) s = clrt_kernel_get(&c->cl, "sdpa", opts, "sdpa_weights", &kw);
+  attn_status s = clrt_kernel_get(cl, "sdpa", opts, "sdpa_flash", &kf);
+  if (s == ATTN_OK && d->weights.buf) s = clrt_kernel_get(cl, "sdpa", opts, "sdpa_weights", &kw);
   if (s != ATTN_OK) return s;
 
   cl_int B = (cl_int)d->q.shape[0], Hq = (cl_int)d->q.shape[1], Hkv = (cl_int)d->k.shape[1];
@@ -255,24 +284,24 @@ static attn_status pocl_sdpa(attn_backend_ctx *c, const attn_sdpa_desc *d) {
            o_st = clrt_strides4(&d->out), m_st = clrt_strides4(&d->mask), l_st = clrt_strides4(&d->lse);
 
   clrt_sdpa_opts op;
-  s = clrt_sdpa_opts_init(&c->cl, d, "pocl", &op);
+  s = clrt_sdpa_opts_init(cl, d, "pocl", &op);
   if (s != ATTN_OK) return s;
   cl_mem kvl = NULL, ml = NULL;
   cl_int has_kvl = d->kv_lens != NULL;
   /* Released once the kernels are enqueued; the driver frees it after them. */
-  s = clrt_kv_lens_copy(&c->cl, d, "pocl", &kvl);
+  s = clrt_kv_lens_copy(cl, d, "pocl", &kvl);
   if (s != ATTN_OK) {
-    clrt_sdpa_opts_release(&c->cl, &op);
+    clrt_sdpa_opts_release(cl, &op);
     return s;
   }
   if (d->weights.buf) {
     /* The weights pass needs each row's max and inverse sum. */
-    attn_status st = clrt_scratch_alloc(&c->cl, CL_MEM_READ_WRITE,
+    attn_status st = clrt_scratch_alloc(cl, CL_MEM_READ_WRITE,
                                         (size_t)B * Hq * Sq * 2 * sizeof(cl_float), NULL,
                                         "pocl: the row max and sum scratch", &ml);
     if (st != ATTN_OK) {
-      clrt_scratch_free(&c->cl, kvl);
-      clrt_sdpa_opts_release(&c->cl, &op);
+      clrt_scratch_free(cl, kvl);
+      clrt_sdpa_opts_release(cl, &op);
       return st;
     }
   }
@@ -289,14 +318,14 @@ static attn_status pocl_sdpa(attn_backend_ctx *c, const attn_sdpa_desc *d) {
                     CLRT_ARG(Dv), CLRT_ARG(scale), CLRT_OPTS_ARGS(op));
   /* 31 above counts the pairs: keep it equal to the kernel's parameter count. */
   if (s == ATTN_OK) {
-    /* One work-item per work-group: each carries 32 rows and 4 x HD float16
+    /* One work-item per work-group: each carries 2 VW rows and 4 x HD vectors
      * of private state, which POCL would otherwise replicate for every
      * work-item of a large group (a 2048-item group overflowed its stack at
      * Sq = 32768); measured at least as fast as groups of 2 to 16. */
-    size_t global[3] = {((size_t)Sq + SDPA_FLASH_ROWS - 1) / SDPA_FLASH_ROWS, (size_t)Hq,
+    size_t global[3] = {((size_t)Sq + SDPA_FLASH_ROWS(vw) - 1) / SDPA_FLASH_ROWS(vw), (size_t)Hq,
                         (size_t)B};
     size_t local[3] = {1, 1, 1};
-    s = clrt_enqueue(&c->cl, kf, 3, global, local);
+    s = clrt_enqueue(cl, kf, 3, global, local);
   }
   if (s == ATTN_OK && kw) {
     cl_mem w = clrt_mem_of(&d->weights);
@@ -309,16 +338,16 @@ static attn_status pocl_sdpa(attn_backend_ctx *c, const attn_sdpa_desc *d) {
                       CLRT_ARG(Sq), CLRT_ARG(Skv), CLRT_ARG(D), CLRT_ARG(scale),
                       CLRT_OPTS_ARGS(op));
     if (s == ATTN_OK) {
-      size_t global[3] = {((size_t)Sq + SDPA_WEIGHTS_ROWS - 1) / SDPA_WEIGHTS_ROWS,
+      size_t global[3] = {((size_t)Sq + SDPA_WEIGHTS_ROWS(vw) - 1) / SDPA_WEIGHTS_ROWS(vw),
                           (size_t)Hq, (size_t)B};
       size_t local[3] = {1, 1, 1};
-      s = clrt_enqueue(&c->cl, kw, 3, global, local);
+      s = clrt_enqueue(cl, kw, 3, global, local);
     }
   }
   /* Released now, freed by the driver when the queued kernels are done. */
-  clrt_scratch_free(&c->cl, kvl);
-  clrt_scratch_free(&c->cl, ml);
-  clrt_sdpa_opts_release(&c->cl, &op);
+  clrt_scratch_free(cl, kvl);
+  clrt_scratch_free(cl, ml);
+  clrt_sdpa_opts_release(cl, &op);
   return s;
 }
 

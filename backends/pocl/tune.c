@@ -8,12 +8,15 @@
  *                  the keys into (decode.c), timed on the decode target
  *                  (Sq=1, Hq=32, Hkv=8, Skv=8192, D=128; quick: 8/2/2048/64).
  *
- * Not tuned: the flash kernel's 32 rows per work-item (kernels/sdpa.cl is
- * written for exactly two float16 halves; 16 rows would be another kernel)
- * and the sdpa_weights pass's 16 (one float16 of rows).
+ *   sdpa_vw        the vector width kernels/sdpa.cl is built for (16: rows
+ *                  in float16 lanes, one AVX-512 register; 8: float8, one
+ *                  AVX2 register), timed on a prefill (S=1024 D=64 H=8;
+ *                  quick: S=512). Its default is read off the device
+ *                  (pocl_device_vw), so tuning only confirms or corrects it.
  *
  * Every candidate is a value the test suites run with (the allowed sets
- * below); ATTN_POCL_LINEAR_TILE=MRxNR and ATTN_POCL_DECODE_GROUPS=n force one
+ * below); ATTN_POCL_LINEAR_TILE=MRxNR, ATTN_POCL_DECODE_GROUPS=n and
+ * ATTN_POCL_VW=16|8 force one
  * (a value outside the set is ignored, with a debug line). Each candidate is
  * run once untimed (the build, first touches), then `runs` times with a
  * clFinish after each; the smallest median wins. */
@@ -33,6 +36,8 @@ static const int groups[] = {4, 8, 16, 32};
 /* The parameters apply to the programs of these kernels: a change to any of
  * them (or to the driver) invalidates the stored winners. */
 static const char *const tuned_kernels[] = {"linear", "decode", "sdpa"};
+static const int widths[] = {16, 8};
+#define NWIDTHS (int)(sizeof widths / sizeof widths[0])
 
 static void tune_key(const clrt_ctx *c, char *key, size_t len) {
   clrt_tune_key(c, "pocl", tuned_kernels, 3, key, len);
@@ -57,25 +62,33 @@ static int parse_groups(const char *s, int *g) {
   char tail;
   return s && sscanf(s, "%d%c", g, &tail) == 1 && groups_allowed(*g);
 }
+static int parse_vw(const char *s, int *vw) {
+  char tail;
+  return s && sscanf(s, "%d%c", vw, &tail) == 1 && (*vw == 16 || *vw == 8);
+}
 
 void pocl_params_load(clrt_ctx *c, pocl_params *p) {
   const attn_host *host = clrt_host();
   p->linear_mr = POCL_LINEAR_MR;
   p->linear_nr = POCL_LINEAR_NR;
   p->decode_groups = POCL_DECODE_GROUPS;
+  p->sdpa_vw = pocl_device_vw(c);
   p->linear_src = p->decode_src = "default";
+  p->vw_src = "device";
   char key[1024], buf[32];
   tune_key(c, key, sizeof key);
   char *text = clrt_tune_load(key);
   if (text) {
-    int mr, nr, g;
+    int mr, nr, g, vw;
     /* All or nothing: an entry with a value we do not know is not ours. */
     if (parse_tile(clrt_tune_value(text, "linear_tile", buf, sizeof buf), &mr, &nr) &&
-        parse_groups(clrt_tune_value(text, "decode_groups", buf, sizeof buf), &g)) {
+        parse_groups(clrt_tune_value(text, "decode_groups", buf, sizeof buf), &g) &&
+        parse_vw(clrt_tune_value(text, "sdpa_vw", buf, sizeof buf), &vw)) {
       p->linear_mr = mr;
       p->linear_nr = nr;
       p->decode_groups = g;
-      p->linear_src = p->decode_src = "cache";
+      p->sdpa_vw = vw;
+      p->linear_src = p->decode_src = p->vw_src = "cache";
     } else {
       host->debug("pocl: ignoring tuned parameters that do not parse; using the defaults");
     }
@@ -102,23 +115,35 @@ void pocl_params_load(clrt_ctx *c, pocl_params *p) {
       host->debug("pocl: ignoring ATTN_POCL_DECODE_GROUPS=%s (not one of 4 8 16 32)", e);
     }
   }
-  host->debug("pocl: linear tile %dx%d (%s), decode groups %d per CU (%s)", p->linear_mr,
-              p->linear_nr, p->linear_src, p->decode_groups, p->decode_src);
+  e = getenv("ATTN_POCL_VW");
+  if (e && *e) {
+    int vw;
+    if (parse_vw(e, &vw)) {
+      p->sdpa_vw = vw;
+      p->vw_src = "env";
+    } else {
+      host->debug("pocl: ignoring ATTN_POCL_VW=%s (not 16 or 8)", e);
+    }
+  }
+  host->debug("pocl: linear tile %dx%d (%s), decode groups %d per CU (%s), sdpa vector width %d (%s)",
+              p->linear_mr, p->linear_nr, p->linear_src, p->decode_groups, p->decode_src,
+              p->sdpa_vw, p->vw_src);
 }
 
 /* ---- measurement ------------------------------------------------------------------ */
 
 typedef struct job {
   clrt_ctx *c;
-  int which; /* 0 linear, 1 decode */
+  int which; /* 0 linear, 1 decode, 2 flash */
   const attn_linear_desc *ld;
   const attn_sdpa_desc *sd;
-  int a, b; /* the candidate: mr, nr or groups */
+  int a, b; /* the candidate: mr, nr, groups or vw */
 } job;
 
 static attn_status run_once(const job *j) {
-  attn_status s = j->which == 0 ? pocl_linear_tiled(j->c, j->ld, j->a, j->b)
-                                : pocl_decode_sdpa(j->c, j->sd, j->a);
+  attn_status s = j->which == 0   ? pocl_linear_tiled(j->c, j->ld, j->a, j->b)
+                  : j->which == 1 ? pocl_decode_sdpa(j->c, j->sd, j->a)
+                                  : pocl_flash_sdpa(j->c, j->sd, j->a);
   return s == ATTN_OK ? clrt_finish(j->c) : s;
 }
 
@@ -224,6 +249,46 @@ static attn_status tune_decode(clrt_ctx *c, bool quick, int runs, attn_tune_repo
   return ATTN_OK;
 }
 
+static attn_status tune_vw(clrt_ctx *c, bool quick, int runs, attn_tune_report *r, int *vw) {
+  const int64_t H = 8, S = quick ? 512 : 1024, D = 64;
+  attn_buffer *q = NULL, *k = NULL, *v = NULL, *o = NULL;
+  attn_status s = clrt_filled_buffer(c, (size_t)(H * S * D), &q);
+  if (s == ATTN_OK) s = clrt_filled_buffer(c, (size_t)(H * S * D), &k);
+  if (s == ATTN_OK) s = clrt_filled_buffer(c, (size_t)(H * S * D), &v);
+  if (s == ATTN_OK) s = clrt_buffer_alloc(c, (size_t)(H * S * D) * sizeof(float), &o);
+  attn_sdpa_desc d;
+  memset(&d, 0, sizeof d);
+  d.struct_size = sizeof d;
+  d.q = clrt_view4(q, 1, H, S, D);
+  d.k = clrt_view4(k, 1, H, S, D);
+  d.v = clrt_view4(v, 1, H, S, D);
+  d.out = clrt_view4(o, 1, H, S, D);
+  d.scale = 0.125f;
+  char shape[64];
+  snprintf(shape, sizeof shape, "H=%lld S=%lld D=%lld", (long long)H, (long long)S, (long long)D);
+  double best = 0;
+  int bi = -1, first = r->n;
+  for (int i = 0; s == ATTN_OK && i < NWIDTHS; i++) {
+    job j = {c, 2, NULL, &d, widths[i], 0};
+    double ms = 0;
+    s = time_job(&j, runs, &ms);
+    attn_tune_row *row = s == ATTN_OK ? add_row(r, "sdpa_vw", shape) : NULL;
+    if (row) {
+      snprintf(row->value, sizeof row->value, "%d", widths[i]);
+      row->median_ms = ms;
+    }
+    if (s == ATTN_OK && (bi < 0 || ms < best)) best = ms, bi = i;
+  }
+  clrt_buffer_free(c, q);
+  clrt_buffer_free(c, k);
+  clrt_buffer_free(c, v);
+  clrt_buffer_free(c, o);
+  if (s != ATTN_OK) return s;
+  *vw = widths[bi];
+  for (int i = first; i < r->n; i++) r->row[i].chosen = atoi(r->row[i].value) == *vw;
+  return ATTN_OK;
+}
+
 static void show(const pocl_params *p, attn_tune_report *r) {
   attn_tune_row *row = add_row(r, "linear_tile", "");
   snprintf(row->value, sizeof row->value, "%dx%d", p->linear_mr, p->linear_nr);
@@ -232,6 +297,10 @@ static void show(const pocl_params *p, attn_tune_report *r) {
   row = add_row(r, "decode_groups", "");
   snprintf(row->value, sizeof row->value, "%d", p->decode_groups);
   snprintf(row->source, sizeof row->source, "%s", p->decode_src);
+  row->chosen = true;
+  row = add_row(r, "sdpa_vw", "");
+  snprintf(row->value, sizeof row->value, "%d", p->sdpa_vw);
+  snprintf(row->source, sizeof row->source, "%s", p->vw_src);
   row->chosen = true;
 }
 
@@ -243,18 +312,20 @@ attn_status pocl_tune(attn_backend_ctx *ctx, unsigned flags, attn_tune_report *r
   clrt_ctx *c = &ctx->cl;
   const bool quick = flags & ATTN_TUNE_QUICK;
   const int runs = quick ? 3 : 7;
-  int mr, nr, g;
+  int mr, nr, g, vw;
   attn_status s = tune_linear(c, quick, runs, r, &mr, &nr);
   if (s == ATTN_OK) s = tune_decode(c, quick, runs, r, &g);
+  if (s == ATTN_OK) s = tune_vw(c, quick, runs, r, &vw);
   if (s != ATTN_OK) return s;
   /* This context uses the winners from now on; later ones find them in the cache. */
   ctx->p.linear_mr = mr;
   ctx->p.linear_nr = nr;
   ctx->p.decode_groups = g;
-  ctx->p.linear_src = ctx->p.decode_src = "tuned";
+  ctx->p.sdpa_vw = vw;
+  ctx->p.linear_src = ctx->p.decode_src = ctx->p.vw_src = "tuned";
   char key[1024], text[128];
   tune_key(c, key, sizeof key);
-  snprintf(text, sizeof text, "linear_tile %dx%d\ndecode_groups %d\n", mr, nr, g);
+  snprintf(text, sizeof text, "linear_tile %dx%d\ndecode_groups %d\nsdpa_vw %d\n", mr, nr, g, vw);
   r->stored = clrt_tune_store(key, text);
   return ATTN_OK;
 }
