@@ -67,9 +67,10 @@ show_failed_logs() {
 }
 
 case " $STEPS " in *" asan "*)
-  # (a) ASan + UBSan over the whole suite (tests/clblast-fused.sh in its
-  # short form, ATTN_FUSED_QUICK=1: its other passes add only kernel
-  # variants, which the sanitizers do not see). LSan suppressions and UBSan's
+  # (a) ASan + UBSan over the whole suite (tests/clblast-fused.sh and
+  # tests/pocl-avx2.sh in their short forms, ATTN_FUSED_QUICK=1 and
+  # ATTN_AVX2_QUICK=1: their other passes add only kernel variants, which
+  # the sanitizers do not see). LSan suppressions and UBSan's
   # halt_on_error come from AM_TESTS_ENVIRONMENT (Makefile.am).
   # intercept_tls_get_addr=0: gcc 12's LeakSanitizer tracks the dynamic TLS
   # of dlopen'ed libraries through __tls_get_addr and, with Debian 12's
@@ -86,7 +87,7 @@ case " $STEPS " in *" asan "*)
   (cd _asan && "$BSRC/configure" -q --enable-sanitizers CFLAGS="-g -O1") ||
     fail "configure --enable-sanitizers"
   make -C _asan -s -j"$JOBS" >/dev/null || fail "sanitizer build"
-  if ! ASAN_OPTIONS=$ASAN_OPTS ATTN_FUSED_QUICK=1 make -C _asan -s -j"$JOBS" check; then
+  if ! ASAN_OPTIONS=$ASAN_OPTS ATTN_FUSED_QUICK=1 ATTN_AVX2_QUICK=1 make -C _asan -s -j"$JOBS" check; then
     # LeakSanitizer's exit-time stop-the-world tracer can still crash
     # (SIGSEGV in the tracer itself, "LeakSanitizer has encountered a fatal
     # error") after every test of a suite has passed, for reasons other than
@@ -125,7 +126,7 @@ case " $STEPS " in *" asan "*)
       touch _asan/.rerun-stamp
       sleep 1
       if ASAN_OPTIONS=$ASAN_OPTS ATTN_LSAN_EXTRA=verbosity=1:log_threads=1 \
-        ATTN_FUSED_QUICK=1 make -C _asan -s check TESTS="$rerun"; then
+        ATTN_FUSED_QUICK=1 ATTN_AVX2_QUICK=1 make -C _asan -s check TESTS="$rerun"; then
         rerun=""
         break
       fi
@@ -144,7 +145,7 @@ case " $STEPS " in *" asan "*)
       done
       echo "ci-hardening: WARNING: LeakSanitizer's tracer crashed in every run of:$rerun;" \
         "running it with the leak check off (ASan and UBSan still on)"
-      if ! ASAN_OPTIONS=$ASAN_OPTS_NOLEAK ATTN_FUSED_QUICK=1 make -C _asan -s check TESTS="$rerun"; then
+      if ! ASAN_OPTIONS=$ASAN_OPTS_NOLEAK ATTN_FUSED_QUICK=1 ATTN_AVX2_QUICK=1 make -C _asan -s check TESTS="$rerun"; then
         show_failed_logs _asan
         fail "make check under ASan+UBSan"
       fi

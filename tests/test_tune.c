@@ -10,8 +10,8 @@
  * but a value the backend does not know all give the built-in defaults, as
  * does ATTN_CACHE=0, which also stores nothing. Results computed with the
  * tuned values, and with every allowed candidate of each parameter (forced
- * through ATTN_POCL_LINEAR_TILE / ATTN_POCL_DECODE_GROUPS), match
- * tu_sdpa_double / tu_linear_double.
+ * through ATTN_POCL_VW / ATTN_POCL_LINEAR_TILE / ATTN_POCL_DECODE_GROUPS),
+ * match tu_sdpa_double / tu_linear_double.
  *
  * Exits 77 when there is no pocl device. */
 #include <setjmp.h>
@@ -49,25 +49,33 @@ static const attn_tune_row *find_row(const attn_tune_report *r, const char *para
   return NULL;
 }
 
-/* The values a fresh context uses: "linear_tile" and "decode_groups" rows. */
+/* The values a fresh context uses: "linear_tile", "decode_groups" and
+ * "vector_width" rows. */
 static void show_fresh(attn_tune_report *r) {
   attn_context *ctx;
   CHECK_OK(attn_open("pocl", &ctx));
   CHECK_OK(attn_tune(ctx, ATTN_TUNE_SHOW, r));
   attn_close(ctx);
-  assert_int_equal(r->n, 2);
+  assert_int_equal(r->n, 3);
   assert_non_null(find_row(r, "linear_tile"));
   assert_non_null(find_row(r, "decode_groups"));
+  assert_non_null(find_row(r, "vector_width"));
 }
 
+/* The width read off the device (16, or 8 where POCL compiles for an
+ * AVX2-only CPU, as under POCL_KERNELLIB_NAME=avx2) and its default tile. */
 static void assert_defaults(const char *why) {
   attn_tune_report r;
   show_fresh(&r);
-  for (int i = 0; i < r.n; i++)
-    if (strcmp(r.row[i].source, "default") != 0)
-      fail_msg("%s: %s = %s from %s, want the default", why, r.row[i].param, r.row[i].value,
-               r.row[i].source);
-  assert_string_equal(find_row(&r, "linear_tile")->value, "8x3");
+  for (int i = 0; i < r.n; i++) {
+    const char *want = strcmp(r.row[i].param, "vector_width") == 0 ? "device" : "default";
+    if (strcmp(r.row[i].source, want) != 0)
+      fail_msg("%s: %s = %s from %s, want %s", why, r.row[i].param, r.row[i].value,
+               r.row[i].source, want);
+  }
+  const char *vw = find_row(&r, "vector_width")->value;
+  assert_true(strcmp(vw, "16") == 0 || strcmp(vw, "8") == 0);
+  assert_string_equal(find_row(&r, "linear_tile")->value, strcmp(vw, "8") == 0 ? "4x3" : "8x3");
   assert_string_equal(find_row(&r, "decode_groups")->value, "16");
 }
 
@@ -158,9 +166,10 @@ static void tune_stores(void **state) {
   attn_context *ctx;
   CHECK_OK(attn_open("pocl", &ctx));
   CHECK_OK(attn_tune(ctx, ATTN_TUNE_QUICK, &g_rep));
-  /* Two tiles and four decode splits, each timed, one winner per parameter. */
-  assert_int_equal(g_rep.n, 6);
-  int nlin = 0, ndec = 0, won_lin = 0, won_dec = 0;
+  /* Two widths, two tiles and four decode splits, each timed, one winner
+   * per parameter. */
+  assert_int_equal(g_rep.n, 8);
+  int nlin = 0, ndec = 0, nvw = 0, won_lin = 0, won_dec = 0, won_vw = 0;
   for (int i = 0; i < g_rep.n; i++) {
     const attn_tune_row *r = &g_rep.row[i];
     assert_true(r->median_ms > 0);
@@ -168,12 +177,15 @@ static void tune_stores(void **state) {
     assert_true(r->shape[0] != '\0');
     if (!strcmp(r->param, "linear_tile")) nlin++, won_lin += r->chosen;
     else if (!strcmp(r->param, "decode_groups")) ndec++, won_dec += r->chosen;
+    else if (!strcmp(r->param, "vector_width")) nvw++, won_vw += r->chosen;
     else fail_msg("unexpected parameter %s", r->param);
   }
   assert_int_equal(nlin, 2);
   assert_int_equal(ndec, 4);
+  assert_int_equal(nvw, 2);
   assert_int_equal(won_lin, 1);
   assert_int_equal(won_dec, 1);
+  assert_int_equal(won_vw, 1);
   /* The winner is the fastest. */
   for (int i = 0; i < g_rep.n; i++)
     assert_true(g_rep.row[i].median_ms >= find_row(&g_rep, g_rep.row[i].param)->median_ms);
@@ -192,9 +204,10 @@ static void tune_stores(void **state) {
   assert_int_equal(tune_file(path, sizeof path), 1);
   size_t len;
   unsigned char *bytes = slurp(path, &len);
-  int n = snprintf(want, sizeof want, "linear_tile %s\ndecode_groups %s\n",
+  int n = snprintf(want, sizeof want, "linear_tile %s\ndecode_groups %s\nvector_width %s\n",
                    find_row(&g_rep, "linear_tile")->value,
-                   find_row(&g_rep, "decode_groups")->value);
+                   find_row(&g_rep, "decode_groups")->value,
+                   find_row(&g_rep, "vector_width")->value);
   assert_true(len > (size_t)n);
   assert_memory_equal(bytes + len - n, want, n);
   free(bytes);
@@ -270,37 +283,57 @@ static void corrupt_falls_back(void **state) {
   free(bad);
 }
 
-/* Every allowed value of each parameter gives correct results. */
+/* Every allowed value of each parameter gives correct results: the tiles of
+ * each vector width at that width (check_linear's one-head graph also runs
+ * its 45-row SDPA through the flash kernel of that width). */
 static void every_candidate(void **state) {
   (void)state;
-  static const char *tiles[] = {"8x3", "4x6", "4x4", "8x2"};
+  static const char *tiles[] = {"8x3", "4x6", "4x4", "8x2", "4x3", "3x4", "4x2", "2x4"};
   static const char *groups[] = {"4", "8", "16", "32"};
-  for (int i = 0; i < 4; i++) {
+  for (int i = 0; i < 8; i++) {
+    const char *vw = i < 4 ? "16" : "8";
+    setenv("ATTN_POCL_VW", vw, 1);
     setenv("ATTN_POCL_LINEAR_TILE", tiles[i], 1);
-    setenv("ATTN_POCL_DECODE_GROUPS", groups[i], 1);
+    setenv("ATTN_POCL_DECODE_GROUPS", groups[i % 4], 1);
     attn_context *ctx;
     CHECK_OK(attn_open("pocl", &ctx));
+    unsetenv("ATTN_POCL_VW");
     unsetenv("ATTN_POCL_LINEAR_TILE");
     unsetenv("ATTN_POCL_DECODE_GROUPS");
     attn_tune_report r;
     CHECK_OK(attn_tune(ctx, ATTN_TUNE_SHOW, &r));
+    assert_string_equal(find_row(&r, "vector_width")->value, vw);
+    assert_string_equal(find_row(&r, "vector_width")->source, "env");
     assert_string_equal(find_row(&r, "linear_tile")->value, tiles[i]);
     assert_string_equal(find_row(&r, "linear_tile")->source, "env");
-    assert_string_equal(find_row(&r, "decode_groups")->value, groups[i]);
+    assert_string_equal(find_row(&r, "decode_groups")->value, groups[i % 4]);
     char what[64];
-    snprintf(what, sizeof what, "decode, groups %s", groups[i]);
+    snprintf(what, sizeof what, "decode, groups %s", groups[i % 4]);
     check_decode(ctx, what);
-    snprintf(what, sizeof what, "linear, tile %s", tiles[i]);
+    snprintf(what, sizeof what, "linear and sdpa, width %s, tile %s", vw, tiles[i]);
     check_linear(ctx, what);
     attn_close(ctx);
   }
+  /* A forced width alone brings its own default tile (no cache entry read). */
+  attn_tune_report r;
+  setenv("ATTN_CACHE", "0", 1);
+  setenv("ATTN_POCL_VW", "8", 1);
+  show_fresh(&r);
+  assert_string_equal(find_row(&r, "linear_tile")->value, "4x3");
+  setenv("ATTN_POCL_VW", "16", 1);
+  show_fresh(&r);
+  assert_string_equal(find_row(&r, "linear_tile")->value, "8x3");
+  unsetenv("ATTN_POCL_VW");
+  unsetenv("ATTN_CACHE");
   /* A value outside the set is ignored. */
+  setenv("ATTN_POCL_VW", "12", 1);
   setenv("ATTN_POCL_LINEAR_TILE", "16x16", 1);
   setenv("ATTN_POCL_DECODE_GROUPS", "1000", 1);
-  attn_tune_report r;
   show_fresh(&r);
+  unsetenv("ATTN_POCL_VW");
   unsetenv("ATTN_POCL_LINEAR_TILE");
   unsetenv("ATTN_POCL_DECODE_GROUPS");
+  assert_string_not_equal(find_row(&r, "vector_width")->source, "env");
   assert_string_not_equal(find_row(&r, "linear_tile")->source, "env");
   assert_string_not_equal(find_row(&r, "decode_groups")->source, "env");
 }

@@ -10,17 +10,36 @@
 #
 # PyTorch is for benchmarking only (no test needs it): it is installed with
 # pip into a virtual environment, $VENV (default ./.venv-peers), unless that
-# already has it. KV=bf16 also stores libattn's K/V and PyTorch's q/k/v as bf16.
+# already has it (the CPU wheel from download.pytorch.org, else PyPI's).
+# KV=bf16 also stores libattn's K/V and PyTorch's q/k/v as bf16.
+#
+# ISA=avx2 runs both sides with AVX2 code on an AVX-512 machine: POCL
+# compiles for haswell (POCL_KERNELLIB_NAME=avx2, so libattn picks its
+# float8 kernels as on an AVX2-only CPU), PyTorch's kernels and MKL's GEMMs
+# take their AVX2 paths (ATEN_CPU_CAPABILITY=avx2, MKL_ENABLE_INSTRUCTIONS=AVX2).
+# The instruction set is then AVX2's, the core still this one.
 set -eu
 dev=${1:-pocl}
 rounds=${2:-5}
 venv=${VENV:-./.venv-peers}
 kv=${KV:-f32}
+isa=${ISA:-native}
 attn=./attn
 if ! "$venv/bin/python" -c 'import torch' 2>/dev/null; then
   python3 -m venv "$venv"
-  "$venv/bin/pip" install -q --index-url https://download.pytorch.org/whl/cpu torch numpy
+  "$venv/bin/pip" install -q --index-url https://download.pytorch.org/whl/cpu torch numpy ||
+    "$venv/bin/pip" install -q torch numpy
 fi
+case $isa in
+native) ;;
+avx2)
+  export POCL_KERNELLIB_NAME=avx2 ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2
+  ;;
+*)
+  echo "bench-peers.sh: ISA=$isa: not native or avx2" >&2
+  exit 2
+  ;;
+esac
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 cat >"$tmp/sdpa.py" <<'PY'
@@ -71,7 +90,7 @@ while [ "$i" -lt "$rounds" ]; do
 done
 
 stats() { sort -n | awk '{v[NR]=$1} END {m=(NR%2)?v[(NR+1)/2]:(v[NR/2]+v[NR/2+1])/2; print m, v[1], v[NR]}'; }
-echo "device $dev vs PyTorch $("$venv/bin/python" -c 'import torch; print(torch.__version__)'), $rounds rounds, k/v $kv"
+echo "device $dev vs PyTorch $("$venv/bin/python" -c 'import torch; print(torch.__version__, torch.backends.cpu.get_cpu_capability())'), $rounds rounds, k/v $kv, ISA $isa"
 echo "CPU: $(lscpu | sed -n 's/^Model name: *//p' | head -1); flags: $(grep -o -w 'avx2\|avx512f\|amx_tile' /proc/cpuinfo | sort -u | tr '\n' ' ')"
 printf '%-32s %24s %24s %8s\n' shape "libattn ms (min-max)" "PyTorch ms (min-max)" "speedup"
 echo "$shapes" | while read -r name hq hkv sq skv d causal; do

@@ -164,12 +164,12 @@ static attn_status pocl_supports(attn_backend_ctx *c, attn_stage stage, const vo
   return unsupported(why, why_len, "pocl: unknown stage");
 }
 
-attn_status pocl_linear_tiled(clrt_ctx *c, const attn_linear_desc *d, int mr, int nr) {
+attn_status pocl_linear_tiled(clrt_ctx *c, const attn_linear_desc *d, int mr, int nr, int vw) {
   cl_kernel k;
   /* The tile of y per work-item (MR x NR in kernels/linear.cl): the context's
    * tuned parameter, or a candidate attn_tune times. */
   char opts[96];
-  snprintf(opts, sizeof opts, "-DMR=%d -DNR=%d", mr, nr);
+  snprintf(opts, sizeof opts, "-DMR=%d -DNR=%d -DVW=%d", mr, nr, vw);
   clrt_dtype_option(opts, sizeof opts, "XT", &d->x);
   clrt_dtype_option(opts, sizeof opts, "WT", &d->w);
   clrt_dtype_option(opts, sizeof opts, "BT", &d->bias);
@@ -206,7 +206,7 @@ attn_status pocl_linear_tiled(clrt_ctx *c, const attn_linear_desc *d, int mr, in
 }
 
 static attn_status pocl_linear(attn_backend_ctx *c, const attn_linear_desc *d) {
-  return pocl_linear_tiled(&c->cl, d, c->p.linear_mr, c->p.linear_nr);
+  return pocl_linear_tiled(&c->cl, d, c->p.linear_mr, c->p.linear_nr, c->p.vw);
 }
 
 /* LLVM's names of x86 CPUs with AVX2 and without AVX-512, as POCL puts
@@ -223,10 +223,12 @@ int pocl_device_vw(const clrt_ctx *c) {
   clGetDeviceInfo(c->dev.id, CL_DEVICE_NATIVE_VECTOR_WIDTH_FLOAT, sizeof w, &w, NULL);
   clGetDeviceInfo(c->dev.id, CL_DEVICE_NAME, sizeof name - 1, name, NULL);
   if (w != 0 && w < 16) return 8;
-  /* POCL's CPU devices are named "<driver>-<LLVM CPU>-<model>". */
+  /* POCL's CPU devices are named "<driver>-<LLVM CPU>-<model>"; LLVM's
+   * "skylake" is the client part, "skylake-avx512" the server one. */
   const char *cpu = strchr(name, '-');
   if (!cpu) return 16;
   cpu++;
+  if (strncmp(cpu, "skylake-avx512-", 15) == 0) return 16;
   for (size_t i = 0; i < sizeof avx2_cpus / sizeof avx2_cpus[0]; i++) {
     const size_t n = strlen(avx2_cpus[i]);
     if (strncmp(cpu, avx2_cpus[i], n) == 0 && cpu[n] == '-') return 8;
@@ -260,7 +262,7 @@ void pocl_sdpa_dtype_options(const attn_sdpa_desc *d, char *buf, size_t len) {
 static attn_status pocl_sdpa(attn_backend_ctx *c, const attn_sdpa_desc *d) {
   /* Few query rows over many keys: split the keys (decode.c). */
   if (pocl_decode_wants(d)) return pocl_decode_sdpa(&c->cl, d, c->p.decode_groups);
-  return pocl_flash_sdpa(&c->cl, d, c->p.sdpa_vw);
+  return pocl_flash_sdpa(&c->cl, d, c->p.vw);
 }
 
 attn_status pocl_flash_sdpa(clrt_ctx *cl, const attn_sdpa_desc *d, int vw) {

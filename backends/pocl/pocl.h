@@ -11,15 +11,14 @@
 typedef struct pocl_params {
   int linear_mr, linear_nr; /* tile of y per work-item of kernels/linear.cl */
   int decode_groups;        /* decode work-groups to aim for per compute unit */
-  int sdpa_vw;              /* rows per vector of kernels/sdpa.cl (-DVW): 16 or 8 */
-  /* Where each came from: "default", "cache", "env" or "tuned" (sdpa_vw's
+  int vw;                   /* -DVW of kernels/sdpa.cl and linear.cl: 16 or 8 */
+  /* Where each came from: "default", "cache", "env" or "tuned" (vw's
    * default is "device": read off the device, pocl_device_vw). */
   const char *linear_src, *decode_src, *vw_src;
 } pocl_params;
 
-/* Built-in defaults, measured on a 2-core AVX-512 machine (see tune.c). */
-#define POCL_LINEAR_MR 8
-#define POCL_LINEAR_NR 3
+/* Built-in default, measured on a 2-core AVX-512 machine (see tune.c, which
+ * also holds the linear tiles per vector width). */
 #define POCL_DECODE_GROUPS 16
 
 struct attn_backend_ctx {
@@ -41,9 +40,9 @@ CLRT_INTERNAL attn_status pocl_tune(attn_backend_ctx *ctx, unsigned flags,
 /* Enqueue SDPA through the flash kernel (and the weights pass) of
  * kernels/sdpa.cl built for vector width vw, whatever Sq is (pocl.c). */
 CLRT_INTERNAL attn_status pocl_flash_sdpa(clrt_ctx *c, const attn_sdpa_desc *d, int vw);
-/* Enqueue the linear stage with an MR x NR tile (pocl.c). */
+/* Enqueue the linear stage with an MR x NR tile of vector width vw (pocl.c). */
 CLRT_INTERNAL attn_status pocl_linear_tiled(clrt_ctx *c, const attn_linear_desc *d, int mr,
-                                            int nr);
+                                            int nr, int vw);
 
 /* Build options naming the storage types of the SDPA operands (-DQT=1 ...,
  * clrt_dtype_option), appended to buf (pocl.c). */

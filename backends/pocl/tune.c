@@ -1,23 +1,23 @@
 /* attn_tune for the pocl backend: its runtime tuning parameters, measured on
  * the device and kept in the cache (backends/opencl/tune.c).
  *
+ *   vector_width   the vector width kernels/sdpa.cl and kernels/linear.cl
+ *                  are built for (16: float16, one AVX-512 register; 8:
+ *                  float8, one AVX2 register), timed on a prefill (S=1024
+ *                  D=64 H=8; quick: S=512). Its default is read off the
+ *                  device (pocl_device_vw); tuning confirms or corrects it.
  *   linear_tile    the MR x NR tile of y per work-item of kernels/linear.cl,
- *                  timed on an MHA projection (M=1024, N=K=512; quick: 256^3).
- *                  Each candidate is its own program build.
+ *                  among the tiles for that width, timed on an MHA
+ *                  projection (M=1024, N=K=512; quick: 256^3). Each
+ *                  candidate is its own program build.
  *   decode_groups  the work-groups per compute unit the decode path splits
  *                  the keys into (decode.c), timed on the decode target
  *                  (Sq=1, Hq=32, Hkv=8, Skv=8192, D=128; quick: 8/2/2048/64).
  *
- *   sdpa_vw        the vector width kernels/sdpa.cl is built for (16: rows
- *                  in float16 lanes, one AVX-512 register; 8: float8, one
- *                  AVX2 register), timed on a prefill (S=1024 D=64 H=8;
- *                  quick: S=512). Its default is read off the device
- *                  (pocl_device_vw), so tuning only confirms or corrects it.
- *
  * Every candidate is a value the test suites run with (the allowed sets
  * below); ATTN_POCL_LINEAR_TILE=MRxNR, ATTN_POCL_DECODE_GROUPS=n and
- * ATTN_POCL_VW=16|8 force one
- * (a value outside the set is ignored, with a debug line). Each candidate is
+ * ATTN_POCL_VW=16|8 force one (a value outside the set is ignored, with a
+ * debug line). Each candidate is
  * run once untimed (the build, first touches), then `runs` times with a
  * clFinish after each; the smallest median wins. */
 #include <stdio.h>
@@ -27,9 +27,14 @@
 #include "decode.h"
 #include "pocl.h"
 
-static const int tiles[][2] = {{8, 3}, {4, 6}, {4, 4}, {8, 2}};
-#define NTILES (int)(sizeof tiles / sizeof tiles[0])
+/* The linear tiles per vector width, the default first: MR x NR vector
+ * accumulators plus the NR loaded rows of W must fit the registers (32
+ * zmm; 16 ymm). */
+static const int tiles16[][2] = {{8, 3}, {4, 6}, {4, 4}, {8, 2}};
+static const int tiles8[][2] = {{4, 3}, {3, 4}, {4, 2}, {2, 4}};
+#define NTILES 4
 #define NTILES_QUICK 2
+static const int (*tiles_for(int vw))[2] { return vw == 8 ? tiles8 : tiles16; }
 static const int groups[] = {4, 8, 16, 32};
 #define NGROUPS (int)(sizeof groups / sizeof groups[0])
 
@@ -45,7 +50,8 @@ static void tune_key(const clrt_ctx *c, char *key, size_t len) {
 
 static int tile_allowed(int mr, int nr) {
   for (int i = 0; i < NTILES; i++)
-    if (tiles[i][0] == mr && tiles[i][1] == nr) return 1;
+    if ((tiles16[i][0] == mr && tiles16[i][1] == nr) || (tiles8[i][0] == mr && tiles8[i][1] == nr))
+      return 1;
   return 0;
 }
 static int groups_allowed(int g) {
@@ -69,10 +75,10 @@ static int parse_vw(const char *s, int *vw) {
 
 void pocl_params_load(clrt_ctx *c, pocl_params *p) {
   const attn_host *host = clrt_host();
-  p->linear_mr = POCL_LINEAR_MR;
-  p->linear_nr = POCL_LINEAR_NR;
   p->decode_groups = POCL_DECODE_GROUPS;
-  p->sdpa_vw = pocl_device_vw(c);
+  p->vw = pocl_device_vw(c);
+  p->linear_mr = tiles_for(p->vw)[0][0];
+  p->linear_nr = tiles_for(p->vw)[0][1];
   p->linear_src = p->decode_src = "default";
   p->vw_src = "device";
   char key[1024], buf[32];
@@ -83,18 +89,35 @@ void pocl_params_load(clrt_ctx *c, pocl_params *p) {
     /* All or nothing: an entry with a value we do not know is not ours. */
     if (parse_tile(clrt_tune_value(text, "linear_tile", buf, sizeof buf), &mr, &nr) &&
         parse_groups(clrt_tune_value(text, "decode_groups", buf, sizeof buf), &g) &&
-        parse_vw(clrt_tune_value(text, "sdpa_vw", buf, sizeof buf), &vw)) {
+        parse_vw(clrt_tune_value(text, "vector_width", buf, sizeof buf), &vw)) {
       p->linear_mr = mr;
       p->linear_nr = nr;
       p->decode_groups = g;
-      p->sdpa_vw = vw;
+      p->vw = vw;
       p->linear_src = p->decode_src = p->vw_src = "cache";
     } else {
       host->debug("pocl: ignoring tuned parameters that do not parse; using the defaults");
     }
     free(text);
   }
-  const char *e = getenv("ATTN_POCL_LINEAR_TILE");
+  /* The width first: a forced width brings its default tile (unless a tile
+   * is forced too, below). */
+  const char *e = getenv("ATTN_POCL_VW");
+  if (e && *e) {
+    int vw;
+    if (parse_vw(e, &vw)) {
+      if (vw != p->vw) {
+        p->linear_mr = tiles_for(vw)[0][0];
+        p->linear_nr = tiles_for(vw)[0][1];
+        p->linear_src = "default";
+      }
+      p->vw = vw;
+      p->vw_src = "env";
+    } else {
+      host->debug("pocl: ignoring ATTN_POCL_VW=%s (not 16 or 8)", e);
+    }
+  }
+  e = getenv("ATTN_POCL_LINEAR_TILE");
   if (e && *e) {
     int mr, nr;
     if (parse_tile(e, &mr, &nr)) {
@@ -102,7 +125,8 @@ void pocl_params_load(clrt_ctx *c, pocl_params *p) {
       p->linear_nr = nr;
       p->linear_src = "env";
     } else {
-      host->debug("pocl: ignoring ATTN_POCL_LINEAR_TILE=%s (not one of 8x3 4x6 4x4 8x2)", e);
+      host->debug("pocl: ignoring ATTN_POCL_LINEAR_TILE=%s (not one of 8x3 4x6 4x4 8x2 4x3 3x4 "
+                  "4x2 2x4)", e);
     }
   }
   e = getenv("ATTN_POCL_DECODE_GROUPS");
@@ -115,19 +139,9 @@ void pocl_params_load(clrt_ctx *c, pocl_params *p) {
       host->debug("pocl: ignoring ATTN_POCL_DECODE_GROUPS=%s (not one of 4 8 16 32)", e);
     }
   }
-  e = getenv("ATTN_POCL_VW");
-  if (e && *e) {
-    int vw;
-    if (parse_vw(e, &vw)) {
-      p->sdpa_vw = vw;
-      p->vw_src = "env";
-    } else {
-      host->debug("pocl: ignoring ATTN_POCL_VW=%s (not 16 or 8)", e);
-    }
-  }
-  host->debug("pocl: linear tile %dx%d (%s), decode groups %d per CU (%s), sdpa vector width %d (%s)",
-              p->linear_mr, p->linear_nr, p->linear_src, p->decode_groups, p->decode_src,
-              p->sdpa_vw, p->vw_src);
+  host->debug("pocl: vector width %d (%s), linear tile %dx%d (%s), decode groups %d per CU (%s)",
+              p->vw, p->vw_src, p->linear_mr, p->linear_nr, p->linear_src, p->decode_groups,
+              p->decode_src);
 }
 
 /* ---- measurement ------------------------------------------------------------------ */
@@ -138,10 +152,11 @@ typedef struct job {
   const attn_linear_desc *ld;
   const attn_sdpa_desc *sd;
   int a, b; /* the candidate: mr, nr, groups or vw */
+  int vw;   /* linear: the vector width */
 } job;
 
 static attn_status run_once(const job *j) {
-  attn_status s = j->which == 0   ? pocl_linear_tiled(j->c, j->ld, j->a, j->b)
+  attn_status s = j->which == 0   ? pocl_linear_tiled(j->c, j->ld, j->a, j->b, j->vw)
                   : j->which == 1 ? pocl_decode_sdpa(j->c, j->sd, j->a)
                                   : pocl_flash_sdpa(j->c, j->sd, j->a);
   return s == ATTN_OK ? clrt_finish(j->c) : s;
@@ -169,8 +184,9 @@ static attn_tune_row *add_row(attn_tune_report *r, const char *param, const char
   return row;
 }
 
-static attn_status tune_linear(clrt_ctx *c, bool quick, int runs, attn_tune_report *r,
+static attn_status tune_linear(clrt_ctx *c, bool quick, int runs, int vw, attn_tune_report *r,
                                int *mr, int *nr) {
+  const int(*tiles)[2] = tiles_for(vw);
   const int64_t M = quick ? 256 : 1024, N = quick ? 256 : 512, K = N;
   attn_buffer *x = NULL, *w = NULL, *y = NULL;
   attn_status s = clrt_filled_buffer(c, (size_t)(M * K), &x);
@@ -183,7 +199,7 @@ static attn_status tune_linear(clrt_ctx *c, bool quick, int runs, attn_tune_repo
   double best = 0;
   int bi = -1, first = r->n;
   for (int i = 0; s == ATTN_OK && i < (quick ? NTILES_QUICK : NTILES); i++) {
-    job j = {c, 0, &d, NULL, tiles[i][0], tiles[i][1]};
+    job j = {c, 0, &d, NULL, tiles[i][0], tiles[i][1], vw};
     double ms = 0;
     s = time_job(&j, runs, &ms);
     attn_tune_row *row = s == ATTN_OK ? add_row(r, "linear_tile", shape) : NULL;
@@ -229,7 +245,7 @@ static attn_status tune_decode(clrt_ctx *c, bool quick, int runs, attn_tune_repo
   double best = 0;
   int bi = -1, first = r->n;
   for (int i = 0; s == ATTN_OK && i < NGROUPS; i++) {
-    job j = {c, 1, NULL, &d, groups[i], 0};
+    job j = {c, 1, NULL, &d, groups[i], 0, 0};
     double ms = 0;
     s = time_job(&j, runs, &ms);
     attn_tune_row *row = s == ATTN_OK ? add_row(r, "decode_groups", shape) : NULL;
@@ -269,10 +285,10 @@ static attn_status tune_vw(clrt_ctx *c, bool quick, int runs, attn_tune_report *
   double best = 0;
   int bi = -1, first = r->n;
   for (int i = 0; s == ATTN_OK && i < NWIDTHS; i++) {
-    job j = {c, 2, NULL, &d, widths[i], 0};
+    job j = {c, 2, NULL, &d, widths[i], 0, 0};
     double ms = 0;
     s = time_job(&j, runs, &ms);
-    attn_tune_row *row = s == ATTN_OK ? add_row(r, "sdpa_vw", shape) : NULL;
+    attn_tune_row *row = s == ATTN_OK ? add_row(r, "vector_width", shape) : NULL;
     if (row) {
       snprintf(row->value, sizeof row->value, "%d", widths[i]);
       row->median_ms = ms;
@@ -298,8 +314,8 @@ static void show(const pocl_params *p, attn_tune_report *r) {
   snprintf(row->value, sizeof row->value, "%d", p->decode_groups);
   snprintf(row->source, sizeof row->source, "%s", p->decode_src);
   row->chosen = true;
-  row = add_row(r, "sdpa_vw", "");
-  snprintf(row->value, sizeof row->value, "%d", p->sdpa_vw);
+  row = add_row(r, "vector_width", "");
+  snprintf(row->value, sizeof row->value, "%d", p->vw);
   snprintf(row->source, sizeof row->source, "%s", p->vw_src);
   row->chosen = true;
 }
@@ -313,19 +329,20 @@ attn_status pocl_tune(attn_backend_ctx *ctx, unsigned flags, attn_tune_report *r
   const bool quick = flags & ATTN_TUNE_QUICK;
   const int runs = quick ? 3 : 7;
   int mr, nr, g, vw;
-  attn_status s = tune_linear(c, quick, runs, r, &mr, &nr);
+  attn_status s = tune_vw(c, quick, runs, r, &vw);
+  if (s == ATTN_OK) s = tune_linear(c, quick, runs, vw, r, &mr, &nr);
   if (s == ATTN_OK) s = tune_decode(c, quick, runs, r, &g);
-  if (s == ATTN_OK) s = tune_vw(c, quick, runs, r, &vw);
   if (s != ATTN_OK) return s;
   /* This context uses the winners from now on; later ones find them in the cache. */
   ctx->p.linear_mr = mr;
   ctx->p.linear_nr = nr;
   ctx->p.decode_groups = g;
-  ctx->p.sdpa_vw = vw;
+  ctx->p.vw = vw;
   ctx->p.linear_src = ctx->p.decode_src = ctx->p.vw_src = "tuned";
   char key[1024], text[128];
   tune_key(c, key, sizeof key);
-  snprintf(text, sizeof text, "linear_tile %dx%d\ndecode_groups %d\nsdpa_vw %d\n", mr, nr, g, vw);
+  snprintf(text, sizeof text, "linear_tile %dx%d\ndecode_groups %d\nvector_width %d\n", mr, nr, g,
+           vw);
   r->stored = clrt_tune_store(key, text);
   return ATTN_OK;
 }
