@@ -1,7 +1,7 @@
 /* Split-key ("flash-decoding") attention for few query rows over a long KV
  * cache, on OpenCL CPU devices (POCL). The fused flash kernel (sdpa.cl) puts
- * 8 query rows of one head in the lanes of float8 vectors and reads the whole
- * K/V of its head: with Sq = 1 it uses 1 lane of 8, reads K/V once per
+ * 2 x VW query rows of one head in the lanes of its vectors and reads the
+ * whole K/V of its head: with Sq = 1 it uses 1 lane of 32, reads K/V once per
  * query head (4x for a GQA group of 4) and has only Hq work-items. Here:
  *
  *   decode_partial: one work-item per (key chunk, row block, batch). The rows

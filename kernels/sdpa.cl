@@ -13,14 +13,15 @@
  *              a work-item's scores, queries and broadcasts fit the 32 zmm or
  *              the 16 ymm registers. Left out, 16.
  *
- * Design (measured on POCL 3.1, LLVM 15, AVX-512; see the commit log): query
- * rows sit in the 16 lanes of float16 vectors, one AVX-512 register (float8
- * ran at half the rate: LLVM then used only 256-bit registers). A work-item
- * of sdpa_flash carries two such halves (RF = 32 rows), so each broadcast key
- * or value element feeds two FMAs. Its queries are held transposed in private
- * memory (qT[d] = the d-th element of 16 rows), keys are visited in blocks of
- * KB = 8, each key element broadcast into a vector, so the inner loops are
- * pure vector FMAs. Softmax is online (running max m and sum l per row), so
+ * Design (measured on POCL 3.1, LLVM 15; see the commit log): query rows sit
+ * in the VW lanes of one vector register: float16 on AVX-512 (float8 ran at
+ * half the rate there: LLVM then used only 256-bit registers), float8 on
+ * AVX2 (float16 is two ymm registers there, and the 16 of them spilled). A
+ * work-item of sdpa_flash carries two such halves (RF = 2 VW rows), so each
+ * broadcast key or value element feeds two FMAs. Its queries are held
+ * transposed in private memory (qT[d] = the d-th element of VW rows), keys
+ * are visited in blocks of KB, each key element broadcast into a vector, so
+ * the inner loops are pure vector FMAs. Softmax is online (running max m and sum l per row), so
  * no Sq x Skv score matrix ever exists. The key loop runs only over the keys
  * some of its rows can see (kv_lens, causal diagonal, sliding window): key
  * tiles outside them are never read or computed.
