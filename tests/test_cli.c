@@ -348,6 +348,12 @@ static void test_usage_errors(void **state) {
   RUN(&r, "run", "--scale", "inf");
   spawn_expect_status(&r, 2);
   expect_error_line(&r, "--scale");
+  RUN(&r, "run", "--repeat", "0");
+  spawn_expect_status(&r, 2);
+  expect_error_line(&r, "--repeat: '0'");
+  RUN(&r, "run", "--repeat", "1001");
+  spawn_expect_status(&r, 2);
+  expect_error_line(&r, "--repeat: '1001'");
   RUN(&r, "run", "--seq");
   spawn_expect_status(&r, 2);
   expect_error_line(&r, "needs an argument");
@@ -395,6 +401,16 @@ static void test_devices(void **state) {
   RUN(&r, "--device", "ref", "run", "--seq", "3", "--heads", "1", "--dim", "4");
   spawn_expect_status(&r, 0);
   assert_non_null(strstr(r.out, "device: ref"));
+  /* --repeat N: the median of N timed runs, with their min */
+  RUN(&r, "--device", "ref", "run", "--seq", "3", "--heads", "1", "--dim", "4", "--repeat", "3");
+  spawn_expect_status(&r, 0);
+  assert_non_null(strstr(r.out, "(median of 3 runs, min "));
+  double med = -1, mn = -1;
+  const char *tl = strstr(r.out, "time ");
+  assert_non_null(tl);
+  assert_int_equal(sscanf(tl, "time %lf ms", &med), 1);
+  assert_int_equal(sscanf(strstr(tl, ", min ") + 6, "%lf ms", &mn), 1);
+  assert_true(mn >= 0 && mn <= med);
   RUN(&r, "--device", "nosuchbackend", "run", "--seq", "3");
   spawn_expect_status(&r, 1);
   expect_error_line(&r, "nosuchbackend");

@@ -2,7 +2,8 @@
 # libattn against PyTorch's CPU SDPA at issue 12's shapes, side by side:
 # every round runs each shape once on each side (libattn's `attn run`, then
 # PyTorch's F.scaled_dot_product_attention in one Python process per shape),
-# rounds alternate, and the medians and spreads over the rounds are printed
+# each process timing the median of 5 calls after 2 warm-up calls; rounds
+# alternate, and the medians and spreads of those over the rounds are printed
 # with their ratio. fp32, B=1, H=8, 2 threads on both sides; GFLOP/s counts
 # 4*B*H*Sq*Skv*D, halved when causal (as attn run and attn bench do).
 #
@@ -57,9 +58,12 @@ causal = bool(causal) and sq == skv
 with torch.inference_mode():
     for _ in range(2):
         F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=hq != hkv)
-    t0 = time.perf_counter()
-    F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=hq != hkv)
-    print("%.4f" % ((time.perf_counter() - t0) * 1e3))
+    t = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=hq != hkv)
+        t.append((time.perf_counter() - t0) * 1e3)
+    print("%.4f" % sorted(t)[2])
 PY
 
 # name hq hkv sq skv d causal
@@ -81,7 +85,7 @@ while [ "$i" -lt "$rounds" ]; do
     [ "$kv" = bf16 ] && kvopt="--kv-dtype bf16"
     # shellcheck disable=SC2086
     "$attn" run --device "$dev" --heads "$hq" --kv-heads "$hkv" --seq "$sq" --kv-seq "$skv" \
-      --dim "$d" $c $kvopt --warmup 2 | sed -n 's/^time \([0-9.]*\) ms.*/\1/p' \
+      --dim "$d" $c $kvopt --warmup 2 --repeat 5 | sed -n 's/^time \([0-9.]*\) ms.*/\1/p' \
       >>"$tmp/attn.$i.$(echo "$name" | tr / _)"
     "$venv/bin/python" "$tmp/sdpa.py" "$hq" "$hkv" "$sq" "$skv" "$d" "$causal" \
       "$([ "$kv" = bf16 ] && echo 1 || echo 0)" >>"$tmp/torch.$i.$(echo "$name" | tr / _)"

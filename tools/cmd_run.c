@@ -16,6 +16,8 @@
 #include "commands.h"
 #include "npy.h"
 
+#define MAX_REPEAT 1000 /* --repeat's bound: the times are kept to take their median */
+
 void help_run(FILE *f) {
   fprintf(f,
           "Usage: attn run [options]\n"
@@ -61,13 +63,16 @@ void help_run(FILE *f) {
           "                    and compare every output: fails (exit 1) if max|got - ref| >\n"
           "                    %g + (%g + u) * max|ref|, where u, for the rounding of a\n"
           "                    16-bit out, is 2^-7 for bf16, 2^-10 for f16, 0 for f32\n"
-          "  --warmup N        untimed runs before the timed one (default 1)\n"
+          "  --warmup N        untimed runs before the timed ones (default 1)\n"
+          "  --repeat N        timed runs (default 1, at most 1000): the time printed is\n"
+          "                    their median, with their min\n"
           "  --device SEL      device selector (default: $ATTN_DEVICE, else %s)\n"
           "  -h, --help        this help\n"
           "\n"
-          "Prints the device, the shapes and types, the time of the timed run and its rate in\n"
-          "GFLOP/s, counting 4*B*Hq*Sq*Skv*D flops, halved when causal with Sq == Skv. Output\n"
-          "files are written only if everything succeeded. Exit 0 ok, 1 failure, 2 usage error.\n",
+          "Prints the device, the shapes and types, the time of the timed run (the median of\n"
+          "the --repeat runs) and its rate in GFLOP/s, counting 4*B*Hq*Sq*Skv*D flops, halved\n"
+          "when causal with Sq == Skv. Output files are written only if everything succeeded.\n"
+          "Exit 0 ok, 1 failure, 2 usage error.\n",
           CLI_CHECK_ATOL, CLI_CHECK_RTOL, ATTN_DEFAULT_SELECTOR);
 }
 
@@ -92,7 +97,7 @@ typedef struct sdpa_result {
   float *out_f;         /* the same as floats */
   float *weights, *lse; /* f32 */
   cli_input stored[4];  /* with keep_inputs: q, k, v, mask as the device stored them */
-  double ms;
+  double ms, min_ms; /* the median and the min of the timed runs */
 } sdpa_result;
 
 static void sdpa_result_free(sdpa_result *r) {
@@ -104,10 +109,16 @@ static void sdpa_result_free(sdpa_result *r) {
   memset(r, 0, sizeof *r);
 }
 
-/* Upload the job to ctx, run it warmup + 1 times, read the outputs back (and
- * with keep_inputs the inputs as stored, for --check). */
-static int run_sdpa_on(attn_context *ctx, const sdpa_job *j, int64_t warmup, const char *where,
-                       bool keep_inputs, sdpa_result *r) {
+static int cmp_double(const void *a, const void *b) {
+  const double x = *(const double *)a, y = *(const double *)b;
+  return x < y ? -1 : x > y;
+}
+
+/* Upload the job to ctx, run it warmup + repeat times (1 <= repeat <=
+ * MAX_REPEAT), read the outputs back (and with keep_inputs the inputs as
+ * stored, for --check). */
+static int run_sdpa_on(attn_context *ctx, const sdpa_job *j, int64_t warmup, int64_t repeat,
+                       const char *where, bool keep_inputs, sdpa_result *r) {
   memset(r, 0, sizeof *r);
   attn_tensor *q = NULL, *k = NULL, *v = NULL, *m = NULL, *o = NULL, *w = NULL, *l = NULL;
   attn_status s;
@@ -143,14 +154,18 @@ static int run_sdpa_on(attn_context *ctx, const sdpa_job *j, int64_t warmup, con
   a.softcap = j->softcap;
   a.alibi_slopes = j->alibi;
   a.sinks = j->sinks;
-  for (int64_t i = 0; i <= warmup; i++) {
+  double times[MAX_REPEAT];
+  for (int64_t i = 0; i < warmup + repeat; i++) {
     double t0 = cli_now_ms();
     if ((s = attn_sdpa(ctx, &a)) || (s = attn_synchronize(ctx))) {
       cli_lib_fail(s, where);
       goto done;
     }
-    r->ms = cli_now_ms() - t0;
+    if (i >= warmup) times[i - warmup] = cli_now_ms() - t0;
   }
+  qsort(times, (size_t)repeat, sizeof times[0], cmp_double);
+  r->ms = repeat % 2 ? times[repeat / 2] : (times[repeat / 2 - 1] + times[repeat / 2]) / 2;
+  r->min_ms = times[0];
   cli_input ro;
   if ((w && !(r->weights = cli_alloc_floats(4, j->w_shape, "weights"))) ||
       (l && !(r->lse = cli_alloc_floats(3, j->lse_shape, "lse"))))
@@ -251,7 +266,7 @@ static int load_head_vector(const char *opt, const char *path, int64_t Hq, npy_a
 int cmd_run(int argc, char **argv, const char *default_device) {
   enum {
     O_Q = 256, O_K, O_V, O_MASK, O_KVLENS, O_BATCH, O_HEADS, O_KVHEADS, O_SEQ, O_KVSEQ, O_DIM,
-    O_VDIM, O_SEED, O_CAUSAL, O_SCALE, O_OUT, O_WOUT, O_LSEOUT, O_CHECK, O_WARMUP, O_DEVICE,
+    O_VDIM, O_SEED, O_CAUSAL, O_SCALE, O_OUT, O_WOUT, O_LSEOUT, O_CHECK, O_WARMUP, O_REPEAT, O_DEVICE,
     O_DTYPE, O_KVDTYPE, O_OUTDTYPE, O_QPOS, O_KPOS, O_WINDOW, O_SOFTCAP, O_ALIBI, O_SINKS
   };
   static const struct option opts[] = {
@@ -275,6 +290,7 @@ int cmd_run(int argc, char **argv, const char *default_device) {
       {"lse-out", required_argument, NULL, O_LSEOUT},
       {"check", no_argument, NULL, O_CHECK},
       {"warmup", required_argument, NULL, O_WARMUP},
+      {"repeat", required_argument, NULL, O_REPEAT},
       {"device", required_argument, NULL, O_DEVICE},
       {"dtype", required_argument, NULL, O_DTYPE},
       {"kv-dtype", required_argument, NULL, O_KVDTYPE},
@@ -292,7 +308,7 @@ int cmd_run(int argc, char **argv, const char *default_device) {
   bool have_qpos = false, have_kpos = false;
   int64_t qpos = 0, kpos = 0;
   const char *out_path = NULL, *w_path = NULL, *lse_path = NULL, *dev = default_device;
-  int64_t B = 1, H = 8, Hkv = 0, S = 128, Skv = 0, D = 64, Dv = 0, seed = 1, warmup = 1;
+  int64_t B = 1, H = 8, Hkv = 0, S = 128, Skv = 0, D = 64, Dv = 0, seed = 1, warmup = 1, repeat = 1;
   bool random_opt = false, check = false;
   bool have_dtype = false, have_kv_dtype = false, have_out_dtype = false;
   attn_dtype dtype = ATTN_F32, kv_dtype = ATTN_F32, out_dtype = ATTN_F32;
@@ -323,6 +339,7 @@ int cmd_run(int argc, char **argv, const char *default_device) {
     case O_LSEOUT: lse_path = optarg; break;
     case O_CHECK: check = true; break;
     case O_WARMUP: ok = cli_parse_int("--warmup", optarg, 0, INT64_MAX, &warmup); break;
+    case O_REPEAT: ok = cli_parse_int("--repeat", optarg, 1, MAX_REPEAT, &repeat); break;
     case O_DEVICE: dev = optarg; break;
     case O_DTYPE: ok = have_dtype = cli_parse_dtype("--dtype", optarg, &dtype); break;
     case O_KVDTYPE: ok = have_kv_dtype = cli_parse_dtype("--kv-dtype", optarg, &kv_dtype); break;
@@ -468,7 +485,7 @@ int cmd_run(int argc, char **argv, const char *default_device) {
     goto done;
   }
   if (!fits_host(ctx, &j, check)) goto done;
-  if (run_sdpa_on(ctx, &j, warmup, NULL, check, &res)) goto done;
+  if (run_sdpa_on(ctx, &j, warmup, repeat, NULL, check, &res)) goto done;
 
   char sq[96], sk[96], sv[96], so[96], sm[112] = "none";
   cli_dims_fmt(sq, sizeof sq, 4, j.q.shape);
@@ -495,7 +512,9 @@ int cmd_run(int argc, char **argv, const char *default_device) {
     printf("%s%s\n", j.alibi ? "  alibi" : "", j.sinks ? "  sinks" : "");
   }
   double flops = cli_sdpa_flops(Bq, Hq, Sq, Sk, Dq, j.causal);
-  printf("time %.3f ms  %.2f GFLOP/s\n", res.ms, res.ms > 0 ? flops / (res.ms * 1e6) : 0.0);
+  printf("time %.3f ms  %.2f GFLOP/s", res.ms, res.ms > 0 ? flops / (res.ms * 1e6) : 0.0);
+  if (repeat > 1) printf("  (median of %" PRId64 " runs, min %.3f ms)", repeat, res.min_ms);
+  printf("\n");
 
   if (check) {
     if ((s = attn_open("ref", &ref)) != ATTN_OK) {
@@ -508,7 +527,7 @@ int cmd_run(int argc, char **argv, const char *default_device) {
     cj.k = res.stored[1];
     cj.v = res.stored[2];
     if (j.mask.data) cj.mask = res.stored[3];
-    if (run_sdpa_on(ref, &cj, 0, "--check", false, &chk)) goto done;
+    if (run_sdpa_on(ref, &cj, 0, 1, "--check", false, &chk)) goto done;
     bool ok = cli_check_close("out", res.out_f, chk.out_f, (size_t)cli_numel(4, j.out_shape),
                               cli_dtype_rtol(j.out_dtype));
     if (ok && j.want_weights)
