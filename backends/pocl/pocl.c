@@ -18,7 +18,8 @@
  * and of sdpa_weights (R = VW there), for vector width vw. */
 #define SDPA_FLASH_ROWS(vw) (2 * (vw))
 #define SDPA_WEIGHTS_ROWS(vw) (vw)
-/* Tiles along m per work-group of the linear kernel (pocl_linear_tiled). */
+/* Tiles along n and m per work-group of the linear kernel (pocl_linear_tiled). */
+#define POCL_LINEAR_WG_N 4
 #define POCL_LINEAR_WG_M 8
 
 static const attn_host *host;
@@ -191,17 +192,20 @@ attn_status pocl_linear_tiled(clrt_ctx *c, const attn_linear_desc *d, int mr, in
                     CLRT_ARG(b_st), CLRT_ARG(has_bias), CLRT_ARG(y), CLRT_ARG(y_off),
                     CLRT_ARG(y_st), CLRT_ARG(M), CLRT_ARG(N), CLRT_ARG(K));
   if (s != ATTN_OK) return s;
-  /* Work-groups of 8 tiles along m (the kernel skips tiles past M): POCL
-   * runs a group's work-items one after another on one core, so they share
-   * each W row while it is in cache. Left to POCL the group shape followed
-   * the divisors of the grid: for M = 496 (62 tiles) it took 31 or 62 and
-   * the MHA graph at E = 3584 ran at half speed (357 ms against 177 with
-   * this, Qwen2-7B's shape); at E = 4096 this is 1.2x faster too, and the
-   * same within noise at E = 512 (the bench's MHA shape). */
-  size_t global[3] = {((size_t)N + nr - 1) / nr,
+  /* Work-groups of 4 x 8 tiles along n and m (the kernel skips tiles past
+   * N and M): POCL runs a group's work-items one after another on one core,
+   * n fastest, so 4 of them in a row share the MR rows of x and all 8 rows
+   * of the group share the 4 tiles' rows of W while they are in cache. Left
+   * to POCL the group shape followed the divisors of the grid: for M = 496
+   * (62 tiles) it took 31 or 62 and the MHA graph at E = 3584 ran at half
+   * speed (357 ms against 177 with 1 x 8, Qwen2-7B's shape). 4 x 8 against
+   * 1 x 8 (the fastest of 4-6 alternating runs): E = 512 S = 1024 9.6 against
+   * 10.5 ms (AVX2 code: 13.3 against 13.9), E = 4096 S = 512 366 against
+   * 379 ms; 2 x 8 and 4 x 4 in between. */
+  size_t global[3] = {clrt_round_up(((size_t)N + nr - 1) / nr, POCL_LINEAR_WG_N),
                       clrt_round_up(((size_t)M + mr - 1) / mr, POCL_LINEAR_WG_M),
                       (size_t)d->x.shape[1]};
-  size_t local[3] = {1, POCL_LINEAR_WG_M, 1};
+  size_t local[3] = {POCL_LINEAR_WG_N, POCL_LINEAR_WG_M, 1};
   return clrt_enqueue(c, k, 3, global, local);
 }
 
