@@ -15,6 +15,15 @@ show=$(ATTN_CACHE=0 ./attn tune --device pocl --show 2>&1) || {
   exit 77
 }
 echo "$show"
+# A POCL built without Debian's per-CPU kernel libraries ignores
+# POCL_KERNELLIB_NAME: nothing here can then make it compile AVX2 code.
+case $show in
+*pthread-haswell-* | *cpu-haswell-*) ;;
+*)
+  echo "pocl-avx2: POCL did not take POCL_KERNELLIB_NAME=avx2 (no haswell device): skipped"
+  exit 77
+  ;;
+esac
 fail=0
 # The width must be read off the device, not forced; and POCL's AVX-512
 # variant (skylake-avx512, whose name starts with the AVX2-only "skylake")
@@ -26,7 +35,8 @@ if ! echo "$show" | grep -q 'vector_width *8 *device'; then
 fi
 show512=$(POCL_KERNELLIB_NAME=avx512 ATTN_CACHE=0 ./attn tune --device pocl --show 2>&1)
 echo "$show512"
-if ! echo "$show512" | grep -q 'vector_width *16 *device'; then
+if echo "$show512" | grep -q 'skylake-avx512' &&
+  ! echo "$show512" | grep -q 'vector_width *16 *device'; then
   echo "== FAILED: POCL for skylake-avx512 did not give vector width 16 from the device"
   fail=1
 fi
