@@ -49,20 +49,10 @@ attn_status clb_flash_tune(clrt_ctx *c, clb_flash_params *p, unsigned flags,
   const bool quick = flags & ATTN_TUNE_QUICK;
   const int runs = quick ? 3 : 7;
   const int64_t H = 8, S = quick ? 512 : 2048, D = quick ? 64 : 128;
-  attn_buffer *q = NULL, *k = NULL, *v = NULL, *o = NULL;
-  const size_t n = (size_t)(H * S * D);
-  attn_status s = clrt_filled_buffer(c, n, &q);
-  if (s == ATTN_OK) s = clrt_filled_buffer(c, n, &k);
-  if (s == ATTN_OK) s = clrt_filled_buffer(c, n, &v);
-  if (s == ATTN_OK) s = clrt_buffer_alloc(c, n * sizeof(float), &o);
-  attn_sdpa_desc d;
-  memset(&d, 0, sizeof d);
-  d.struct_size = sizeof d;
-  d.q = clrt_view4(q, 1, H, S, D);
-  d.k = clrt_view4(k, 1, H, S, D);
-  d.v = clrt_view4(v, 1, H, S, D);
-  d.out = clrt_view4(o, 1, H, S, D);
-  d.scale = 0.125f;
+  clrt_tune_sdpa prob;
+  attn_status s = clrt_tune_sdpa_init(c, H, H, S, S, D, &prob);
+  if (s != ATTN_OK) return s;
+  const attn_sdpa_desc d = prob.d;
   char shape[64];
   snprintf(shape, sizeof shape, "B=1 H=%lld S=%lld D=%lld", (long long)H, (long long)S,
            (long long)D);
@@ -91,10 +81,7 @@ attn_status clb_flash_tune(clrt_ctx *c, clb_flash_params *p, unsigned flags,
     }
     if (bi < 0 || ms < best) best = ms, bi = i;
   }
-  clrt_buffer_free(c, q);
-  clrt_buffer_free(c, k);
-  clrt_buffer_free(c, v);
-  clrt_buffer_free(c, o);
+  clrt_tune_sdpa_free(c, &prob);
   if (s != ATTN_OK) return s;
   if (bi < 0)
     return clrt_host()->error(ATTN_ERR_UNSUPPORTED,

@@ -117,6 +117,34 @@ attn_view clrt_view4(attn_buffer *buf, int64_t a, int64_t b, int64_t c, int64_t 
   return v;
 }
 
+attn_status clrt_tune_sdpa_init(clrt_ctx *c, int64_t Hq, int64_t Hkv, int64_t Sq, int64_t Skv,
+                                int64_t D, clrt_tune_sdpa *t) {
+  memset(t, 0, sizeof *t);
+  attn_status s = clrt_filled_buffer(c, (size_t)(Hq * Sq * D), &t->q);
+  if (s == ATTN_OK) s = clrt_filled_buffer(c, (size_t)(Hkv * Skv * D), &t->k);
+  if (s == ATTN_OK) s = clrt_filled_buffer(c, (size_t)(Hkv * Skv * D), &t->v);
+  if (s == ATTN_OK) s = clrt_buffer_alloc(c, (size_t)(Hq * Sq * D) * sizeof(float), &t->o);
+  if (s != ATTN_OK) {
+    clrt_tune_sdpa_free(c, t);
+    return s;
+  }
+  t->d.struct_size = sizeof t->d;
+  t->d.q = clrt_view4(t->q, 1, Hq, Sq, D);
+  t->d.k = clrt_view4(t->k, 1, Hkv, Skv, D);
+  t->d.v = clrt_view4(t->v, 1, Hkv, Skv, D);
+  t->d.out = clrt_view4(t->o, 1, Hq, Sq, D);
+  t->d.scale = 0.125f;
+  return ATTN_OK;
+}
+
+void clrt_tune_sdpa_free(clrt_ctx *c, clrt_tune_sdpa *t) {
+  clrt_buffer_free(c, t->q);
+  clrt_buffer_free(c, t->k);
+  clrt_buffer_free(c, t->v);
+  clrt_buffer_free(c, t->o);
+  t->q = t->k = t->v = t->o = NULL;
+}
+
 void clrt_dtype_option(char *buf, size_t len, const char *name, const attn_view *v) {
   if (!v->buf || v->dtype == ATTN_F32) return;
   const size_t n = strlen(buf);

@@ -339,6 +339,16 @@ CLRT_INTERNAL attn_status clrt_kv_lens_copy(clrt_ctx *c, const attn_sdpa_desc *d
  * something else). */
 CLRT_INTERNAL attn_view clrt_view4(attn_buffer *buf, int64_t a, int64_t b, int64_t c, int64_t d);
 CLRT_INTERNAL attn_status clrt_filled_buffer(clrt_ctx *c, size_t n, attn_buffer **buf);
+/* A tuning SDPA problem: q and out [1, Hq, Sq, D], k and v [1, Hkv, Skv, D],
+ * filled as clrt_filled_buffer does, scale 1/8, described by d. On failure
+ * nothing stays allocated. Free with clrt_tune_sdpa_free. */
+typedef struct clrt_tune_sdpa {
+  attn_buffer *q, *k, *v, *o;
+  attn_sdpa_desc d;
+} clrt_tune_sdpa;
+CLRT_INTERNAL attn_status clrt_tune_sdpa_init(clrt_ctx *c, int64_t Hq, int64_t Hkv, int64_t Sq,
+                                              int64_t Skv, int64_t D, clrt_tune_sdpa *t);
+CLRT_INTERNAL void clrt_tune_sdpa_free(clrt_ctx *c, clrt_tune_sdpa *t);
 /* Appends " -D<name>=<code>" for an operand stored as f16 or bf16 (codes as
  * attn_dtype, read by kernels/common.cl); f32 and absent operands add
  * nothing, so an all-f32 call builds exactly the f32 program. */

@@ -223,86 +223,55 @@ static attn_status tune_linear(clrt_ctx *c, bool quick, int runs, int vw, attn_t
   return ATTN_OK;
 }
 
-static attn_status tune_decode(clrt_ctx *c, bool quick, int runs, attn_tune_report *r, int *g) {
-  const int64_t Hq = quick ? 8 : 32, Hkv = quick ? 2 : 8, Skv = quick ? 2048 : 8192,
-                D = quick ? 64 : 128;
-  attn_buffer *q = NULL, *k = NULL, *v = NULL, *o = NULL;
-  attn_status s = clrt_filled_buffer(c, (size_t)(Hq * D), &q);
-  if (s == ATTN_OK) s = clrt_filled_buffer(c, (size_t)(Hkv * Skv * D), &k);
-  if (s == ATTN_OK) s = clrt_filled_buffer(c, (size_t)(Hkv * Skv * D), &v);
-  if (s == ATTN_OK) s = clrt_buffer_alloc(c, (size_t)(Hq * D) * sizeof(float), &o);
-  attn_sdpa_desc d;
-  memset(&d, 0, sizeof d);
-  d.struct_size = sizeof d;
-  d.q = clrt_view4(q, 1, Hq, 1, D);
-  d.k = clrt_view4(k, 1, Hkv, Skv, D);
-  d.v = clrt_view4(v, 1, Hkv, Skv, D);
-  d.out = clrt_view4(o, 1, Hq, 1, D);
-  d.scale = 0.125f;
-  char shape[64];
-  snprintf(shape, sizeof shape, "Sq=1 Hq=%lld Hkv=%lld Skv=%lld D=%lld", (long long)Hq,
-           (long long)Hkv, (long long)Skv, (long long)D);
+/* Times each of the n values of one integer parameter (job kind which) on
+ * the problem d, adds a row per value, marks the fastest and returns it. */
+static attn_status tune_ints(clrt_ctx *c, int which, const attn_sdpa_desc *d, const int *vals,
+                             int n, const char *param, const char *shape, int runs,
+                             attn_tune_report *r, int *win) {
   double best = 0;
   int bi = -1, first = r->n;
-  for (int i = 0; s == ATTN_OK && i < NGROUPS; i++) {
-    job j = {c, 1, NULL, &d, groups[i], 0, 0};
+  attn_status s = ATTN_OK;
+  for (int i = 0; s == ATTN_OK && i < n; i++) {
+    job j = {c, which, NULL, d, vals[i], 0, 0};
     double ms = 0;
     s = time_job(&j, runs, &ms);
-    attn_tune_row *row = s == ATTN_OK ? add_row(r, "decode_groups", shape) : NULL;
+    attn_tune_row *row = s == ATTN_OK ? add_row(r, param, shape) : NULL;
     if (row) {
-      snprintf(row->value, sizeof row->value, "%d", groups[i]);
+      snprintf(row->value, sizeof row->value, "%d", vals[i]);
       row->median_ms = ms;
     }
     if (s == ATTN_OK && (bi < 0 || ms < best)) best = ms, bi = i;
   }
-  clrt_buffer_free(c, q);
-  clrt_buffer_free(c, k);
-  clrt_buffer_free(c, v);
-  clrt_buffer_free(c, o);
   if (s != ATTN_OK) return s;
-  *g = groups[bi];
-  for (int i = first; i < r->n; i++) r->row[i].chosen = atoi(r->row[i].value) == *g;
+  *win = vals[bi];
+  for (int i = first; i < r->n; i++) r->row[i].chosen = atoi(r->row[i].value) == *win;
   return ATTN_OK;
+}
+
+static attn_status tune_decode(clrt_ctx *c, bool quick, int runs, attn_tune_report *r, int *g) {
+  const int64_t Hq = quick ? 8 : 32, Hkv = quick ? 2 : 8, Skv = quick ? 2048 : 8192,
+                D = quick ? 64 : 128;
+  clrt_tune_sdpa t;
+  attn_status s = clrt_tune_sdpa_init(c, Hq, Hkv, 1, Skv, D, &t);
+  if (s != ATTN_OK) return s;
+  char shape[64];
+  snprintf(shape, sizeof shape, "Sq=1 Hq=%lld Hkv=%lld Skv=%lld D=%lld", (long long)Hq,
+           (long long)Hkv, (long long)Skv, (long long)D);
+  s = tune_ints(c, 1, &t.d, groups, NGROUPS, "decode_groups", shape, runs, r, g);
+  clrt_tune_sdpa_free(c, &t);
+  return s;
 }
 
 static attn_status tune_vw(clrt_ctx *c, bool quick, int runs, attn_tune_report *r, int *vw) {
   const int64_t H = 8, S = quick ? 512 : 1024, D = 64;
-  attn_buffer *q = NULL, *k = NULL, *v = NULL, *o = NULL;
-  attn_status s = clrt_filled_buffer(c, (size_t)(H * S * D), &q);
-  if (s == ATTN_OK) s = clrt_filled_buffer(c, (size_t)(H * S * D), &k);
-  if (s == ATTN_OK) s = clrt_filled_buffer(c, (size_t)(H * S * D), &v);
-  if (s == ATTN_OK) s = clrt_buffer_alloc(c, (size_t)(H * S * D) * sizeof(float), &o);
-  attn_sdpa_desc d;
-  memset(&d, 0, sizeof d);
-  d.struct_size = sizeof d;
-  d.q = clrt_view4(q, 1, H, S, D);
-  d.k = clrt_view4(k, 1, H, S, D);
-  d.v = clrt_view4(v, 1, H, S, D);
-  d.out = clrt_view4(o, 1, H, S, D);
-  d.scale = 0.125f;
+  clrt_tune_sdpa t;
+  attn_status s = clrt_tune_sdpa_init(c, H, H, S, S, D, &t);
+  if (s != ATTN_OK) return s;
   char shape[64];
   snprintf(shape, sizeof shape, "H=%lld S=%lld D=%lld", (long long)H, (long long)S, (long long)D);
-  double best = 0;
-  int bi = -1, first = r->n;
-  for (int i = 0; s == ATTN_OK && i < NWIDTHS; i++) {
-    job j = {c, 2, NULL, &d, widths[i], 0, 0};
-    double ms = 0;
-    s = time_job(&j, runs, &ms);
-    attn_tune_row *row = s == ATTN_OK ? add_row(r, "vector_width", shape) : NULL;
-    if (row) {
-      snprintf(row->value, sizeof row->value, "%d", widths[i]);
-      row->median_ms = ms;
-    }
-    if (s == ATTN_OK && (bi < 0 || ms < best)) best = ms, bi = i;
-  }
-  clrt_buffer_free(c, q);
-  clrt_buffer_free(c, k);
-  clrt_buffer_free(c, v);
-  clrt_buffer_free(c, o);
-  if (s != ATTN_OK) return s;
-  *vw = widths[bi];
-  for (int i = first; i < r->n; i++) r->row[i].chosen = atoi(r->row[i].value) == *vw;
-  return ATTN_OK;
+  s = tune_ints(c, 2, &t.d, widths, NWIDTHS, "vector_width", shape, runs, r, vw);
+  clrt_tune_sdpa_free(c, &t);
+  return s;
 }
 
 static void show(const pocl_params *p, attn_tune_report *r) {
